@@ -1,0 +1,274 @@
+"""Typed specs loaded from YAML.
+
+Specs are data: YAML in, pydantic objects out, validated once at the edge so that a typo fails before any
+teacher trains or any trial starts. Every error names the file and the field. Defaults live here, and they are
+the paper's values (Frank & Davis, CVPR 2025) unless a field says otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class SpecError(ValueError):
+    """A user error in a spec, card or teacher file; the message names the file and the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------------- cards
+class RealSource(Strict):
+    """Where a real card's images come from.
+
+    `name` is a registered real source (`digits`, `photo_crops`, ...); `split` selects a split of it.
+    """
+
+    name: str
+    split: str = "train"
+    root: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class BalanceSpec(Strict):
+    """Class-balanced selection through the teacher (the paper keeps equal counts per predicted class)."""
+
+    per_class: int = Field(gt=0)
+    candidates: int | None = Field(default=None, gt=0)
+
+
+class CardSpec(Strict):
+    """A surrogate source: a `datasets/*.yaml` card."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    kind: Literal["real", "generated", "mixture", "derived"]
+    description: str = ""
+    source: RealSource | None = None
+    generator: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    count: int | None = Field(default=None, gt=0)
+    image_size: int = Field(default=32, ge=8, le=1024)
+    seed: int = 0
+    images_per_sample: int = Field(default=256, gt=0)
+    samples_per_shard: int = Field(default=16, gt=0)
+    balance: BalanceSpec | None = None
+
+    @model_validator(mode="after")
+    def _source_matches_kind(self) -> CardSpec:
+        if self.kind == "real" and self.source is None:
+            raise ValueError("a 'real' card needs a 'source'")
+        if self.kind == "generated" and self.generator is None:
+            raise ValueError("a 'generated' card needs a 'generator'")
+        if self.kind in ("real", "generated") and self.source is not None and self.generator is not None:
+            raise ValueError("a card has either 'source' or 'generator', not both")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------- study
+class TeacherSpec(Strict):
+    """The teacher: where its checkpoint lives and, for `teacher train`, how to make it."""
+
+    uri: str = "teacher"
+    dataset: str = "digits"
+    arch: str = "resnet20"
+    epochs: int = Field(default=30, gt=0)
+    batch_size: int = Field(default=128, gt=0)
+    lr: float = Field(default=0.1, gt=0)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    image_size: int = Field(default=32, ge=8)
+    seed: int = 0
+
+
+class StudentSpec(Strict):
+    arch: str = "resnet8"
+
+
+class TrainSpec(Strict):
+    """Hyperparameters of one KD trial: the paper's recipe. Searched names override these per trial."""
+
+    lr: float = Field(default=0.1, gt=0)
+    lr_min: float = Field(default=1e-6, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    temperature: float = Field(default=2.0, gt=0)
+    batch_size: int = Field(default=256, gt=0)
+    pad_fraction: float = Field(default=0.125, ge=0, le=0.5)
+    flip: bool = True
+    mixup: bool = True
+
+
+class ArmSpec(Strict):
+    """A unit of comparison: a surrogate plus a fixed variant. Nothing here is searched."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    card: str
+    count: int | None = Field(default=None, gt=0)
+    labels: Literal["soft", "onehot"] = "soft"
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+class ParamSpace(Strict):
+    type: Literal["uniform", "loguniform", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ParamSpace:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("'choice' needs a non-empty 'values' list")
+        elif self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError(f"'{self.type}' needs 'low' < 'high'")
+        elif self.type == "loguniform" and self.low <= 0:
+            raise ValueError("'loguniform' needs 'low' > 0")
+        return self
+
+
+class SchedulerSpec(Strict):
+    """Per-arm ASHA early stopping; `grace_reports` counts reports, not images."""
+
+    kind: Literal["asha", "none"] = "asha"
+    grace_reports: int = Field(default=2, gt=0)
+    reduction_factor: int = Field(default=2, ge=2)
+
+
+class SearchSpec(Strict):
+    trials_per_arm: int = Field(default=4, gt=0)
+    space: dict[str, ParamSpace] = Field(default_factory=dict)
+    scheduler: SchedulerSpec = SchedulerSpec()
+
+    @field_validator("space")
+    @classmethod
+    def _searchable(cls, space: dict[str, ParamSpace]) -> dict[str, ParamSpace]:
+        unknown = sorted(set(space) - set(TrainSpec.model_fields))
+        if unknown:
+            raise ValueError(
+                f"cannot search {unknown}: searchable names are {sorted(TrainSpec.model_fields)}"
+            )
+        return space
+
+
+class BudgetSpec(Strict):
+    """Budget in images seen, so arms of different sizes get equal compute."""
+
+    images: int = Field(default=20_000_000, gt=0)
+    report_every: int = Field(default=1_000_000, gt=0)
+    eval_batch_size: int = Field(default=512, gt=0)
+
+    @model_validator(mode="after")
+    def _report_fits(self) -> BudgetSpec:
+        if self.report_every > self.images:
+            raise ValueError("'report_every' must not exceed 'images'")
+        return self
+
+
+class ResourcesSpec(Strict):
+    cpu: float = Field(default=1.0, gt=0)
+    gpu: float = Field(default=0.0, ge=0)
+    max_concurrent: int = Field(default=0, ge=0)
+    loader_workers: int = Field(default=0, ge=0)
+    threads_per_trial: int = Field(default=1, gt=0)
+    ray_address: str | None = None
+
+
+class StorageSpec(Strict):
+    """Where things live. Relative paths are resolved against `root`; `root` against the working directory."""
+
+    root: str = "."
+    shards: str = "shards"
+    tune: str = "tune"
+
+
+class TrackingSpec(Strict):
+    uri: str = "sqlite:///mlflow.db"
+
+
+class StudySpec(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    seed: int = 0
+    teacher: TeacherSpec = TeacherSpec()
+    student: StudentSpec = StudentSpec()
+    arms: list[ArmSpec] = Field(min_length=1)
+    train: TrainSpec = TrainSpec()
+    search: SearchSpec = SearchSpec()
+    budget: BudgetSpec = BudgetSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    storage: StorageSpec = StorageSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+    @field_validator("arms")
+    @classmethod
+    def _unique_arms(cls, arms: list[ArmSpec]) -> list[ArmSpec]:
+        names = [a.name for a in arms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"arm names must be unique, repeated: {dupes}")
+        for arm in arms:
+            unknown = sorted(set(arm.train) - set(TrainSpec.model_fields))
+            if unknown:
+                raise ValueError(f"arm '{arm.name}': unknown train fields {unknown}")
+        return arms
+
+    def science_hash(self) -> str:
+        """Hash of what changes results; storage, tracking and resources are left out on purpose."""
+        science = self.model_dump(exclude={"storage", "tracking", "resources"})
+        return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:12]
+
+    def arm(self, name: str) -> ArmSpec:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise KeyError(f"study '{self.name}' has no arm '{name}' (arms: {[a.name for a in self.arms]})")
+
+    def train_for(self, arm: ArmSpec, overrides: dict[str, Any] | None = None) -> TrainSpec:
+        return TrainSpec.model_validate({**self.train.model_dump(), **arm.train, **(overrides or {})})
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid {err.title}:"]
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "<top level>"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {field}: {msg}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise SpecError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from err
+
+
+def load_model(path: Path, model: type[M], data: Any = None) -> M:
+    data = read_yaml(path) if data is None else data
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_validation_error(path, err)) from None
+
+
+def load_study(path: Path | str) -> StudySpec:
+    return load_model(Path(path), StudySpec)
+
+
+def load_card(path: Path | str) -> CardSpec:
+    return load_model(Path(path), CardSpec)
