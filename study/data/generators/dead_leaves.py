@@ -53,14 +53,6 @@ class DeadLeaves(Generator):
             )
         self.shape_kinds = list(dict.fromkeys(params.shapes))
 
-    def _radii(self, u: np.ndarray) -> np.ndarray:
-        """Inverse CDF of p(r) ∝ r^-a on [r_min, r_max]."""
-        lo, hi, a = self.params.radius_min, self.params.radius_max, self.params.radius_exponent
-        if abs(a - 1.0) < 1e-9:
-            return lo * (hi / lo) ** u
-        e = 1.0 - a
-        return (lo**e + u * (hi**e - lo**e)) ** (1.0 / e)
-
     def _draw(self, seed: int, index: int) -> np.ndarray:
         """One image's leaves as rows (cx, cy, r, angle, kind, r, g, b); the background is the last row."""
         rng = image_rng(seed, index)
@@ -69,7 +61,8 @@ class DeadLeaves(Generator):
         background = rng.random(3)
         leaves = np.empty((n + 1, 8))
         leaves[:n, :2] = raw[:, :2]
-        leaves[:n, 2] = self._radii(raw[:, 2])
+        p = self.params
+        leaves[:n, 2] = power_law_radii(raw[:, 2], p.radius_min, p.radius_max, p.radius_exponent)
         leaves[:n, 3] = raw[:, 3] * 2.0 * np.pi
         leaves[:n, 4] = np.minimum(np.floor(raw[:, 4] * len(self.shape_kinds)), len(self.shape_kinds) - 1)
         leaves[:n, 5:] = raw[:, 5:]
@@ -111,6 +104,14 @@ class DeadLeaves(Generator):
         return np.take_along_axis(colours[:, :, None, :], top.reshape(batch, -1, 1, 1), axis=1).reshape(
             batch, side, side, 3
         )
+
+
+def power_law_radii(u: np.ndarray, r_min: float, r_max: float, exponent: float) -> np.ndarray:
+    """Inverse CDF of p(r) ∝ r^-exponent on [r_min, r_max], applied to uniform ``u`` in [0, 1)."""
+    if abs(exponent - 1.0) < 1e-9:
+        return r_min * (r_max / r_min) ** u
+    e = 1.0 - exponent
+    return (r_min**e + u * (r_max**e - r_min**e)) ** (1.0 / e)
 
 
 def _inside(kind: str, shapes: np.ndarray, centres: np.ndarray) -> np.ndarray:
