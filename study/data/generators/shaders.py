@@ -48,6 +48,7 @@ _INSTALL_HINT = (
 )
 _MAX_TILES_PER_SIDE = 32
 _MAX_FRAMEBUFFER_SIDE = 2048
+_CACHED_FRAMEBUFFERS = 8
 _TIME_RANGE = 60.0
 _VALUES_PER_IMAGE = 12  # time, mouse x, mouse y, spare, iParams[0..7]
 
@@ -154,6 +155,10 @@ class _Renderer:
 
     def framebuffer(self, width: int, height: int) -> Any:
         if (width, height) not in self.framebuffers:
+            if len(self.framebuffers) >= _CACHED_FRAMEBUFFERS:
+                for fbo in self.framebuffers.values():
+                    fbo.release()
+                self.framebuffers.clear()
             colour = self.ctx.texture((width, height), 4)
             self.framebuffers[(width, height)] = self.ctx.framebuffer(color_attachments=[colour])
         return self.framebuffers[(width, height)]
@@ -161,15 +166,15 @@ class _Renderer:
     def render(self, name: str, source: str, values: np.ndarray, tile: int) -> np.ndarray:
         """(n, 12) float32 image values -> (n, tile, tile, 3) uint8 renders, top row first."""
         program, vao = self.program(name, source)
-        grid = max(1, min(_MAX_TILES_PER_SIDE, _MAX_FRAMEBUFFER_SIDE // tile))
+        most = max(1, min(_MAX_TILES_PER_SIDE, _MAX_FRAMEBUFFER_SIDE // tile))
         out = np.empty((len(values), tile, tile, 3), dtype=np.uint8)
-        per_draw = grid * grid
-        for first in range(0, len(values), per_draw):
-            chunk = values[first : first + per_draw]
+        for first in range(0, len(values), most * most):
+            chunk = values[first : first + most * most]
+            # a near-square grid just big enough for the chunk: unused tiles would cost a full render each
+            grid = min(most, int(np.ceil(np.sqrt(len(chunk)))))
             rows = -(-len(chunk) // grid)
-            texture = self.ctx.texture(
-                (3, len(chunk)), 4, data=np.ascontiguousarray(chunk, "f4").tobytes(), dtype="f4"
-            )
+            data = np.ascontiguousarray(chunk, dtype="f4").tobytes()
+            texture = self.ctx.texture((3, len(chunk)), 4, data=data, dtype="f4")
             texture.filter = (self.ctx.NEAREST, self.ctx.NEAREST)
             texture.use(location=0)
             program["kd_values"].value = 0
