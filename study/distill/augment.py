@@ -287,7 +287,7 @@ def _inverse_sampling_matrix(p: AugmentParams, height: int, width: int, device: 
         sel = op == OP_INDEX["TranslateY"]
         inv[:, 1, 2] = torch.where(sel, -mag, inv[:, 1, 2])
         sel = op == OP_INDEX["Rotate"]
-        theta = torch.deg2rad(torch.where(sel, -mag, torch.zeros_like(mag)))
+        theta = torch.deg2rad(torch.where(sel, mag, torch.zeros_like(mag)))
         cos, sin = torch.cos(theta), torch.sin(theta)
         rot = torch.eye(3, device=device).repeat(n, 1, 1)
         rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1] = cos, -sin, sin, cos
