@@ -266,10 +266,20 @@ class _ShaderGenerator(Generator):
         return out
 
 
+def _library_digest() -> str:
+    """Short hash of the bundled programs and the prelude: editing or adding a program changes the version."""
+    try:
+        programs = bundled_programs()
+    except (FileNotFoundError, GeneratorError):
+        return "missing"
+    text = _HEADER + _MAIN + "".join(f"{name}\n{source}" for name, source in programs.items())
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 @register_generator
 class Shaders(_ShaderGenerator):
     name: ClassVar[str] = "shaders"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = f"1-{_library_digest()}"
 
     class Params(_ShaderGenerator.Params):
         programs: list[str] | Literal["all"] = "all"
