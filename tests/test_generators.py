@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from study.data.generators import GeneratorError, create_generator, list_generators
+from study.data.generators import shaders as shader_module
 from study.data.generators.dead_leaves import power_law_radii
 from study.data.generators.shaders import bundled_programs, image_values
 
@@ -195,6 +198,14 @@ def _program_features(images: np.ndarray) -> np.ndarray:
     )
 
 
+def _render_and_report() -> str:
+    try:
+        create_generator("shaders", {"programs": ["plasma"]}).generate(0, 0, 1, 8)
+    except GeneratorError as error:
+        return str(error)
+    return "rendered"
+
+
 @pytest.fixture(scope="module")
 def library_renders() -> dict[str, np.ndarray]:
     """16 images per bundled program, every program given the same per-image random values."""
@@ -230,6 +241,28 @@ class TestShaders:
         }
         closest = min(distances, key=distances.__getitem__)
         assert distances[closest] > 0.03, f"programs {closest} look alike: {distances[closest]:.4f}"
+
+    def test_supersampling_averages_subpixels(self) -> None:
+        plain = create_generator("shaders", {"programs": ["truchet"]}).generate(3, 0, 4, 16)
+        smooth = create_generator("shaders", {"programs": ["truchet"], "supersample": 2}).generate(
+            3, 0, 4, 16
+        )
+        assert smooth.shape == plain.shape
+        assert 0 < np.abs(smooth.astype(int) - plain).mean() < 40
+
+    def test_missing_moderngl_error_says_what_to_install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setitem(sys.modules, "moderngl", None)  # what `import moderngl` meets when not installed
+        monkeypatch.setattr(shader_module, "_RENDERER", None)
+        with pytest.raises(
+            GeneratorError, match=r"apt-get install -y libegl1 .*libgles2.*pip install moderngl"
+        ):
+            create_generator("shaders", {"programs": ["plasma"]}).generate(0, 0, 1, 8)
+
+    def test_rendering_in_a_child_forked_after_rendering_is_an_error_not_a_hang(self) -> None:
+        create_generator("shaders", {"programs": ["plasma"]}).generate(0, 0, 1, 8)
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            message = pool.apply(_render_and_report, ())
+        assert "'spawn' or 'forkserver'" in message
 
     def test_unknown_program_is_named(self) -> None:
         with pytest.raises(GeneratorError, match=r"'shaders'.*unknown.*'nebula'"):

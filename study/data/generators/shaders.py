@@ -4,7 +4,8 @@ Follows Baradad et al., "Procedural Image Programs for Representation Learning" 
 / Shaders-21k collections), which Frank & Davis (CVPR 2025, arXiv:2411.12817) found among the best surrogates
 for distillation. Programs render with moderngl on an EGL standalone context: Mesa llvmpipe on a CPU, the
 GPU's driver where one is present. One context per process, created on first render (never at construction, so
-a generator can be built in a driver process and used in forked workers).
+a generator can be built in a driver process and used in workers). A process that has rendered must not fork
+workers that render (Mesa's EGL does not survive fork): use 'spawn' / 'forkserver' there; it is an error.
 
 Program convention (Shadertoy's, so public collections work unchanged). A program is one ``.glsl`` file that
 defines ``void mainImage(out vec4 fragColor, in vec2 fragCoord)``; ``fragCoord`` is in pixels with the origin
@@ -198,9 +199,19 @@ _RENDERER: _Renderer | None = None
 
 
 def renderer() -> _Renderer:
-    """The process's renderer, created on first use (and again in a forked child)."""
+    """The process's renderer, created on first use.
+
+    A process forked from one that already rendered cannot make a context of its own (Mesa's EGL state and
+    llvmpipe's threads do not survive ``fork``; it hangs), so that is an error instead of a hang.
+    """
     global _RENDERER
-    if _RENDERER is None or _RENDERER.pid != os.getpid():
+    if _RENDERER is not None and _RENDERER.pid != os.getpid():
+        raise GeneratorError(
+            f"shader rendering in process {os.getpid()}, forked from process {_RENDERER.pid} after that one "
+            "had created an OpenGL context: start workers with the 'spawn' or 'forkserver' method, or render "
+            "only in the workers"
+        )
+    if _RENDERER is None:
         _RENDERER = _Renderer()
     return _RENDERER
 
@@ -255,10 +266,20 @@ class _ShaderGenerator(Generator):
         return out
 
 
+def _library_digest() -> str:
+    """Short hash of the bundled programs and the prelude: editing or adding a program changes the version."""
+    try:
+        programs = bundled_programs()
+    except (FileNotFoundError, GeneratorError):
+        return "missing"
+    text = _HEADER + _MAIN + "".join(f"{name}\n{source}" for name, source in programs.items())
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 @register_generator
 class Shaders(_ShaderGenerator):
     name: ClassVar[str] = "shaders"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = f"1-{_library_digest()}"
 
     class Params(_ShaderGenerator.Params):
         programs: list[str] | Literal["all"] = "all"
