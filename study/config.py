@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -153,9 +152,7 @@ class SearchSpec(Strict):
     def _searchable(cls, space: dict[str, ParamSpace]) -> dict[str, ParamSpace]:
         unknown = sorted(set(space) - set(TrainSpec.model_fields))
         if unknown:
-            raise ValueError(
-                f"cannot search {unknown}: searchable names are {sorted(TrainSpec.model_fields)}"
-            )
+            raise ValueError(f"cannot search {unknown}: searchable names are {sorted(TrainSpec.model_fields)}")
         return space
 
 

@@ -166,7 +166,7 @@ def open_read(uri: str) -> IO[bytes]:
     """A binary stream: a file for local paths, boto3's streaming body for S3 (nothing is buffered whole)."""
     if not is_s3(uri):
         try:
-            return open(uri, "rb")  # noqa: SIM115 - the caller owns the stream
+            return open(uri, "rb")
         except FileNotFoundError:
             raise StorageError(f"{uri}: not found") from None
     bucket, key = split_s3(uri)

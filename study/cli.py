@@ -1,0 +1,312 @@
+"""The `kd-study` command line: parses, loads a spec, calls one library function, prints with rich."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="kd-study: which surrogate dataset should I distill on? Build surrogates, distill, rank (Frank & Davis, "
+    "CVPR 2025).",
+)
+teacher_app = typer.Typer(no_args_is_help=True, help="Train and inspect teachers.")
+data_app = typer.Typer(no_args_is_help=True, help="Build, verify and list surrogate shards.")
+app.add_typer(teacher_app, name="teacher")
+app.add_typer(data_app, name="data")
+console = Console()
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    _DEBUG["on"] = debug
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:  # MLflow and its migrations log at INFO through their own handlers
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Known user errors print one clear message and exit 2; `--debug` shows the traceback instead."""
+    from study.config import SpecError
+    from study.data.real import SourceError
+    from study.data.shards import ShardError
+    from study.storage import StorageError
+    from study.teacher import TeacherError
+
+    try:
+        yield
+    except (SpecError, ShardError, TeacherError, StorageError, SourceError, FileNotFoundError) as err:
+        if _DEBUG["on"]:
+            raise
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    except ValueError as err:
+        if _DEBUG["on"] or type(err).__module__.split(".")[0] != "study":
+            raise
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(2) from None
+
+
+class RichProgress:
+    """ProgressSink on a rich Progress display."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.tasks = progress, {}
+
+    def task(self, key: str, description: str, total: int | None) -> None:
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(description, total=total)
+
+    def update(self, key: str, completed: int, total: int | None = None) -> None:
+        if key in self.tasks:
+            self.progress.update(
+                self.tasks[key],
+                completed=completed,
+                total=total or self.progress.tasks[self.tasks[key]].total,
+            )
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _print_ranking(outcome) -> None:
+    report = outcome.report
+    table = Table(title="Surrogates ranked by student test accuracy (best trial by val)")
+    for col in ("#", "arm", "surrogate", "trials", "test acc", "val acc", "mean ± std"):
+        table.add_column(col, justify="right" if col not in ("arm", "surrogate") else "left")
+    for rank, row in report.ranking.iterrows():
+        table.add_row(
+            str(rank),
+            row["arm"],
+            row["surrogate"],
+            str(row["trials"]),
+            f"{row['test_acc']:.2%}",
+            f"{row['best_val_acc']:.2%}",
+            f"{row['test_acc_mean']:.2%} ± {row['test_acc_std']:.2%}",
+        )
+    console.print(table)
+    if outcome.teacher.test_accuracy is not None:
+        console.print(f"teacher test accuracy: {outcome.teacher.test_accuracy:.2%}")
+    console.print(f"report: [bold]{report.markdown}[/]")
+    console.print(f"MLflow UI: [bold]mlflow ui --backend-store-uri {outcome.paths.tracking_uri}[/]")
+
+
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option(help="Folder for everything the study writes.")] = Path("kd-study-quickstart"),
+    spec: Annotated[Path | None, typer.Option(help="Use this study spec instead of the bundled quickstart.")] = None,
+) -> None:
+    """Run the whole study at small scale: teacher, surrogates, criteria, Ray Tune sweep, report."""
+    from study.config import load_study
+    from study.quickstart import quickstart as run_quickstart
+
+    start = time.perf_counter()
+    with user_errors():
+        study_spec = load_study(spec) if spec else None
+        with _progress() as progress:
+            outcome = run_quickstart(out, study_spec, RichProgress(progress))
+    _print_ranking(outcome)
+    console.print(f"done in {time.perf_counter() - start:.0f} s")
+
+
+@app.command()
+def run(
+    spec: Annotated[str, typer.Argument(help="Study spec: a YAML path or a bundled name (e.g. quickstart).")],
+    root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
+    build_workers: Annotated[int, typer.Option(help="Processes for generating surrogates.")] = 1,
+) -> None:
+    """Build what is missing, then run (or resume) the Ray Tune study and write the report."""
+    from study.config import load_study
+    from study.pipeline import run_study
+    from study.resources import resolve_spec_path
+
+    with user_errors():
+        study_spec = load_study(resolve_spec_path(spec))
+        with _progress() as progress:
+            outcome = run_study(study_spec, root, RichProgress(progress), build_workers=build_workers)
+    _print_ranking(outcome)
+
+
+@app.command()
+def report(
+    spec: Annotated[str, typer.Argument(help="Study spec (YAML path or bundled name).")],
+    root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default <root>/report).")] = None,
+) -> None:
+    """Rebuild the report from the MLflow store alone."""
+    from study.config import load_study
+    from study.pipeline import study_paths
+    from study.report import write_report
+    from study.resources import resolve_spec_path
+    from study.teacher import load_meta
+    from study.tracking import StudyTracker
+
+    with user_errors():
+        study_spec = load_study(resolve_spec_path(spec))
+        paths = study_paths(study_spec, root)
+        meta = load_meta(paths.teacher)
+        result = write_report(
+            StudyTracker(paths.tracking_uri, study_spec),
+            out or Path(paths.report_dir),
+            meta.test_accuracy,
+            title=study_spec.name,
+        )
+    console.print(f"report: [bold]{result.markdown}[/] ({len(result.ranking)} arms)")
+
+
+@app.command()
+def trial(
+    spec: Annotated[str, typer.Argument(help="Study spec (YAML path or bundled name).")],
+    arm: Annotated[str, typer.Option(help="Arm to distill on.")],
+    root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
+) -> None:
+    """Run one KD trial of an arm with the spec's default hyperparameters (no Ray Tune)."""
+    from study.config import load_study
+    from study.distill.trial import KDTrial, TrialPaths
+    from study.pipeline import study_paths
+    from study.resources import resolve_spec_path
+
+    with user_errors():
+        study_spec = load_study(resolve_spec_path(spec))
+        paths = study_paths(study_spec, root)
+        kd = KDTrial(study_spec, study_spec.arm(arm), TrialPaths(paths.teacher, paths.shards))
+
+        def show(metrics: dict[str, float], _: dict) -> None:
+            console.print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+        kd.run(show)
+
+
+@teacher_app.command("train")
+def teacher_train(
+    out: Annotated[str, typer.Option(help="Where to save weights.pt and meta.json (folder or s3:// URI).")],
+    dataset: Annotated[str, typer.Option(help="Real source name (e.g. digits).")] = "digits",
+    arch: Annotated[str, typer.Option(help="Model name from the registry.")] = "resnet20",
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    image_size: Annotated[int, typer.Option(min=8)] = 32,
+    seed: int = 0,
+) -> None:
+    """Train a teacher on a labelled dataset and save it with its meta.json."""
+    from study.config import TeacherSpec
+    from study.storage import resolve
+    from study.teacher import train_teacher
+
+    with user_errors():
+        spec = TeacherSpec(dataset=dataset, arch=arch, epochs=epochs, image_size=image_size, seed=seed)
+        with _progress() as progress:
+            task = progress.add_task(f"teacher {arch} on {dataset}", total=epochs)
+            result = train_teacher(spec, resolve(out), on_epoch=lambda e, n, _l: progress.update(task, completed=e))
+    m = result.meta
+    console.print(
+        f"teacher {m.teacher_id}: train {m.train_accuracy:.2%}, val {m.val_accuracy:.2%}, "
+        f"test {m.test_accuracy:.2%} -> {resolve(out)}"
+    )
+
+
+@data_app.command("build")
+def data_build(
+    cards: Annotated[list[str], typer.Argument(help="Card names (bundled) or YAML paths.")],
+    out: Annotated[str, typer.Option(help="Shard root: a folder or s3://bucket/prefix.")],
+    count: Annotated[int | None, typer.Option(help="Images per surrogate (default: the card's).")] = None,
+    teacher: Annotated[str | None, typer.Option(help="Teacher URI (mean/std for matched noise).")] = None,
+    workers: Annotated[int, typer.Option(help="Generator processes.")] = 1,
+) -> None:
+    """Build surrogate cards into verified WebDataset shards."""
+    from study.config import load_card
+    from study.data.build import build_surrogate
+    from study.resources import resolve_card_path
+    from study.storage import resolve
+    from study.teacher import load_meta
+
+    with user_errors():
+        specs = [load_card(resolve_card_path(c, Path.cwd())) for c in cards]
+        meta = load_meta(resolve(teacher)) if teacher else None
+        stats = (meta.mean, meta.std) if meta else None
+        with _progress() as progress:
+            for card in specs:
+                task = progress.add_task(f"surrogate {card.name}", total=None)
+                result = build_surrogate(
+                    card,
+                    resolve(out),
+                    count=count,
+                    reference_stats=stats,
+                    teacher_id=meta.teacher_id if meta else None,
+                    workers=workers,
+                    on_shard=lambda d, t, task=task: progress.update(task, completed=d, total=t),
+                )
+                state = "reused" if result.reused else f"{result.shards_written} written, {result.shards_kept} kept"
+                progress.console.print(f"{result.root}: {result.manifest.count} images, {state}")
+
+
+@data_app.command("verify")
+def data_verify(
+    root: Annotated[str, typer.Argument(help="A surrogate folder (holding manifest.json).")],
+) -> None:
+    """Check every shard's sha256 and count against the manifest; exits non-zero naming a bad shard."""
+    from study.data.shards import verify
+    from study.storage import resolve
+
+    with user_errors():
+        manifest = verify(resolve(root))
+    console.print(f"ok: {manifest.name}: {manifest.count} images in {len(manifest.shards)} shards")
+
+
+@data_app.command("ls")
+def data_ls(root: Annotated[str, typer.Argument(help="A shard root (folder or s3:// URI).")]) -> None:
+    """List the surrogates under a shard root."""
+    from study import storage
+    from study.data.shards import MANIFEST, read_manifest
+
+    with user_errors():
+        base = storage.resolve(root)
+        table = Table("surrogate", "kind", "images", "size", "shards", "teacher")
+        for name in storage.list_names(base):
+            if storage.exists(storage.join(base, name, MANIFEST)):
+                m = read_manifest(storage.join(base, name))
+                table.add_row(
+                    m.name,
+                    m.kind,
+                    str(m.count),
+                    f"{m.image_size}x{m.image_size}x{m.channels}",
+                    str(len(m.shards)),
+                    m.teacher or "",
+                )
+    console.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,178 @@
+"""Stream a surrogate's shards into a trial, and adapt any surrogate to the teacher's input.
+
+Every trial reads **all** shards of its surrogate (DESIGN.md): shards are split across the DataLoader workers of
+one trial, never across nodes or trials, so two trials of one arm see the same data. Blocks are unbatched into a
+shuffle buffer and re-batched with numpy (no per-image Python work), and the stream repeats for as many epochs as
+the image budget needs, each epoch with its own seeded shard order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from study import storage
+from study.data import shards
+from study.data.shards import Manifest, ShardError
+
+log = logging.getLogger(__name__)
+
+
+def every_shard(urls: Any) -> Any:
+    """Node splitter that keeps all shards: a trial must see its whole surrogate whatever RANK says."""
+    return urls
+
+
+def iter_blocks(urls: list[str], expected: dict[str, int] | None = None) -> Iterator[tuple[np.ndarray, dict]]:
+    """Decoded (images, meta) blocks of the given shards in order; a bad shard raises ShardError naming it."""
+    if any(storage.is_s3(u) for u in urls):
+        from study.data.s3_stream import register_webdataset_s3
+
+        register_webdataset_s3()
+    pipeline = wds.WebDataset(
+        urls, shardshuffle=False, nodesplitter=every_shard, workersplitter=None, empty_check=False
+    )
+    seen: dict[str, int] = {}
+    url = urls[0] if urls else ""
+    try:
+        for sample in pipeline:
+            url = sample["__url__"]
+            images, meta = shards.decode_block(sample)
+            seen[url] = seen.get(url, 0) + len(images)
+            yield images, meta
+    except ShardError:
+        raise
+    except Exception as err:
+        raise ShardError(f"{url}: cannot read shard: {type(err).__name__}: {err}") from err
+    for u in urls:
+        if expected is not None and seen.get(u, 0) != expected.get(u, 0):
+            raise ShardError(
+                f"{u}: read {seen.get(u, 0)} images, manifest says {expected.get(u, 0)} (truncated or corrupt)"
+            )
+
+
+class ShardStream(IterableDataset):
+    """Endless shuffled batches of uint8 images (B, H, W, C) from one surrogate, `limit` first images only."""
+
+    def __init__(
+        self,
+        root: str,
+        manifest: Manifest,
+        batch_size: int,
+        seed: int,
+        limit: int | None = None,
+        shuffle_buffer: int = 4096,
+    ) -> None:
+        self.root, self.manifest, self.batch_size, self.seed = root, manifest, batch_size, seed
+        self.limit = min(limit or manifest.count, manifest.count)
+        self.shuffle_buffer = max(shuffle_buffer, batch_size)
+        # only the shards that hold the first `limit` images
+        urls, total = [], 0
+        for info, url in zip(manifest.shards, manifest.shard_uris(root), strict=True):
+            if total >= self.limit:
+                break
+            urls.append(url)
+            total += info.count
+        self.urls = urls
+        self.expected = {u: s.count for u, s in zip(urls, manifest.shards, strict=False)}
+        self.epoch = 0
+
+    def _my_urls(self, rng: np.random.Generator) -> list[str]:
+        urls = [self.urls[i] for i in rng.permutation(len(self.urls))]
+        info = get_worker_info()
+        if info is None:
+            return urls
+        return urls[info.id :: info.num_workers]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        epoch = self.epoch
+        while True:
+            rng = np.random.default_rng([self.seed, epoch, worker])
+            urls = self._my_urls(rng)
+            if not urls:
+                return
+            pool: list[np.ndarray] = []
+            pooled = 0
+            for images, meta in iter_blocks(urls, {u: self.expected[u] for u in urls}):
+                start = int(meta["start"])
+                if start >= self.limit:
+                    continue
+                images = images[: self.limit - start]
+                pool.append(images)
+                pooled += len(images)
+                if pooled >= self.shuffle_buffer + self.batch_size:
+                    buffer = np.concatenate(pool)
+                    buffer = buffer[rng.permutation(len(buffer))]
+                    n_out = (len(buffer) - self.shuffle_buffer) // self.batch_size * self.batch_size
+                    for b in range(0, n_out, self.batch_size):
+                        yield torch.from_numpy(buffer[b : b + self.batch_size])
+                    pool, pooled = [buffer[n_out:]], len(buffer) - n_out
+            if pooled:
+                buffer = np.concatenate(pool)
+                buffer = buffer[rng.permutation(len(buffer))]
+                for b in range(0, len(buffer) - self.batch_size + 1, self.batch_size):
+                    yield torch.from_numpy(buffer[b : b + self.batch_size])
+                # the remainder carries no bias: the next epoch reshuffles everything
+            epoch += 1
+
+
+def stream_loader(stream: ShardStream, workers: int, pin_memory: bool = False) -> DataLoader:
+    if workers > len(stream.urls):
+        workers = len(stream.urls)
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def read_all(root: str, manifest: Manifest, limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first `limit` images (and labels if any) in stored order, for teacher-side measurements."""
+    limit = min(limit or manifest.count, manifest.count)
+    images, labels = [], []
+    urls = manifest.shard_uris(root)
+    expected = {u: s.count for u, s in zip(urls, manifest.shards, strict=True)}
+    n = 0
+    for block, meta in iter_blocks(urls, expected):
+        images.append(block)
+        if "labels" in meta:
+            labels.extend(meta["labels"])
+        n += len(block)
+        if n >= limit:
+            break
+    out = np.concatenate(images)[:limit]
+    return out, (np.asarray(labels[:limit], dtype=np.int64) if manifest.labelled else None)
+
+
+def to_teacher_input(batch: torch.Tensor, channels: int, image_size: int) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> uint8 (B, channels, image_size, image_size) for the teacher.
+
+    Grey teachers get ITU-R BT.601 luma of RGB surrogates; RGB teachers get grey images repeated.
+    """
+    x = batch.permute(0, 3, 1, 2)
+    c = x.shape[1]
+    if c != channels:
+        if channels == 1 and c == 3:
+            w = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+            x = (x.float() * w).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+        elif channels == 3 and c == 1:
+            x = x.expand(-1, 3, -1, -1)
+        else:
+            raise ShardError(f"cannot adapt {c}-channel images to a {channels}-channel teacher")
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = torch.nn.functional.interpolate(
+            x.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+        )
+        x = x.round_().clamp_(0, 255).to(torch.uint8)
+    return x.contiguous()

@@ -1,0 +1,177 @@
+"""Real image sources: the bundled offline datasets, folders of images, and torchvision datasets.
+
+The bundled default is scikit-learn's handwritten digits (1,797 grey 8x8 images, 10 classes), upsampled so that
+crops and augmentation mean something; it installs with a dependency and needs no download, so the quickstart and
+the tests run offline. Its out-of-domain partner, `photo_crops`, takes random crops of the ~20 photographs that
+scikit-image bundles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from study.data.images import LabelledImages, resize_uint8
+
+SPLITS = ("train", "val", "test")
+
+
+class SourceError(ValueError):
+    """A real source is unknown, misconfigured or missing its files; the message says how to fix it."""
+
+
+RealLoader = Callable[..., LabelledImages]
+_SOURCES: dict[str, RealLoader] = {}
+
+
+def register_source(name: str) -> Callable[[RealLoader], RealLoader]:
+    def wrap(fn: RealLoader) -> RealLoader:
+        _SOURCES[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_sources() -> list[str]:
+    return sorted(_SOURCES)
+
+
+def load_source(
+    name: str,
+    split: str,
+    image_size: int,
+    *,
+    root: str | None = None,
+    count: int | None = None,
+    seed: int = 0,
+    params: dict[str, Any] | None = None,
+) -> LabelledImages:
+    if name not in _SOURCES:
+        raise SourceError(f"unknown real source '{name}'; known: {list_sources()}")
+    return _SOURCES[name](split=split, image_size=image_size, root=root, count=count, seed=seed, **(params or {}))
+
+
+def _check_split(name: str, split: str, allowed: tuple[str, ...] = SPLITS) -> None:
+    if split not in allowed:
+        raise SourceError(f"source '{name}' has no split '{split}'; splits: {list(allowed)}")
+
+
+@register_source("digits")
+def load_digits_split(
+    split: str, image_size: int, root: str | None = None, count: int | None = None, seed: int = 0
+) -> LabelledImages:
+    """scikit-learn digits, split 70/10/20 into train/val/test, stratified with a fixed seed.
+
+    The split seed is fixed (not the card's) so that every teacher and student agree on which images are test.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    _check_split("digits", split)
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int64)
+    index = np.arange(len(labels))
+    trainval, test = train_test_split(index, test_size=0.2, stratify=labels, random_state=0)
+    train, val = train_test_split(trainval, test_size=0.125, stratify=labels[trainval], random_state=0)
+    chosen = {"train": train, "val": val, "test": test}[split]
+    chosen = np.sort(chosen)[:count]
+    return LabelledImages(resize_uint8(images[chosen], image_size), labels[chosen], [str(d) for d in range(10)])
+
+
+_PHOTOS = (
+    "astronaut",
+    "brick",
+    "camera",
+    "cat",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+    "colorwheel",
+)
+
+
+def _bundled_photos() -> list[np.ndarray]:
+    import skimage.data
+
+    photos = []
+    for name in _PHOTOS:
+        img = getattr(skimage.data, name)()
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        photos.append(np.ascontiguousarray(img[..., :3]).astype(np.uint8))
+    return photos
+
+
+@register_source("photo_crops")
+def load_photo_crops(
+    split: str,
+    image_size: int,
+    root: str | None = None,
+    count: int | None = None,
+    seed: int = 0,
+    min_scale: float = 0.05,
+    max_scale: float = 0.5,
+) -> LabelledImages:
+    """Random square crops of scikit-image's bundled photographs: natural, out-of-domain, unlabelled images.
+
+    Crop side is a fraction (log-uniform in [min_scale, max_scale]) of the photo's shorter side.
+    """
+    _check_split("photo_crops", split, ("train",))
+    if count is None:
+        raise SourceError("source 'photo_crops' needs a 'count' (it can make any number of crops)")
+    if not 0 < min_scale <= max_scale <= 1:
+        raise SourceError("photo_crops: need 0 < min_scale <= max_scale <= 1")
+    photos = _bundled_photos()
+    rng = np.random.default_rng(seed)
+    which = rng.integers(len(photos), size=count)
+    scales = np.exp(rng.uniform(np.log(min_scale), np.log(max_scale), size=count))
+    out = np.empty((count, image_size, image_size, 3), dtype=np.uint8)
+    for i, (p, s) in enumerate(zip(which, scales, strict=True)):
+        photo = photos[p]
+        side = max(4, int(s * min(photo.shape[:2])))
+        y = int(rng.integers(photo.shape[0] - side + 1))
+        x = int(rng.integers(photo.shape[1] - side + 1))
+        crop = photo[y : y + side, x : x + side]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out[i] = resize_uint8(crop[None], image_size)[0]
+    return LabelledImages(out, None, [])
+
+
+@register_source("folder")
+def load_folder(
+    split: str, image_size: int, root: str | None = None, count: int | None = None, seed: int = 0
+) -> LabelledImages:
+    """A folder of labelled images, `root/<split>/<class>/*.png|jpg` or `root/<class>/*` (torchvision ImageFolder)."""
+    from torchvision.datasets import ImageFolder
+
+    if root is None:
+        raise SourceError("source 'folder' needs 'root' (a folder of class sub-folders)")
+    base = Path(root).expanduser()
+    folder = base / split if (base / split).is_dir() else base
+    if not folder.is_dir():
+        raise SourceError(f"source 'folder': {folder} does not exist")
+    dataset = ImageFolder(str(folder))
+    n = len(dataset) if count is None else min(count, len(dataset))
+    images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
+    labels = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        img, label = dataset[i]
+        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        images[i] = resize_uint8(arr[None], image_size)[0]
+        labels[i] = label
+    return LabelledImages(images, labels, list(dataset.classes))

@@ -1,0 +1,178 @@
+"""Surrogate shards: the on-storage layout, the manifest, writing one shard, verifying.
+
+Layout (DESIGN.md): `<root>/<surrogate>/shard-000000.tar ...` plus `manifest.json`. A tar sample is a *block* of
+images (uint8 `.npy`, N x H x W x C) with a `.json` of per-image metadata: per-image tar entries are 20-60x slower
+to read for small images, since reading is bound by Python tar-header parsing. Tars are written with `mtime=0`,
+so the same seed gives byte-identical shards (and identical sha256) on every machine.
+
+Each shard is written independently (webdataset's `TarWriter`, which `ShardWriter` wraps), so shards can be built
+in parallel and a killed build keeps every shard it finished: a per-shard record under `_parts/` is written
+before the shard takes its final name, and a rerun keeps shards whose record and bytes agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from study import __version__, storage
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ShardError(ValueError):
+    """A shard or manifest is missing, corrupt or inconsistent; the message names it."""
+
+
+class ShardInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    count: int
+    sha256: str
+    bytes: int
+
+
+class Manifest(BaseModel):
+    """What a surrogate holds and how it was made; enough to verify it and to reproduce it."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: int = FORMAT_VERSION
+    name: str
+    kind: str
+    card: dict[str, Any]
+    generator_version: str | None = None
+    seed: int
+    count: int
+    image_size: int
+    channels: int
+    images_per_sample: int
+    labelled: bool
+    classes: list[str] = []
+    class_histogram: list[int] | None = None
+    teacher: str | None = None
+    shards: list[ShardInfo]
+    kd_study_version: str = __version__
+
+    def shard_uris(self, root: str) -> list[str]:
+        return [storage.join(root, s.name) for s in self.shards]
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def _part_uri(root: str, index: int) -> str:
+    return storage.join(root, "_parts", f"{shard_name(index)}.json")
+
+
+def encode_block(images: np.ndarray, meta: dict[str, Any]) -> dict[str, bytes]:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(images), allow_pickle=False)
+    return {"npy": buf.getvalue(), "json": json.dumps(meta, separators=(",", ":")).encode()}
+
+
+def decode_block(sample: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    images = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+    return images, json.loads(sample["json"])
+
+
+def write_shard(
+    root: str,
+    index: int,
+    blocks: Sequence[tuple[np.ndarray, dict[str, Any]]],
+    first_block: int,
+) -> ShardInfo:
+    """Write one shard of blocks under `root`; return its record. Safe to kill at any point."""
+    name = shard_name(index)
+    with tempfile.TemporaryDirectory(prefix="kd-shard-") as tmp:
+        local = Path(tmp) / name
+        with open(local, "wb") as fh:
+            writer = wds.TarWriter(fh, mtime=0, encoder=False)
+            for k, (images, meta) in enumerate(blocks):
+                writer.write({"__key__": f"{first_block + k:08d}", **encode_block(images, meta)})
+            writer.close()
+        data = local.read_bytes()
+        info = ShardInfo(
+            name=name,
+            count=int(sum(len(b[0]) for b in blocks)),
+            sha256=hashlib.sha256(data).hexdigest(),
+            bytes=len(data),
+        )
+        storage.write_text(_part_uri(root, index), info.model_dump_json())
+        storage.upload_file(local, storage.join(root, name))
+    return info
+
+
+def finished_shard(root: str, index: int, check_bytes: bool = True) -> ShardInfo | None:
+    """The record of a shard a previous (maybe killed) build completed, or None if it must be rewritten."""
+    part = _part_uri(root, index)
+    uri = storage.join(root, shard_name(index))
+    if not (storage.exists(part) and storage.exists(uri)):
+        return None
+    try:
+        info = ShardInfo.model_validate_json(storage.read_text(part))
+    except ValidationError:
+        return None
+    if check_bytes and sha256_of(uri) != info.sha256:
+        return None
+    return info
+
+
+def sha256_of(uri: str) -> str:
+    digest = hashlib.sha256()
+    for chunk in storage.iter_chunks(uri):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(root: str, manifest: Manifest) -> None:
+    storage.write_text(storage.join(root, MANIFEST), manifest.model_dump_json(indent=2))
+
+
+def read_manifest(root: str) -> Manifest:
+    uri = storage.join(root, MANIFEST)
+    if not storage.exists(uri):
+        raise ShardError(f"{uri}: no manifest (build the surrogate first: kd-study data build)")
+    try:
+        return Manifest.model_validate_json(storage.read_text(uri))
+    except ValidationError as err:
+        raise ShardError(f"{uri}: invalid manifest: {err}") from None
+
+
+def check_present(root: str, manifest: Manifest) -> None:
+    """Cheap pre-flight check that every shard the manifest lists exists with its recorded size."""
+    for info in manifest.shards:
+        uri = storage.join(root, info.name)
+        if not storage.is_s3(uri):
+            path = Path(uri)
+            if not path.is_file():
+                raise ShardError(f"{uri}: shard listed in the manifest is missing")
+            if path.stat().st_size != info.bytes:
+                raise ShardError(
+                    f"{uri}: shard has {path.stat().st_size} bytes, manifest says {info.bytes} (truncated?)"
+                )
+        elif not storage.exists(uri):
+            raise ShardError(f"{uri}: shard listed in the manifest is missing")
+
+
+def verify(root: str, manifest: Manifest | None = None) -> Manifest:
+    """Full check: every shard's sha256 and image count against the manifest. Raises naming the first bad shard."""
+    manifest = manifest or read_manifest(root)
+    check_present(root, manifest)
+    for info in manifest.shards:
+        uri = storage.join(root, info.name)
+        if sha256_of(uri) != info.sha256:
+            raise ShardError(f"{uri}: sha256 does not match the manifest (corrupt or altered shard)")
+    if sum(s.count for s in manifest.shards) != manifest.count:
+        raise ShardError(f"{storage.join(root, MANIFEST)}: shard counts do not add up to 'count'")
+    return manifest

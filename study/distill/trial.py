@@ -1,0 +1,232 @@
+"""One KD trial: a student distilled from the teacher on one surrogate, with or without Ray Tune.
+
+The loop follows Frank & Davis (CVPR 2025): the teacher (eval mode, no grad) labels each augmented, mixed-up batch
+online; the student matches it with the KD loss alone; SGD with a cosine schedule over a budget counted in images
+seen, so arms of different sizes get equal compute. Every `report_every` images the student is evaluated on the
+teacher's original val and test splits and a checkpoint is written, so Tune can early-stop, pause and resume it.
+A resumed trial replays its data stream up to the checkpoint and continues with the saved RNG state, so it
+matches an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from study.config import ArmSpec, CardSpec, StudySpec, TrainSpec, load_card
+from study.data import shards
+from study.data.loader import ShardStream, stream_loader, to_teacher_input
+from study.device import autocast_dtype, pick_device
+from study.distill.augment import AugmentConfig, BatchAugment
+from study.distill.loss import kd_loss, onehot_kd_loss
+from study.models import create_model
+from study.resources import resolve_card_path
+from study.teacher import eval_tensors, load_teacher, predict
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trial_state.pt"
+Reporter = Callable[[dict[str, float], dict[str, Any]], None]
+
+
+class TrialDivergedError(FloatingPointError):
+    """The KD loss became NaN or infinite; the trial stops rather than train on garbage."""
+
+
+@dataclass(frozen=True)
+class TrialPaths:
+    """Resolved locations a trial reads; plain strings so the object pickles to Ray workers."""
+
+    teacher: str
+    shards_root: str
+    cards_dir: str | None = None
+
+
+def card_for_arm(arm: ArmSpec, cards_dir: str | None) -> CardSpec:
+    return load_card(resolve_card_path(arm.card, Path(cards_dir) if cards_dir else None))
+
+
+def is_synthetic(card: CardSpec) -> bool:
+    return card.kind == "generated"
+
+
+class KDTrial:
+    """A trial's state and its training loop; `run` drives it and calls `report` at each report point."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        arm: ArmSpec,
+        paths: TrialPaths,
+        overrides: dict[str, Any] | None = None,
+        seed: int | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.spec, self.arm, self.paths = spec, arm, paths
+        self.train: TrainSpec = spec.train_for(arm, overrides)
+        self.seed = spec.seed if seed is None else seed
+        self.device = device or pick_device()
+        self.card = card_for_arm(arm, paths.cards_dir)
+        root = f"{paths.shards_root.rstrip('/')}/{self.card.name}"
+        manifest = shards.read_manifest(root)
+        shards.check_present(root, manifest)
+        self.teacher = load_teacher(paths.teacher, self.device)
+        meta = self.teacher.meta
+        torch.manual_seed(self.seed)
+        self.student = create_model(spec.student.arch, meta.num_classes, meta.channels).to(self.device)
+        if self.device.type == "cuda":
+            self.student = self.student.to(memory_format=torch.channels_last)
+            self.teacher.model = self.teacher.model.to(memory_format=torch.channels_last)
+        t = self.train
+        self.optimizer = torch.optim.SGD(
+            self.student.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+        )
+        self.total_steps = math.ceil(spec.budget.images / t.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=self.total_steps, eta_min=t.lr_min
+        )
+        synthetic = is_synthetic(self.card)
+        self.augment = BatchAugment(
+            AugmentConfig(
+                randaugment_ops=4 if synthetic else 2,
+                flip=t.flip,
+                pad_fraction=t.pad_fraction,
+                mixup=t.mixup,
+            ),
+            mean=meta.mean,
+            std=meta.std,
+        )
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.stream = ShardStream(root, manifest, t.batch_size, seed=self.seed, limit=arm.count)
+        self.step = 0
+        self.amp_dtype = autocast_dtype(self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.val = eval_tensors(meta, meta.val_split, self.device)
+        self.test = eval_tensors(meta, meta.test_split, self.device)
+        self.test_teacher_pred = predict(self.teacher.model, self.test[0]).argmax(1)
+
+    @property
+    def images_seen(self) -> int:
+        return self.step * self.train.batch_size
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "student": self.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+
+    def save(self, directory: Path) -> None:
+        torch.save(self.state_dict(), directory / STATE_FILE)
+
+    def restore(self, directory: Path) -> None:
+        self.load_state_dict(torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True))
+
+    # ------------------------------------------------------------------------------------------ loop
+    def evaluate(self) -> dict[str, float]:
+        val_logits = predict(self.student, self.val[0])
+        test_logits = predict(self.student, self.test[0])
+        test_pred = test_logits.argmax(1)
+        return {
+            "val_acc": (val_logits.argmax(1) == self.val[1]).float().mean().item(),
+            "test_acc": (test_pred == self.test[1]).float().mean().item(),
+            "teacher_agreement": (test_pred == self.test_teacher_pred).float().mean().item(),
+        }
+
+    def _loss(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)):
+            with torch.no_grad():
+                teacher_logits = self.teacher.model(x)
+            student_logits = self.student(x)
+        if self.arm.labels == "onehot":
+            return onehot_kd_loss(student_logits, teacher_logits)
+        return kd_loss(student_logits, teacher_logits, self.train.temperature)
+
+    def run(self, report: Reporter) -> dict[str, float]:
+        """Train to the budget, calling `report(metrics, {'trial': self})` at every report point."""
+        budget, every = self.spec.budget.images, self.spec.budget.report_every
+        batches = iter(stream_loader(self.stream, self.spec.resources.loader_workers, self.device.type == "cuda"))
+        for _ in range(self.step):  # replay the deterministic stream up to a restored checkpoint
+            next(batches)
+        self.student.train()
+        loss_sum, loss_n, t0, seen0 = 0.0, 0, time.perf_counter(), self.images_seen
+        metrics: dict[str, float] = {}
+        while self.step < self.total_steps:
+            batch = next(batches).to(self.device, non_blocking=True)
+            x = to_teacher_input(batch, self.teacher.meta.channels, self.teacher.meta.image_size)
+            x = self.augment(x, self.generator)
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss = self._loss(x)
+            if not torch.isfinite(loss):
+                raise TrialDivergedError(
+                    f"arm '{self.arm.name}': KD loss is {loss.item()} after {self.images_seen} images "
+                    f"(lr={self.train.lr}, T={self.train.temperature})"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            loss_sum += loss.item()
+            loss_n += 1
+            if self.images_seen // every > (self.images_seen - self.train.batch_size) // every or (
+                self.step == self.total_steps
+            ):
+                elapsed = time.perf_counter() - t0
+                metrics = {
+                    **self.evaluate(),
+                    "train_loss": loss_sum / max(loss_n, 1),
+                    "images_seen": float(min(self.images_seen, budget)),
+                    "images_per_s": (self.images_seen - seen0) / max(elapsed, 1e-9),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                }
+                self.student.train()
+                report(metrics, {"trial": self})
+                loss_sum, loss_n, t0, seen0 = 0.0, 0, time.perf_counter(), self.images_seen
+        return metrics
+
+
+# ---------------------------------------------------------------------------------------------- Ray Tune
+def tune_trainable(config: dict[str, Any], spec_json: str, paths: TrialPaths) -> None:
+    """Function trainable: `config` holds `arm`, `seed` and the searched hyperparameters."""
+    from ray import tune
+
+    spec = StudySpec.model_validate_json(spec_json)
+    torch.set_num_threads(spec.resources.threads_per_trial)
+    overrides = {k: v for k, v in config.items() if k not in ("arm", "seed", "phase")}
+    trial = KDTrial(spec, spec.arm(config["arm"]), paths, overrides, seed=int(config.get("seed", spec.seed)))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            trial.restore(Path(directory))
+
+    def report(metrics: dict[str, float], _: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory(prefix="kd-ckpt-") as directory:
+            trial.save(Path(directory))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    trial.run(report)

@@ -1,0 +1,213 @@
+"""The study's steps in order: validate, build surrogates, measure criteria, run the sweep, report.
+
+`kd-study run` and `kd-study quickstart` both drive these; each step skips what is already done, so a rerun
+resumes and a finished study reruns in seconds without adding MLflow runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid, save_image
+
+from study import storage
+from study.config import CardSpec, SpecError, StudySpec
+from study.criteria import measure
+from study.data import shards
+from study.data.build import BuildResult, build_surrogate
+from study.data.loader import read_all
+from study.distill.trial import TrialPaths, card_for_arm
+from study.report import Report, write_report
+from study.sweep import run_sweep, total_trials
+from study.teacher import Teacher, TeacherError, TeacherMeta, load_meta, load_teacher
+from study.tracking import StudyTracker
+
+log = logging.getLogger(__name__)
+
+CRITERIA_IMAGES = 2000
+
+
+class ProgressSink(Protocol):
+    """What the pipeline tells a UI; the CLI implements it with rich, tests with nothing."""
+
+    def task(self, key: str, description: str, total: int | None) -> None: ...
+    def update(self, key: str, completed: int, total: int | None = None) -> None: ...
+
+
+class NoProgress:
+    def task(self, key: str, description: str, total: int | None) -> None:
+        pass
+
+    def update(self, key: str, completed: int, total: int | None = None) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    root: str
+    shards: str
+    tune_dir: str
+    teacher: str
+    tracking_uri: str
+    report_dir: str
+
+
+def study_paths(spec: StudySpec, root: str | None = None) -> StudyPaths:
+    """Resolve the spec's storage against `root` (or its own `storage.root`)."""
+    base = storage.resolve(root or spec.storage.root)
+    uri = spec.tracking.uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + storage.resolve(uri[len("sqlite:///") :], base)
+    return StudyPaths(
+        root=base,
+        shards=storage.resolve(spec.storage.shards, base),
+        tune_dir=storage.resolve(spec.storage.tune, base),
+        teacher=storage.resolve(spec.teacher.uri, base),
+        tracking_uri=uri,
+        report_dir=storage.resolve("report", base),
+    )
+
+
+@dataclass
+class StudyOutcome:
+    paths: StudyPaths
+    teacher: TeacherMeta
+    builds: dict[str, BuildResult] = field(default_factory=dict)
+    sweep_ran: bool = False
+    report: Report | None = None
+
+
+def load_cards(spec: StudySpec, cards_dir: str | None = None) -> dict[str, CardSpec]:
+    """Every arm's card, validated (and its generator's params checked) before anything runs."""
+    cards = {}
+    for arm in spec.arms:
+        card = card_for_arm(arm, cards_dir)
+        if card.kind == "generated":
+            from study.data.generators import create_generator
+
+            assert card.generator is not None
+            try:
+                create_generator(card.generator, card.params, reference_stats=([0.5], [0.25]))
+            except ValueError as err:
+                raise SpecError(f"card '{card.name}' (arm '{arm.name}'): {err}") from None
+        if arm.count and card.count and arm.count > card.count:
+            raise SpecError(f"arm '{arm.name}': count {arm.count} exceeds card '{card.name}' count {card.count}")
+        cards[arm.name] = card
+    return cards
+
+
+def build_surrogates(
+    cards: dict[str, CardSpec], paths: StudyPaths, meta: TeacherMeta, progress: ProgressSink, workers: int = 1
+) -> dict[str, BuildResult]:
+    results: dict[str, BuildResult] = {}
+    for card in {c.name: c for c in cards.values()}.values():
+        key = f"build:{card.name}"
+        progress.task(key, f"surrogate {card.name}", None)
+        results[card.name] = build_surrogate(
+            card,
+            paths.shards,
+            reference_stats=(meta.mean, meta.std),
+            teacher_id=meta.teacher_id,
+            workers=workers,
+            on_shard=lambda done, total, k=key: progress.update(k, done, total),
+        )
+    return results
+
+
+def sample_grid_png(images: np.ndarray, n: int = 64) -> bytes:
+    x = torch.from_numpy(images[:n]).permute(0, 3, 1, 2).float() / 255.0
+    buf = io.BytesIO()
+    save_image(make_grid(x, nrow=int(np.ceil(np.sqrt(len(x)))), padding=1), buf, format="png")
+    return buf.getvalue()
+
+
+def record_arms(
+    spec: StudySpec,
+    cards: dict[str, CardSpec],
+    builds: dict[str, BuildResult],
+    teacher: Teacher,
+    tracker: StudyTracker,
+    progress: ProgressSink,
+) -> None:
+    """Parent run per arm with card params, criteria and artifacts; criteria are measured once per arm."""
+    progress.task("criteria", "criteria (teacher forward passes)", len(spec.arms))
+    for i, arm in enumerate(spec.arms):
+        card, build = cards[arm.name], builds[cards[arm.name].name]
+        params = {
+            "surrogate": card.name,
+            "kind": card.kind,
+            "generator": card.generator or "",
+            "source": card.source.name if card.source else "",
+            "card_params": card.params,
+            "count": arm.count or build.manifest.count,
+            "labels": arm.labels,
+            "teacher": teacher.meta.teacher_id,
+            "arm_train": arm.train,
+        }
+        run_id = tracker.arm_run(arm.name, params)
+        if "criteria.class_entropy" not in tracker.client.get_run(run_id).data.metrics:
+            images, _ = read_all(build.root, build.manifest, min(arm.count or build.manifest.count, CRITERIA_IMAGES))
+            crit = measure(teacher, images)
+            tracker.log_arm_metrics(run_id, {f"criteria.{k}": v for k, v in crit.values.items()})
+            tracker.log_arm_artifacts(
+                run_id,
+                {
+                    "manifest.json": build.manifest.model_dump_json(indent=2).encode(),
+                    "class_histogram.json": json.dumps(
+                        {"teacher_predicted": crit.predicted_histogram, "classes": teacher.meta.classes}
+                    ).encode(),
+                    "samples.png": sample_grid_png(images),
+                },
+            )
+        progress.update("criteria", i + 1)
+
+
+def sweep_complete(spec: StudySpec, tracker: StudyTracker) -> bool:
+    finished = [r for r in tracker.trial_runs() if r.info.status == "FINISHED"]
+    return len(finished) >= total_trials(spec)
+
+
+def run_study(
+    spec: StudySpec,
+    root: str | None = None,
+    progress: ProgressSink | None = None,
+    cards_dir: str | None = None,
+    build_workers: int = 1,
+) -> StudyOutcome:
+    """Everything after the teacher: build what is missing, criteria, sweep (resumed if interrupted), report."""
+    progress = progress or NoProgress()
+    paths = study_paths(spec, root)
+    cards = load_cards(spec, cards_dir)
+    try:
+        meta = load_meta(paths.teacher)
+    except TeacherError as err:
+        raise SpecError(f"{err}\n  (the spec's teacher.uri is '{spec.teacher.uri}')") from None
+    outcome = StudyOutcome(paths, meta)
+    outcome.builds = build_surrogates(cards, paths, meta, progress, build_workers)
+    for arm in spec.arms:
+        build = outcome.builds[cards[arm.name].name]
+        if arm.count and arm.count > build.manifest.count:
+            raise shards.ShardError(
+                f"{build.root}: arm '{arm.name}' wants {arm.count} images, it holds {build.manifest.count}"
+            )
+    tracker = StudyTracker(paths.tracking_uri, spec)
+    teacher = load_teacher(paths.teacher)
+    record_arms(spec, cards, outcome.builds, teacher, tracker, progress)
+    total = total_trials(spec)
+    progress.task("sweep", f"KD trials ({len(spec.arms)} arms x {spec.search.trials_per_arm})", total)
+    if not sweep_complete(spec, tracker):
+        Path(paths.tune_dir).mkdir(parents=True, exist_ok=True)
+        trial_paths = TrialPaths(teacher=paths.teacher, shards_root=paths.shards, cards_dir=cards_dir)
+        run_sweep(spec, trial_paths, paths.tune_dir, tracker, lambda done, t: progress.update("sweep", done, t))
+        outcome.sweep_ran = True
+    tracker.set_arm_terminated()
+    progress.update("sweep", total, total)
+    outcome.report = write_report(tracker, Path(paths.report_dir), meta.test_accuracy, title=spec.name)
+    return outcome
