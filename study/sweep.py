@@ -98,25 +98,23 @@ class PerArmASHA(FIFOScheduler):
     """ASHA rungs kept separately for each arm (trials compete only with trials of their own arm)."""
 
     def __init__(self, max_reports: int, grace_reports: int, reduction_factor: int) -> None:
-        super().__init__(metric=METRIC, mode=MODE)
-        self._make = lambda: ASHAScheduler(
-            time_attr="training_iteration",
-            metric=METRIC,
-            mode=MODE,
-            max_t=max_reports,
-            grace_period=min(grace_reports, max_reports),
-            reduction_factor=reduction_factor,
-        )
+        super().__init__()
+        self._metric, self._mode = METRIC, MODE
+        self.max_reports, self.grace_reports, self.reduction_factor = max_reports, grace_reports, reduction_factor
         self.rungs: dict[str, ASHAScheduler] = {}
 
     def _for(self, trial: Trial) -> ASHAScheduler:
         arm = trial.config["arm"]
         if arm not in self.rungs:
-            self.rungs[arm] = self._make()
+            self.rungs[arm] = ASHAScheduler(
+                time_attr="training_iteration",
+                metric=METRIC,
+                mode=MODE,
+                max_t=self.max_reports,
+                grace_period=min(self.grace_reports, self.max_reports),
+                reduction_factor=self.reduction_factor,
+            )
         return self.rungs[arm]
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_make"}
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True
