@@ -1,5 +1,7 @@
 """Specification of the batched per-image augmentation recipe (study.distill.augment)."""
 
+from dataclasses import replace
+
 import torch
 
 from study.distill.augment import OP_INDEX, OPS, AugmentConfig, BatchAugment, mixup
@@ -204,3 +206,20 @@ class TestColourOpsMatchTorchvision:
                 ours = _colour_op(name, images.float() / 255, torch.full((8,), magnitude))
                 expected = torch.stack([self._reference(name, image, magnitude) for image in images])
                 torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0, msg=f"{name} at {magnitude}")
+
+
+class TestSyntheticRecipeOps:
+    def test_invert_with_everything_else_off_inverts_exactly(self) -> None:
+        cfg = replace(OFF, invert_p=1.0)
+        images = _images()
+        torch.testing.assert_close(BatchAugment(cfg, MEAN, STD)(images, _gen()), _normalise(255 - images))
+
+    def test_elastic_displaces_only_the_images_that_drew_it(self) -> None:
+        cfg = replace(OFF, elastic_p=0.5)
+        aug = BatchAugment(cfg, MEAN, STD)
+        images = _images()
+        params = aug.draw(64, 32, 32, _gen())
+        out = aug.apply(images, params)
+        moved = (out - _normalise(images)).abs().amax(dim=(1, 2, 3)) > 1e-4
+        assert torch.equal(moved, params.elastic)
+        assert 16 < int(params.elastic.sum()) < 48
