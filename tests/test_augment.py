@@ -1,5 +1,7 @@
 """Specification of the batched per-image augmentation recipe (study.distill.augment)."""
 
+from dataclasses import replace
+
 import torch
 
 from study.distill.augment import OP_INDEX, OPS, AugmentConfig, BatchAugment, mixup
@@ -171,3 +173,53 @@ class TestGeometryMatchesTorchvision:
         expected = affine(images.float() / 255, angle=0.0, translate=[6, 0], scale=1.0, shear=[0.0, 0.0],
                           fill=list(MEAN))
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+class TestColourOpsMatchTorchvision:
+    """Each colour op equals torchvision v2's kernel on the same image at RandAugment's magnitude 14."""
+
+    @staticmethod
+    def _reference(name: str, image: torch.Tensor, magnitude: float) -> torch.Tensor:
+        import torchvision.transforms.v2.functional as TF
+
+        as_float = image.float() / 255
+        kernels = {
+            "Brightness": lambda: TF.adjust_brightness(as_float, 1 + magnitude),
+            "Color": lambda: TF.adjust_saturation(as_float, 1 + magnitude),
+            "Contrast": lambda: TF.adjust_contrast(as_float, 1 + magnitude),
+            "Sharpness": lambda: TF.adjust_sharpness(as_float, 1 + magnitude),
+            "Solarize": lambda: TF.solarize(as_float, magnitude),
+            "AutoContrast": lambda: TF.autocontrast(as_float),
+            "Posterize": lambda: TF.posterize(image, int(magnitude)).float() / 255,
+            "Equalize": lambda: TF.equalize(image).float() / 255,
+        }
+        return kernels[name]()
+
+    def test_every_colour_op_matches_the_torchvision_kernel(self) -> None:
+        from study.distill.augment import COLOUR_OPS, _colour_op, _op_magnitudes
+
+        images = _images(8)
+        table = _op_magnitudes(14, 32, 32)
+        for name in COLOUR_OPS:
+            for sign in (1.0, -1.0) if name in ("Brightness", "Color", "Contrast", "Sharpness") else (1.0,):
+                magnitude = sign * float(table[OP_INDEX[name]])
+                ours = _colour_op(name, images.float() / 255, torch.full((8,), magnitude))
+                expected = torch.stack([self._reference(name, image, magnitude) for image in images])
+                torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0, msg=f"{name} at {magnitude}")
+
+
+class TestSyntheticRecipeOps:
+    def test_invert_with_everything_else_off_inverts_exactly(self) -> None:
+        cfg = replace(OFF, invert_p=1.0)
+        images = _images()
+        torch.testing.assert_close(BatchAugment(cfg, MEAN, STD)(images, _gen()), _normalise(255 - images))
+
+    def test_elastic_displaces_only_the_images_that_drew_it(self) -> None:
+        cfg = replace(OFF, elastic_p=0.5)
+        aug = BatchAugment(cfg, MEAN, STD)
+        images = _images()
+        params = aug.draw(64, 32, 32, _gen())
+        out = aug.apply(images, params)
+        moved = (out - _normalise(images)).abs().amax(dim=(1, 2, 3)) > 1e-4
+        assert torch.equal(moved, params.elastic)
+        assert 16 < int(params.elastic.sum()) < 48

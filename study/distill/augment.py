@@ -306,13 +306,17 @@ def _geometry(x: torch.Tensor, p: AugmentParams, mean: torch.Tensor) -> torch.Te
         return x
     # Pixel coordinates [0, W] <-> grid coordinates [-1, 1] (align_corners=False).
     to_grid = torch.tensor([[2.0 / w, 0, -1], [0, 2.0 / h, -1], [0, 0, 1]], device=x.device)
-    to_pixel = torch.linalg.inv(to_grid)
+    to_pixel = torch.tensor([[w / 2.0, 0, w / 2.0], [0, h / 2.0, h / 2.0], [0, 0, 1]], device=x.device)
     theta = (to_grid @ m @ to_pixel)[:, :2, :]
-    if p.displacement is None:
-        grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
-    else:
-        base = F.affine_grid(identity[:1, :2, :], [1, 1, h, w], align_corners=False) + p.displacement
-        grid = base @ theta[:, :, :2].transpose(1, 2).unsqueeze(1) + theta[:, :, 2].view(n, 1, 1, 2)
+    # The grid is built by broadcasting (what ``F.affine_grid`` computes, ~10x faster on CPU than its bmm).
+    u = ((torch.arange(w, device=x.device) + 0.5) * (2.0 / w) - 1.0).view(1, 1, w)
+    v = ((torch.arange(h, device=x.device) + 0.5) * (2.0 / h) - 1.0).view(1, h, 1)
+    if p.displacement is not None:
+        u, v = u + p.displacement[..., 0], v + p.displacement[..., 1]
+    t = theta.view(n, 6, 1, 1)
+    gx = t[:, 0] * u + t[:, 1] * v + t[:, 2]
+    gy = t[:, 3] * u + t[:, 4] * v + t[:, 5]
+    grid = torch.stack([gx, gy], dim=-1)
     out = F.grid_sample(x - mean, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.add_(mean).clamp_(0.0, 1.0)
 
@@ -331,12 +335,12 @@ def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.
 
 def _sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """PIL's SMOOTH kernel on the interior, border unchanged, then blended by ``factor``."""
-    c = x.shape[1]
-    kernel = torch.ones(3, 3, device=x.device, dtype=x.dtype)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / 13.0).expand(c, 1, 3, 3)
+    h, w = x.shape[-2:]
+    # Kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 as shifted-slice sums: cheaper than conv2d here.
+    rows = x[..., 0 : h - 2, :] + x[..., 1 : h - 1, :] + x[..., 2:h, :]
+    box = rows[..., 0 : w - 2] + rows[..., 1 : w - 1] + rows[..., 2:w]
     blurred = x.clone()
-    blurred[..., 1:-1, 1:-1] = F.conv2d(x, kernel, groups=c)
+    blurred[..., 1:-1, 1:-1] = (box + 4.0 * x[..., 1:-1, 1:-1]) / 13.0
     return _blend(x, blurred, factor)
 
 
@@ -384,14 +388,19 @@ def _colour_slot(x: torch.Tensor, ops: torch.Tensor, mags: torch.Tensor) -> torc
 
 
 def _flip_pad_crop(x: torch.Tensor, flip: torch.Tensor, shift: torch.Tensor, pad: int) -> torch.Tensor:
-    """Horizontal flip, then zero-pad by ``pad`` and crop at ``shift`` (0 = mean once normalised)."""
+    """Horizontal flip, then zero-pad by ``pad`` and crop at ``shift`` (0 = mean once normalised).
+
+    One gather from the zero-padded batch; flipping the padded image equals padding the flipped one.
+    """
     n, c, h, w = x.shape
     if pad == 0 and not bool(flip.any()):
         return x
-    ys = torch.arange(h, device=x.device).view(1, h, 1) + shift[:, 0].view(n, 1, 1) - pad
-    xs = torch.arange(w, device=x.device).view(1, 1, w) + shift[:, 1].view(n, 1, 1) - pad
-    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-    xs = torch.where(flip.view(n, 1, 1), w - 1 - xs, xs)
-    index = torch.where(inside, ys * w + xs, h * w)
-    flat = torch.cat([x.reshape(n, c, h * w), x.new_zeros(n, c, 1)], dim=2)
+    hp, wp = h + 2 * pad, w + 2 * pad
+    padded = x.new_zeros(n, c, hp, wp)
+    padded[:, :, pad : pad + h, pad : pad + w] = x
+    rows = torch.arange(h, device=x.device).view(1, h) + shift[:, :1]
+    cols = torch.arange(w, device=x.device).view(1, w) + shift[:, 1:]
+    cols = torch.where(flip.view(n, 1), wp - 1 - cols, cols)
+    index = (rows * wp).view(n, h, 1) + cols.view(n, 1, w)
+    flat = padded.view(n, c, hp * wp)
     return flat.gather(2, index.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)

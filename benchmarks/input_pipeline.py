@@ -1,0 +1,165 @@
+"""Input-pipeline throughput: kd-study's batched per-image augmentation vs per-image torchvision.
+
+Figures (one line each, ``NAME: ratio=X`` then raw numbers):
+
+* ``input_pipeline``: BatchAugment (full recipe + mixup, batch 256, 32 x 32 uint8) on 2 cores vs 20,000 img/s.
+  "2 threads" is measured as 2 single-threaded DataLoader workers, each augmenting whole batches (how a CPU
+  trial runs it); intra-op threading (``torch.set_num_threads(2)`` on one batch) is printed as a raw number:
+  on a shared, oversubscribed machine its per-op barriers make it far slower than one thread.
+* ``input_pipeline_1thread``: the same on one thread vs 10,000 img/s.
+* ``input_vs_torchvision``: ours (2 threads) / the pipeline most KD code uses: per-image torchvision v2
+  transforms (RandomResizedCrop, RandAugment(2, 14), flip, pad-crop, ToDtype, Normalize) in a DataLoader with
+  2 workers over an in-memory uint8 dataset, plus the same mixup on each batch.
+
+The uint8 batches come from a ``BatchSource`` (a callable returning an iterator of uint8 (N, C, H, W)
+tensors); ``memory_source`` is the in-memory one, and a shard-decoding source can be swapped in front.
+Run: ``python benchmarks/input_pipeline.py [--images N] [--recipe real|synthetic]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torchvision.transforms import v2
+
+from study.distill.augment import AugmentConfig, BatchAugment, mixup
+
+BatchSource = Callable[[], Iterator[torch.Tensor]]
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+SIZE = 32
+BATCH = 256
+TARGET_2_THREADS = 20_000.0
+TARGET_1_THREAD = 10_000.0
+
+
+def memory_images(count: int, seed: int = 0) -> torch.Tensor:
+    """A seeded in-memory uint8 dataset (count, 3, 32, 32); content does not change the ops' cost."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (count, 3, SIZE, SIZE), generator=gen, dtype=torch.uint8)
+
+
+def memory_source(images: torch.Tensor, batch_size: int = BATCH) -> BatchSource:
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, len(images) - batch_size + 1, batch_size):
+            yield images[start : start + batch_size]
+
+    return batches
+
+
+def ours_rate(source: BatchSource, config: AugmentConfig, threads: int) -> float:
+    """Images/s of source -> BatchAugment (recipe + mixup) on ``threads`` intra-op threads."""
+    torch.set_num_threads(threads)
+    augment = BatchAugment(config, MEAN, STD)
+    gen = torch.Generator().manual_seed(0)
+    augment(next(source()), gen)  # warm-up: allocator, kernels
+    seen, start = 0, time.perf_counter()
+    for batch in source():
+        augment(batch, gen)
+        seen += len(batch)
+    return seen / (time.perf_counter() - start)
+
+
+class _AugmentedBatches(IterableDataset):
+    """Each DataLoader worker augments every ``num_workers``-th source batch on one thread, own generator."""
+
+    def __init__(self, source: BatchSource, config: AugmentConfig) -> None:
+        self.source, self.config = source, config
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = get_worker_info()
+        wid, count = (info.id, info.num_workers) if info is not None else (0, 1)
+        torch.set_num_threads(1)
+        augment = BatchAugment(self.config, MEAN, STD)
+        gen = torch.Generator().manual_seed(1_000 + wid)
+        for i, batch in enumerate(self.source()):
+            if i % count == wid:
+                yield augment(batch, gen)
+
+
+def ours_workers_rate(source: BatchSource, config: AugmentConfig, workers: int) -> float:
+    """Images/s of BatchAugment run in ``workers`` single-threaded DataLoader workers (whole batches)."""
+    torch.set_num_threads(1)
+    loader = DataLoader(_AugmentedBatches(source, config), batch_size=None, num_workers=workers)
+    seen, start = 0, time.perf_counter()  # worker start-up counts, as for the baseline
+    for batch in loader:
+        seen += len(batch)
+    return seen / (time.perf_counter() - start)
+
+
+class _PerImage(Dataset):
+    def __init__(self, images: torch.Tensor, transform: v2.Transform) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.images[index])
+
+
+def torchvision_transform(config: AugmentConfig) -> v2.Transform:
+    """The per-image torchvision v2 form of the recipe (the authors' code, fill = mean)."""
+    fill = [round(255 * m) for m in MEAN]
+    ops: list[v2.Transform] = [
+        v2.RandomResizedCrop(SIZE, scale=config.crop_scale, antialias=True),
+        v2.RandAugment(num_ops=config.randaugment_ops, magnitude=config.randaugment_magnitude, fill=fill),
+    ]
+    if config.elastic_p > 0:
+        elastic = v2.ElasticTransform(alpha=50.0, sigma=5.0, fill=fill)
+        ops.append(v2.RandomApply([elastic], p=config.elastic_p))
+    if config.invert_p > 0:
+        ops.append(v2.RandomInvert(p=config.invert_p))
+    ops += [
+        v2.RandomHorizontalFlip(),
+        v2.RandomCrop(SIZE, padding=round(config.pad_fraction * SIZE), fill=fill),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(MEAN, STD),
+    ]
+    return v2.Compose(ops)
+
+
+def torchvision_rate(images: torch.Tensor, config: AugmentConfig, workers: int) -> float:
+    """Images/s of a DataLoader with ``workers`` processes running per-image transforms, plus batch mixup."""
+    torch.set_num_threads(1)
+    loader = DataLoader(
+        _PerImage(images, torchvision_transform(config)), batch_size=BATCH, shuffle=True, num_workers=workers,
+        drop_last=True, persistent_workers=False, generator=torch.Generator().manual_seed(0),
+    )
+    gen = torch.Generator().manual_seed(0)
+    seen, start = 0, time.perf_counter()  # worker start-up counts: every epoch of a real trial pays it
+    for batch in loader:
+        mixup(batch, gen)
+        seen += len(batch)
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20_480, help="images per measurement (default 20480)")
+    parser.add_argument("--recipe", choices=("real", "synthetic"), default="real")
+    args = parser.parse_args()
+    config = AugmentConfig()
+    if args.recipe == "synthetic":
+        config = AugmentConfig(randaugment_ops=4, elastic_p=0.5, invert_p=0.1)
+    images = memory_images(args.images)
+    source = memory_source(images)
+    one = ours_rate(source, config, threads=1)
+    intra_two = ours_rate(source, config, threads=2)
+    two = ours_workers_rate(source, config, workers=2)
+    baseline = torchvision_rate(images, config, workers=2)
+    common = f"batch={BATCH} size={SIZE} recipe={args.recipe} images={args.images}"
+    print(f"input_pipeline: ratio={two / TARGET_2_THREADS:.2f} ours={two:.0f} img/s "
+          f"target={TARGET_2_THREADS:.0f} img/s workers=2x1thread intraop_2threads={intra_two:.0f} img/s "
+          f"{common}")
+    print(f"input_pipeline_1thread: ratio={one / TARGET_1_THREAD:.2f} ours={one:.0f} img/s "
+          f"target={TARGET_1_THREAD:.0f} img/s threads=1 {common}")
+    print(f"input_vs_torchvision: ratio={two / baseline:.2f} ours={two:.0f} img/s "
+          f"torchvision={baseline:.0f} img/s workers=2 (both) {common}")
+
+if __name__ == "__main__":
+    main()
