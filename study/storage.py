@@ -108,7 +108,10 @@ def _count_retry(request: Any, **_: Any) -> None:
 
 @functools.cache
 def s3_client():  # -> botocore client; untyped to keep boto3 stubs optional
-    """The S3 client of this process (thread-safe); `s3_client.cache_clear()` after changing the env."""
+    """The S3 client of this process (thread-safe; a forked child makes its own).
+
+    Call `s3_client.cache_clear()` after changing the environment it reads.
+    """
     import boto3
     from botocore.config import Config
 
@@ -123,6 +126,17 @@ def s3_client():  # -> botocore client; untyped to keep boto3 stubs optional
     client = boto3.session.Session().client("s3", region_name=region, config=config)
     client.meta.events.register("before-send.s3", _count_retry, unique_id="kd-study-count-retries")
     return client
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (DataLoader worker, multiprocessing pool) must not reuse the parent's pooled HTTP
+    # connections: two processes reading one socket interleave their responses.
+    global _counters_lock
+    _counters_lock = threading.Lock()
+    s3_client.cache_clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def transfer_config():  # -> boto3.s3.transfer.TransferConfig

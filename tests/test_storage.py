@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
 import random
 import time
 from pathlib import Path
@@ -104,6 +105,22 @@ class TestMoto:
         with pytest.raises(StorageError, match=uri):
             storage.open_read(uri)
 
+    def test_forked_child_makes_its_own_client_and_reads(self, s3_env: S3Server) -> None:
+        uri = f"s3://{s3_env.make_bucket()}/obj.bin"
+        storage.write_bytes(uri, data := _payload(6, 300_000))
+        parent_client = storage.s3_client()
+        ctx = multiprocessing.get_context("fork")
+        results = ctx.Queue()
+
+        def child() -> None:
+            results.put((storage.s3_client() is parent_client, storage.read_bytes(uri) == data))
+
+        process = ctx.Process(target=child)
+        process.start()
+        process.join(timeout=30)
+        assert process.exitcode == 0
+        assert results.get(timeout=5) == (False, True)
+
     def test_webdataset_reads_s3_shards_through_the_registered_scheme(
         self, s3_env: S3Server, tmp_path: Path
     ) -> None:
@@ -126,6 +143,20 @@ class TestMoto:
 
 
 class TestSeaweedFS:
+    def test_broken_read_resumes_with_a_signed_range_request(
+        self, seaweedfs_server: S3Server, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        port = int(seaweedfs_server.endpoint_url.rsplit(":", 1)[1])
+        with FaultProxy(("127.0.0.1", port)) as proxy:
+            seaweedfs_server.activate(monkeypatch, AWS_ENDPOINT_URL=proxy.endpoint_url)
+            uri = f"s3://{seaweedfs_server.make_bucket()}/obj.bin"
+            storage.write_bytes(uri, data := _payload(10, 3 * MB))
+            proxy.force("reset_mid_body", "GET")
+            with storage.open_read(uri) as stream:
+                assert stream.read() == data
+                assert stream.resumes == 1
+            assert len(proxy.range_headers) == 1
+
     def test_round_trip_with_its_credentials(
         self, seaweedfs_server: S3Server, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -190,6 +221,34 @@ class TestFaultyNetwork:
         with storage.open_read(uri) as stream, pytest.raises(StorageError, match=rf"{uri}: read broke"):
             stream.read()
         assert faulty_s3.range_headers == []
+
+    def test_object_replaced_during_a_resumed_read_fails_instead_of_splicing(
+        self, faulty_s3: FaultProxy, moto_server: S3Server, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        self._via(faulty_s3, moto_server, monkeypatch)
+        uri = f"s3://{moto_server.make_bucket()}/obj.bin"
+        storage.write_bytes(uri, _payload(7))
+        faulty_s3.force("reset_mid_body", "GET")
+        with storage.open_read(uri) as stream:
+            assert stream.read(1000) == _payload(7)[:1000]
+            storage.write_bytes(uri, _payload(8))
+            with pytest.raises(StorageError, match=rf"{uri}.*PreconditionFailed"):
+                stream.read()
+
+    def test_multipart_upload_through_faults_is_byte_exact(
+        self, faulty_s3: FaultProxy, moto_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        self._via(faulty_s3, moto_server, monkeypatch)
+        monkeypatch.setenv("KD_STUDY_S3_MULTIPART_THRESHOLD", str(5 * MB))
+        monkeypatch.setenv("KD_STUDY_S3_MULTIPART_CHUNKSIZE", str(5 * MB))
+        local = tmp_path / "big.bin"
+        local.write_bytes(data := _payload(9, 16 * MB))
+        uri = f"s3://{moto_server.make_bucket()}/big.bin"
+        faulty_s3.set_faults(FaultRates(reset_before=0.15, slow_down=0.15), seed=3)
+        storage.upload_file(local, uri)
+        faulty_s3.set_faults(FaultRates())
+        assert faulty_s3.faults > 0
+        assert storage.read_bytes(uri) == data
 
     def test_fifty_uploads_and_reads_through_twenty_percent_faults_are_byte_exact(
         self, faulty_s3: FaultProxy, moto_server: S3Server, monkeypatch: pytest.MonkeyPatch
