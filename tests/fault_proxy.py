@@ -9,6 +9,8 @@ fraction of requests it injects one fault, the kinds a real object store or load
 - `slow_down`: HTTP 503 with S3's `SlowDown` XML error body; nothing reaches the server.
 - `reset_mid_body`: a GET is relayed, the response head and half its body are sent, then the connection
   closes (the client sees fewer bytes than Content-Length).
+- `stall_mid_body`: as `reset_mid_body`, but the connection then goes silent for `stall_s` before closing
+  (the client's read timeout fires first).
 - `latency_s`: added to every request, faulty or not.
 
 `force(kind, method)` makes the next matching request fail, for deterministic tests. `counts` tallies
@@ -28,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import IO
 
-FAULT_KINDS = ("reset_before", "slow_down", "reset_mid_body")
+FAULT_KINDS = ("reset_before", "slow_down", "reset_mid_body", "stall_mid_body")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SLOW_DOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -43,7 +45,9 @@ class FaultRates:
     reset_before: float = 0.0
     slow_down: float = 0.0
     reset_mid_body: float = 0.0
+    stall_mid_body: float = 0.0
     latency_s: float = 0.0
+    stall_s: float = 2.0
 
 
 class _Message:
@@ -274,9 +278,12 @@ class FaultProxy:
             no_body = method == "HEAD" or status in (204, 304) or 100 <= status < 200
             reply_body, to_eof = _read_body(reply_stream, reply, no_body=no_body)
         length = reply.get("Content-Length")
-        if kind == "reset_mid_body" and method == "GET" and length and int(length) >= 2 and not no_body:
+        cut = kind in ("reset_mid_body", "stall_mid_body")
+        if cut and method == "GET" and length and int(length) >= 2 and not no_body:
             self._note(kind)
             client.sendall(reply.without("Connection").encode() + reply_body[: len(reply_body) // 2])
+            if kind == "stall_mid_body":
+                self._stopping.wait(self.rates.stall_s)
             client.shutdown(socket.SHUT_RDWR)
             return False
         if to_eof:

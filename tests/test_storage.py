@@ -210,6 +210,22 @@ class TestFaultyNetwork:
         assert 0 < int(range_header.removeprefix("bytes=").rstrip("-")) < len(data)
         assert storage.s3_counters()["range_resumes"] == before + 1
 
+    def test_stalled_body_is_resumed_after_the_read_timeout(
+        self, faulty_s3: FaultProxy, moto_server: S3Server, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        self._via(faulty_s3, moto_server, monkeypatch)
+        uri = f"s3://{moto_server.make_bucket()}/obj.bin"
+        storage.write_bytes(uri, data := _payload(11))
+        monkeypatch.setenv("KD_STUDY_S3_READ_TIMEOUT", "0.5")
+        storage.s3_client.cache_clear()
+        faulty_s3.force("stall_mid_body", "GET")
+        start = time.monotonic()
+        with storage.open_read(uri) as stream:
+            assert stream.read() == data
+            assert stream.resumes == 1
+        assert faulty_s3.counts["stall_mid_body"] == 1
+        assert time.monotonic() - start < faulty_s3.rates.stall_s  # resumed on timeout, not on the close
+
     def test_reader_gives_up_naming_the_uri_when_resumptions_run_out(
         self, faulty_s3: FaultProxy, moto_server: S3Server, monkeypatch: pytest.MonkeyPatch
     ) -> None:
