@@ -78,15 +78,19 @@ class TestMoto:
         assert storage.list_names(storage.join(root, "a")) == ["manifest.json", "shard-000000.tar"]
         assert storage.list_names(storage.join(root, "empty")) == []
 
-    def test_upload_file_goes_multipart_above_the_configured_threshold(
-        self, s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    @pytest.mark.parametrize("write", ["upload_file", "write_bytes"])
+    def test_large_writes_go_multipart_above_the_configured_threshold(
+        self, write: str, s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setenv("KD_STUDY_S3_MULTIPART_THRESHOLD", str(5 * MB))
         monkeypatch.setenv("KD_STUDY_S3_MULTIPART_CHUNKSIZE", str(5 * MB))
-        local = tmp_path / "big.bin"
-        local.write_bytes(data := _payload(1, 12 * MB))
+        data = _payload(1, 12 * MB)
         bucket = s3_env.make_bucket()
-        storage.upload_file(local, f"s3://{bucket}/big.bin")
+        if write == "upload_file":
+            (local := tmp_path / "big.bin").write_bytes(data)
+            storage.upload_file(local, f"s3://{bucket}/big.bin")
+        else:
+            storage.write_bytes(f"s3://{bucket}/big.bin", data)
         assert storage.read_bytes(f"s3://{bucket}/big.bin") == data
         etag = s3_env.client().head_object(Bucket=bucket, Key="big.bin")["ETag"]
         assert etag.strip('"').endswith("-3")  # S3's multipart ETag: md5-of-part-md5s, dash, part count
