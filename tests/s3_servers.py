@@ -235,6 +235,9 @@ def run_seaweedfs() -> Iterator[S3Server]:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.config={config}",
+            # Unix sockets default to /tmp/seaweedfs-*-<port>.sock and outlive the process: keep them in tmp.
+            f"-s3.localSocket={tmp}/s3.sock",
+            f"-filer.localSocket={tmp}/filer.sock",
             "-master.volumeSizeLimitMB=64",
         ]
         with log_path.open("wb") as log:

@@ -77,6 +77,8 @@ class TestMoto:
         assert storage.list_names(root) == ["a", "top.bin"]
         assert storage.list_names(storage.join(root, "a")) == ["manifest.json", "shard-000000.tar"]
         assert storage.list_names(storage.join(root, "empty")) == []
+        storage.write_bytes(storage.join(root, "zero.bin"), b"")
+        assert storage.read_bytes(storage.join(root, "zero.bin")) == b""
 
     @pytest.mark.parametrize("write", ["upload_file", "write_bytes"])
     def test_large_writes_go_multipart_above_the_configured_threshold(
