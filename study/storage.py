@@ -184,6 +184,9 @@ class S3RangeReader(io.RawIOBase):
     from the first byte not yet returned: the approach of s3fs's and smart_open's retrying readers. After
     `KD_STUDY_S3_READ_RESUMES` resumptions in a row that deliver no new byte, `read` raises `StorageError`
     naming the URI. `resumes` counts this reader's resumptions; `s3_counters()["range_resumes"]` all of them.
+    An unbroken read is verified against the object's checksum where the server returns one (botocore's
+    flexible checksums, checked at the last byte); a resumed one only for length, since S3 sends no
+    checksum for ranged reads.
     """
 
     def __init__(self, uri: str, max_resumes: int | None = None) -> None:
@@ -252,7 +255,20 @@ class S3RangeReader(io.RawIOBase):
                 self._resume(stalls, "body ended early")
                 continue
             self.pos += len(chunk)
+            if self.pos >= self.size:
+                self._finish()
             return chunk
+
+    def _finish(self) -> None:
+        """At the last byte, one more read lets botocore check Content-Length and, where the server sent
+        one, the object's checksum (S3 flexible checksums), before the caller gets the final chunk."""
+        body, self._body = self._body, None
+        try:
+            body.read()
+        except Exception as err:
+            raise _s3_error(self.uri, err) from err
+        finally:
+            body.close()
 
     def readall(self) -> bytes:
         parts = []

@@ -11,6 +11,7 @@ fraction of requests it injects one fault, the kinds a real object store or load
   closes (the client sees fewer bytes than Content-Length).
 - `stall_mid_body`: as `reset_mid_body`, but the connection then goes silent for `stall_s` before closing
   (the client's read timeout fires first).
+- `corrupt_body`: a GET's body is relayed whole with one byte flipped (what a checksum must catch).
 - `latency_s`: added to every request, faulty or not.
 
 `force(kind, method)` makes the next matching request fail, for deterministic tests. `counts` tallies
@@ -30,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import IO
 
-FAULT_KINDS = ("reset_before", "slow_down", "reset_mid_body", "stall_mid_body")
+FAULT_KINDS = ("reset_before", "slow_down", "reset_mid_body", "stall_mid_body", "corrupt_body")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SLOW_DOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -46,6 +47,7 @@ class FaultRates:
     slow_down: float = 0.0
     reset_mid_body: float = 0.0
     stall_mid_body: float = 0.0
+    corrupt_body: float = 0.0
     latency_s: float = 0.0
     stall_s: float = 2.0
 
@@ -286,6 +288,10 @@ class FaultProxy:
                 self._stopping.wait(self.rates.stall_s)
             client.shutdown(socket.SHUT_RDWR)
             return False
+        if kind == "corrupt_body" and method == "GET" and length and int(length) >= 1 and not no_body:
+            self._note(kind)
+            middle = len(reply_body) // 2
+            reply_body = reply_body[:middle] + bytes([reply_body[middle] ^ 0xFF]) + reply_body[middle + 1 :]
         if to_eof:
             client.sendall(reply.with_header("Connection", "close").encode() + reply_body)
             return False

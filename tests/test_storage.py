@@ -232,6 +232,17 @@ class TestFaultyNetwork:
         assert faulty_s3.counts["stall_mid_body"] == 1
         assert time.monotonic() - start < faulty_s3.rates.stall_s  # resumed on timeout, not on the close
 
+    def test_corrupted_body_fails_the_checksum_instead_of_returning_bad_bytes(
+        self, faulty_s3: FaultProxy, moto_server: S3Server, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        self._via(faulty_s3, moto_server, monkeypatch)
+        uri = f"s3://{moto_server.make_bucket()}/obj.bin"
+        storage.write_bytes(uri, _payload(12))
+        faulty_s3.force("corrupt_body", "GET")
+        with pytest.raises(StorageError, match=rf"{uri}.*[Cc]hecksum"):
+            storage.read_bytes(uri)
+        assert faulty_s3.counts["corrupt_body"] == 1
+
     def test_reader_gives_up_naming_the_uri_when_resumptions_run_out(
         self, faulty_s3: FaultProxy, moto_server: S3Server, monkeypatch: pytest.MonkeyPatch
     ) -> None:
