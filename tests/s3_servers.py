@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,24 +161,42 @@ def _clean_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def _serve(
+    tmp: str, make: Callable[[], tuple[list[str], S3Server]], cwd: str | None = None
+) -> Iterator[S3Server]:
+    """Start `make()`'s command, wait until healthy, yield its server, stop it. Fresh ports are tried when
+    the process dies while starting (a port taken by someone else between choosing and binding it)."""
+    for attempt in range(3):
+        command, server = make()
+        server.log_path = Path(tmp, f"{server.name}-{attempt}.log")
+        with server.log_path.open("wb") as log:
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=_clean_env())
+        try:
+            _wait_healthy(proc, server, START_TIMEOUT_S)
+        except RuntimeError:
+            died = proc.poll() is not None
+            _stop(proc)
+            if died and attempt < 2:
+                continue
+            raise
+        try:
+            yield server
+        finally:
+            _stop(proc)
+        return
+
+
+@contextlib.contextmanager
 def run_moto() -> Iterator[S3Server]:
     """`python -m moto.server` on a free loopback port (in memory; any credentials pass)."""
-    with tempfile.TemporaryDirectory(prefix="kd-moto-") as tmp:
+
+    def make() -> tuple[list[str], S3Server]:
         port = free_port()
-        log_path = Path(tmp, "moto.log")
-        server = S3Server("moto", f"http://127.0.0.1:{port}", "testing", "testing", log_path=log_path)
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_clean_env(),
-            )
-            try:
-                _wait_healthy(proc, server, START_TIMEOUT_S)
-                yield server
-            finally:
-                _stop(proc)
+        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        return command, S3Server("moto", f"http://127.0.0.1:{port}", "testing", "testing")
+
+    with tempfile.TemporaryDirectory(prefix="kd-moto-") as tmp, _serve(tmp, make) as server:
+        yield server
 
 
 def weed_binary() -> str | None:
@@ -214,39 +232,35 @@ def run_seaweedfs() -> Iterator[S3Server]:
         )
         data = Path(tmp, "data")
         data.mkdir()
-        admin, admin_grpc = _port_pair()
-        flags = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc"]
-        flags += ["filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc"]
-        ports = {flag: free_port() for flag in flags}
-        ports.update({"admin.port": admin, "admin.port.grpc": admin_grpc})
-        log_path = Path(tmp, "weed.log")
-        server = S3Server(
-            "seaweedfs", f"http://127.0.0.1:{ports['s3.port']}", access_key, secret_key, log_path=log_path
-        )
-        command = [
-            binary,
-            "mini",
-            f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            *(f"-{flag}={port}" for flag, port in ports.items()),
-            "-webdav=false",
-            "-admin.ui=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            f"-s3.config={config}",
-            # Unix sockets default to /tmp/seaweedfs-*-<port>.sock and outlive the process: keep them in tmp.
-            f"-s3.localSocket={tmp}/s3.sock",
-            f"-filer.localSocket={tmp}/filer.sock",
-            "-master.volumeSizeLimitMB=64",
-        ]
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp, env=_clean_env())
-            try:
-                _wait_healthy(proc, server, START_TIMEOUT_S)
-                yield server
-            finally:
-                _stop(proc)
+
+        def make() -> tuple[list[str], S3Server]:
+            admin, admin_grpc = _port_pair()
+            flags = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc"]
+            flags += ["filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc"]
+            ports = {flag: free_port() for flag in flags}
+            ports.update({"admin.port": admin, "admin.port.grpc": admin_grpc})
+            command = [
+                binary,
+                "mini",
+                f"-dir={data}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                *(f"-{flag}={port}" for flag, port in ports.items()),
+                "-webdav=false",
+                "-admin.ui=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                f"-s3.config={config}",
+                # Unix sockets default to /tmp/seaweedfs-*-<port>.sock and outlive the process.
+                f"-s3.localSocket={tmp}/s3.sock",
+                f"-filer.localSocket={tmp}/filer.sock",
+                "-master.volumeSizeLimitMB=64",
+            ]
+            endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+            return command, S3Server("seaweedfs", endpoint, access_key, secret_key)
+
+        with _serve(tmp, make, cwd=tmp) as server:
+            yield server
 
 
 @pytest.fixture(scope="session")
