@@ -12,7 +12,7 @@ mid-stream is resumed with an HTTP Range request from the first byte not yet del
 so a multi-GB shard read survives a dropped connection without starting over. Uploads go through boto3's
 transfer manager (`TransferConfig`: multipart above a threshold, parts retried independently).
 
-Environment knobs (all optional): `KD_STUDY_S3_MAX_ATTEMPTS` (botocore attempts per call, default 8),
+Environment knobs (all optional): `KD_STUDY_S3_MAX_ATTEMPTS` (attempts per call, first included, default 8),
 `KD_STUDY_S3_CONNECT_TIMEOUT` / `KD_STUDY_S3_READ_TIMEOUT` (seconds, default 10 / 60),
 `KD_STUDY_S3_ADDRESSING` (path | virtual, default path), `KD_STUDY_S3_MULTIPART_THRESHOLD` /
 `KD_STUDY_S3_MULTIPART_CHUNKSIZE` (bytes, default 64 MiB / 16 MiB), `KD_STUDY_S3_MAX_CONCURRENCY`
@@ -106,17 +106,42 @@ def _count_retry(request: Any, **_: Any) -> None:
             _count("retries")
 
 
-@functools.cache
-def s3_client():  # -> botocore client; untyped to keep boto3 stubs optional
-    """The S3 client of this process (thread-safe; a forked child makes its own).
+# The environment a client is built from: a change to any of these gets a new client, so code and tests that
+# point storage elsewhere (another endpoint, credentials, retry settings) never talk through a stale one.
+_CLIENT_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
 
-    Call `s3_client.cache_clear()` after changing the environment it reads.
+
+def s3_client():  # -> botocore client; untyped to keep boto3 stubs optional
+    """The S3 client for this process and its current environment (thread-safe; cached).
+
+    A forked child or a changed AWS_*/KD_STUDY_S3_* variable gets a new client; `s3_client.cache_clear()`
+    drops all cached clients.
     """
+    env = tuple(os.environ.get(name) for name in _CLIENT_ENV)
+    knobs = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("KD_STUDY_S3_")))
+    return _client_for(os.getpid(), env, knobs)
+
+
+@functools.lru_cache(maxsize=8)
+def _client_for(pid: int, env: tuple[str | None, ...], knobs: tuple[tuple[str, str], ...]):
+    # The arguments are the cache key only; boto3 and the knobs below read the same environment.
     import boto3
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "standard", "max_attempts": int(_env_number("KD_STUDY_S3_MAX_ATTEMPTS", 8))},
+        # total_max_attempts counts the first try, like AWS_MAX_ATTEMPTS (botocore's max_attempts does not).
+        retries={"mode": "standard", "total_max_attempts": int(_env_number("KD_STUDY_S3_MAX_ATTEMPTS", 8))},
         s3={"addressing_style": os.environ.get("KD_STUDY_S3_ADDRESSING", "path")},
         connect_timeout=_env_number("KD_STUDY_S3_CONNECT_TIMEOUT", 10),
         read_timeout=_env_number("KD_STUDY_S3_READ_TIMEOUT", 60),
@@ -126,6 +151,9 @@ def s3_client():  # -> botocore client; untyped to keep boto3 stubs optional
     client = boto3.session.Session().client("s3", region_name=region, config=config)
     client.meta.events.register("before-send.s3", _count_retry, unique_id="kd-study-count-retries")
     return client
+
+
+s3_client.cache_clear = _client_for.cache_clear  # type: ignore[attr-defined]
 
 
 def _after_fork_in_child() -> None:

@@ -111,6 +111,17 @@ class TestMoto:
         with pytest.raises(StorageError, match=uri):
             storage.open_read(uri)
 
+    def test_client_follows_the_environment(self, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+        first = storage.s3_client()
+        assert storage.s3_client() is first
+        monkeypatch.setenv("KD_STUDY_S3_MAX_ATTEMPTS", "3")
+        assert storage.s3_client().meta.config.retries["total_max_attempts"] == 3
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        assert storage.s3_client().meta.endpoint_url == "http://127.0.0.1:9"
+        monkeypatch.undo()
+        s3_env.activate(monkeypatch)
+        assert storage.s3_client().meta.endpoint_url == s3_env.endpoint_url
+
     def test_forked_child_makes_its_own_client_and_reads(self, s3_env: S3Server) -> None:
         uri = f"s3://{s3_env.make_bucket()}/obj.bin"
         storage.write_bytes(uri, data := _payload(6, 300_000))
@@ -223,7 +234,6 @@ class TestFaultyNetwork:
         uri = f"s3://{moto_server.make_bucket()}/obj.bin"
         storage.write_bytes(uri, data := _payload(11))
         monkeypatch.setenv("KD_STUDY_S3_READ_TIMEOUT", "0.5")
-        storage.s3_client.cache_clear()
         faulty_s3.force("stall_mid_body", "GET")
         start = time.monotonic()
         with storage.open_read(uri) as stream:
