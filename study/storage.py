@@ -432,21 +432,3 @@ def local_path(uri: str) -> Path:
     if is_s3(uri):
         raise StorageError(f"{uri}: this operation needs a local path")
     return Path(uri)
-
-
-def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> IO[bytes]:
-    if mode != "rb":
-        raise ValueError(f"{url}: s3 shards are opened for reading only (mode {mode!r})")
-    return open_read(url)
-
-
-def register_webdataset_s3() -> None:
-    """Make `webdataset` open `s3://` URLs through `open_read` (boto3 streaming with Range resumption).
-
-    webdataset 1.0.2 dispatches on the URL scheme through `webdataset.gopen.gopen_schemes` and has no `s3`
-    entry; the alternative, `pipe:aws s3 cp`, needs the AWS CLI and costs ~1 s per shard. Idempotent.
-    """
-    import importlib
-
-    # The attribute `webdataset.gopen` is the function; the module is reached through the import system.
-    importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = _gopen_s3

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from study import storage
+from study.data.s3_stream import register_webdataset_s3
 from study.storage import StorageError
 from tests.fault_proxy import FaultProxy, FaultRates
 from tests.s3_servers import S3Server, free_port
@@ -151,8 +152,8 @@ class TestMoto:
         assert len(shards) == 3
         for shard in shards:
             storage.upload_file(shard, f"s3://{bucket}/surrogate/{shard.name}")
-        storage.register_webdataset_s3()
-        storage.register_webdataset_s3()  # idempotent
+        register_webdataset_s3()
+        register_webdataset_s3()  # idempotent
         urls = [f"s3://{bucket}/surrogate/{s.name}" for s in shards]
         samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=True))
         assert [s["txt"] for s in samples] == [f"sample {i}".encode() for i in range(12)]
@@ -226,6 +227,25 @@ class TestFaultyNetwork:
         (range_header,) = faulty_s3.range_headers
         assert 0 < int(range_header.removeprefix("bytes=").rstrip("-")) < len(data)
         assert storage.s3_counters()["range_resumes"] == before + 1
+
+    def test_webdataset_stream_survives_a_mid_body_reset(
+        self, faulty_s3: FaultProxy, moto_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        import webdataset as wds
+
+        self._via(faulty_s3, moto_server, monkeypatch)
+        shard = tmp_path / "shard-000000.tar"
+        with wds.TarWriter(str(shard), mtime=0) as sink:
+            for i in range(8):
+                sink.write({"__key__": f"{i:06d}", "bin": _payload(i, 100_000)})
+        uri = f"s3://{moto_server.make_bucket()}/surrogate/shard-000000.tar"
+        storage.upload_file(shard, uri)
+        register_webdataset_s3()
+        faulty_s3.force("reset_mid_body", "GET")
+        samples = list(wds.WebDataset([uri], shardshuffle=False))
+        assert [s["bin"] for s in samples] == [_payload(i, 100_000) for i in range(8)]
+        assert faulty_s3.counts["reset_mid_body"] == 1
+        assert len(faulty_s3.range_headers) == 1
 
     def test_stalled_body_is_resumed_after_the_read_timeout(
         self, faulty_s3: FaultProxy, moto_server: S3Server, monkeypatch: pytest.MonkeyPatch
