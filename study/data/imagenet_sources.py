@@ -19,14 +19,14 @@ import numpy as np
 from study.data.images import LabelledImages
 from study.data.real import SourceError, _check_split, register_source
 from study.data.real_subsets import choose_subset, decode_image_files, default_root, held_out_part
+from study.resources import bundled_dir
 
 WNID = re.compile(r"^n\d{8}$")
 _IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 
 
 def class_list_dir() -> Path:
-    from study.resources import bundled_dir
-
+    """Where the shipped class lists live: `datasets/imagenet_classes/` in a checkout or an installed wheel."""
     return bundled_dir("datasets") / "imagenet_classes"
 
 
