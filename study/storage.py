@@ -1,19 +1,39 @@
 """URIs: local paths and `s3://bucket/key`.
 
-One place opens, writes and lists storage, so every other module is indifferent to where shards, teachers and
-reports live. S3 goes through boto3 with botocore's standard retry mode; the endpoint and credentials come only
-from the standard AWS chain (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, profiles, instance roles), never from specs.
-Local writes are atomic (temp file + rename), so a killed job never leaves a half-written file under a final name.
+One place opens, writes and lists storage, so every other module is indifferent to where shards, teachers
+and reports live. S3 goes through boto3 with botocore's standard retry mode; the endpoint and credentials
+come only from the standard AWS chain (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, profiles, instance roles),
+never from specs. Local writes are atomic (temp file + rename), so a killed job never leaves a half-written
+file under a final name.
+
+Failure handling on S3 is botocore's standard retry mode (connection errors, 5xx, SlowDown throttling, with
+exponential backoff and a retry quota) plus one thing botocore does not do: a GetObject whose body breaks
+mid-stream is resumed with an HTTP Range request from the first byte not yet delivered (`S3RangeReader`),
+so a multi-GB shard read survives a dropped connection without starting over. Uploads go through boto3's
+transfer manager (`TransferConfig`: multipart above a threshold, parts retried independently).
+
+Environment knobs (all optional): `KD_STUDY_S3_MAX_ATTEMPTS` (attempts per call, first included, default 8),
+`KD_STUDY_S3_CONNECT_TIMEOUT` / `KD_STUDY_S3_READ_TIMEOUT` (seconds, default 10 / 60),
+`KD_STUDY_S3_ADDRESSING` (path | virtual, default path), `KD_STUDY_S3_MULTIPART_THRESHOLD` /
+`KD_STUDY_S3_MULTIPART_CHUNKSIZE` (bytes, default 64 MiB / 16 MiB), `KD_STUDY_S3_MAX_CONCURRENCY`
+(parallel parts, default 4), `KD_STUDY_S3_READ_RESUMES` (Range resumptions in a row without a new byte
+before a read fails, default 5).
 """
 
 from __future__ import annotations
 
 import functools
+import io
+import logging
 import os
 import tempfile
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+logger = logging.getLogger(__name__)
 
 S3_PREFIX = "s3://"
 
@@ -49,23 +69,251 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-@functools.cache
+_counters: Counter[str] = Counter()
+_counters_lock = threading.Lock()
+
+
+def _count(name: str, n: int = 1) -> None:
+    with _counters_lock:
+        _counters[name] += n
+
+
+def s3_counters() -> dict[str, int]:
+    """Process-wide totals since import: `retries` (botocore re-sent a request) and `range_resumes` (a broken
+    GetObject body continued with a Range request). Monotonic; callers diff two snapshots."""
+    with _counters_lock:
+        return {"retries": _counters["retries"], "range_resumes": _counters["range_resumes"]}
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise StorageError(f"environment variable {name}={raw!r}: expected a number") from None
+
+
+def _count_retry(request: Any, **_: Any) -> None:
+    # botocore stamps every attempt with `amz-sdk-request: attempt=N; max=M`; attempt > 1 is a retry.
+    header = request.headers.get("amz-sdk-request", "")
+    if isinstance(header, bytes):
+        header = header.decode()
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == "attempt" and value.isdigit() and int(value) > 1:
+            _count("retries")
+
+
+# The environment a client is built from: a change to any of these gets a new client, so code and tests that
+# point storage elsewhere (another endpoint, credentials, retry settings) never talk through a stale one.
+_CLIENT_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
+
+
 def s3_client():  # -> botocore client; untyped to keep boto3 stubs optional
+    """The S3 client for this process and its current environment (thread-safe; cached).
+
+    A forked child or a changed AWS_*/KD_STUDY_S3_* variable gets a new client; `s3_client.cache_clear()`
+    drops all cached clients.
+    """
+    env = tuple(os.environ.get(name) for name in _CLIENT_ENV)
+    knobs = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("KD_STUDY_S3_")))
+    return _client_for(os.getpid(), env, knobs)
+
+
+@functools.lru_cache(maxsize=8)
+def _client_for(pid: int, env: tuple[str | None, ...], knobs: tuple[tuple[str, str], ...]):
+    # The arguments are the cache key only; boto3 and the knobs below read the same environment.
     import boto3
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "standard", "max_attempts": int(os.environ.get("KD_STUDY_S3_MAX_ATTEMPTS", "8"))},
+        # total_max_attempts counts the first try, like AWS_MAX_ATTEMPTS (botocore's max_attempts does not).
+        retries={"mode": "standard", "total_max_attempts": int(_env_number("KD_STUDY_S3_MAX_ATTEMPTS", 8))},
         s3={"addressing_style": os.environ.get("KD_STUDY_S3_ADDRESSING", "path")},
-        connect_timeout=10,
-        read_timeout=60,
+        connect_timeout=_env_number("KD_STUDY_S3_CONNECT_TIMEOUT", 10),
+        read_timeout=_env_number("KD_STUDY_S3_READ_TIMEOUT", 60),
+        max_pool_connections=16,
     )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.session.Session().client("s3", region_name=region, config=config)
+    client = boto3.session.Session().client("s3", region_name=region, config=config)
+    client.meta.events.register("before-send.s3", _count_retry, unique_id="kd-study-count-retries")
+    return client
+
+
+s3_client.cache_clear = _client_for.cache_clear  # type: ignore[attr-defined]
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (DataLoader worker, multiprocessing pool) must not reuse the parent's pooled HTTP
+    # connections: two processes reading one socket interleave their responses.
+    global _counters_lock
+    _counters_lock = threading.Lock()
+    s3_client.cache_clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def transfer_config():  # -> boto3.s3.transfer.TransferConfig
+    """Multipart settings for uploads, from the environment (see the module docstring)."""
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(
+        multipart_threshold=int(_env_number("KD_STUDY_S3_MULTIPART_THRESHOLD", 64 << 20)),
+        multipart_chunksize=int(_env_number("KD_STUDY_S3_MULTIPART_CHUNKSIZE", 16 << 20)),
+        max_concurrency=int(_env_number("KD_STUDY_S3_MAX_CONCURRENCY", 4)),
+    )
 
 
 def _s3_error(uri: str, err: Exception) -> StorageError:
     return StorageError(f"{uri}: {type(err).__name__}: {err}")
+
+
+@functools.cache
+def _broken_stream_errors() -> tuple[type[BaseException], ...]:
+    """What a GetObject body raises when its connection drops, stalls or ends short of Content-Length."""
+    import http.client
+
+    from botocore import exceptions as bx
+    from urllib3 import exceptions as ux
+
+    return (
+        bx.ResponseStreamingError,
+        bx.IncompleteReadError,
+        bx.ReadTimeoutError,
+        bx.ConnectionClosedError,
+        ux.ProtocolError,
+        ux.ReadTimeoutError,
+        http.client.IncompleteRead,
+        ConnectionError,
+        TimeoutError,
+    )
+
+
+class S3RangeReader(io.RawIOBase):
+    """A read-only stream over one S3 object that survives broken connections.
+
+    botocore retries a GetObject that fails before its body arrives, but not one whose body breaks midway;
+    this reader then re-issues GetObject with `Range: bytes=<pos>-` (and `If-Match` on the first response's
+    ETag, so a concurrently replaced object fails loudly instead of splicing two versions) and continues
+    from the first byte not yet returned: the approach of s3fs's and smart_open's retrying readers. After
+    `KD_STUDY_S3_READ_RESUMES` resumptions in a row that deliver no new byte, `read` raises `StorageError`
+    naming the URI. `resumes` counts this reader's resumptions; `s3_counters()["range_resumes"]` all of them.
+    An unbroken read is verified against the object's checksum where the server returns one (botocore's
+    flexible checksums, checked at the last byte); a resumed one only for length, since S3 sends no
+    checksum for ranged reads.
+    """
+
+    def __init__(self, uri: str, max_resumes: int | None = None) -> None:
+        super().__init__()
+        self.uri = uri
+        self._bucket, self._key = split_s3(uri)
+        self.max_resumes = (
+            int(_env_number("KD_STUDY_S3_READ_RESUMES", 5)) if max_resumes is None else max_resumes
+        )
+        self.resumes = 0
+        self.pos = 0
+        self.size = 0
+        self._etag: str | None = None
+        self._body: Any = None
+        self._open_at(0)
+
+    def _open_at(self, pos: int) -> None:
+        extra: dict[str, str] = {}
+        if pos:
+            extra["Range"] = f"bytes={pos}-"
+            if self._etag:
+                extra["IfMatch"] = self._etag
+        try:
+            response = s3_client().get_object(Bucket=self._bucket, Key=self._key, **extra)
+        except Exception as err:
+            raise _s3_error(self.uri, err) from err
+        if not pos:
+            self.size = int(response["ContentLength"])
+            self._etag = response.get("ETag")
+        self._body = response["Body"]
+
+    def _resume(self, stalls: int, err: BaseException | str) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+        if stalls > self.max_resumes:
+            raise StorageError(
+                f"{self.uri}: read broke at byte {self.pos} of {self.size} {stalls} times in a row "
+                f"({self.resumes} resumptions in all): {err}"
+            )
+        self.resumes += 1
+        _count("range_resumes")
+        logger.info("%s: resuming at byte %d of %d after %s", self.uri, self.pos, self.size, err)
+        self._open_at(self.pos)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError(f"{self.uri}: read from a closed stream")
+        if size is None or size < 0:
+            return self.readall()
+        if size == 0 or self.pos >= self.size:
+            return b""
+        stalls = 0
+        while True:
+            try:
+                chunk = self._body.read(min(size, self.size - self.pos))
+            except _broken_stream_errors() as err:
+                stalls += 1
+                self._resume(stalls, err)
+                continue
+            if not chunk:  # the server closed cleanly before Content-Length: same as a break
+                stalls += 1
+                self._resume(stalls, "body ended early")
+                continue
+            self.pos += len(chunk)
+            if self.pos >= self.size:
+                self._finish()
+            return chunk
+
+    def _finish(self) -> None:
+        """At the last byte, one more read lets botocore check Content-Length and, where the server sent
+        one, the object's checksum (S3 flexible checksums), before the caller gets the final chunk."""
+        body, self._body = self._body, None
+        try:
+            body.read()
+        except Exception as err:
+            raise _s3_error(self.uri, err) from err
+        finally:
+            body.close()
+
+    def readall(self) -> bytes:
+        parts = []
+        while chunk := self.read(1 << 20):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+        super().close()
 
 
 def exists(uri: str) -> bool:
@@ -89,18 +337,21 @@ def read_bytes(uri: str) -> bytes:
             return Path(uri).read_bytes()
         except FileNotFoundError:
             raise StorageError(f"{uri}: not found") from None
-    bucket, key = split_s3(uri)
-    try:
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    except Exception as err:
-        raise _s3_error(uri, err) from err
+    with S3RangeReader(uri) as stream:
+        return stream.read()
 
 
 def write_bytes(uri: str, data: bytes) -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
+        config = transfer_config()
         try:
-            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+            if len(data) < config.multipart_threshold:
+                # What the transfer manager would send anyway, without its per-call thread pool (~2x slower
+                # for 1 MB objects on loopback).
+                s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+            else:
+                s3_client().upload_fileobj(io.BytesIO(data), bucket, key, Config=config)
         except Exception as err:
             raise _s3_error(uri, err) from err
         return
@@ -134,11 +385,9 @@ def upload_file(local: str | Path, uri: str) -> None:
             tmp.write_bytes(Path(local).read_bytes())
             os.replace(tmp, dest)
         return
-    from boto3.s3.transfer import TransferConfig
-
     bucket, key = split_s3(uri)
     try:
-        s3_client().upload_file(str(local), bucket, key, Config=TransferConfig(multipart_threshold=64 << 20))
+        s3_client().upload_file(str(local), bucket, key, Config=transfer_config())
     except Exception as err:
         raise _s3_error(uri, err) from err
 
@@ -152,8 +401,8 @@ def list_names(uri: str) -> list[str]:
     prefix = key.rstrip("/") + "/" if key else ""
     names: set[str] = set()
     try:
-        for page in s3_client().get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix, Delimiter="/"
+        for page in (
+            s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
         ):
             names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
             names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
@@ -163,17 +412,13 @@ def list_names(uri: str) -> list[str]:
 
 
 def open_read(uri: str) -> IO[bytes]:
-    """A binary stream: a file for local paths, boto3's streaming body for S3 (nothing is buffered whole)."""
+    """A binary stream: a file for local paths, an `S3RangeReader` for S3 (streamed, never whole)."""
     if not is_s3(uri):
         try:
             return open(uri, "rb")
         except FileNotFoundError:
             raise StorageError(f"{uri}: not found") from None
-    bucket, key = split_s3(uri)
-    try:
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"]
-    except Exception as err:
-        raise _s3_error(uri, err) from err
+    return S3RangeReader(uri)  # type: ignore[return-value]
 
 
 def iter_chunks(uri: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:

@@ -175,3 +175,6 @@ def load_folder(
         images[i] = resize_uint8(arr[None], image_size)[0]
         labels[i] = label
     return LabelledImages(images, labels, list(dataset.classes))
+
+
+from study.data import torchvision_sources  # noqa: E402,F401 - registers the torchvision sources
