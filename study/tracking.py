@@ -32,6 +32,18 @@ def experiment_name(spec: StudySpec) -> str:
     return f"{spec.name}-{spec.science_hash()[:8]}"
 
 
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts beside a sqlite store (MLflow's default is ./mlruns in whatever directory the job started in).
+
+    A tracking server decides for itself (None).
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    db = Path(tracking_uri[len(prefix) :]).expanduser().resolve()
+    return (db.parent / "mlartifacts" / experiment).as_uri()
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -68,7 +80,9 @@ class StudyTracker:
                 self._experiment_id = found.experiment_id
             else:
                 self._experiment_id = self.client.create_experiment(
-                    self.name, tags={"kd_study.science_hash": self._science_hash, "kd_study.study": "1"}
+                    self.name,
+                    artifact_location=artifact_location(self.tracking_uri, self.name),
+                    tags={"kd_study.science_hash": self._science_hash, "kd_study.study": "1"},
                 )
                 self.client.set_experiment_tag(self._experiment_id, "kd_study.spec", self._spec_json[:MAX_PARAM_LEN])
         return self._experiment_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -15,6 +15,8 @@ import pytest
 import torch
 
 torch.set_num_threads(2)
+
+pytest_plugins = ["tests.s3_servers"]
 
 
 @pytest.fixture(scope="session")

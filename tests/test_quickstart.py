@@ -19,9 +19,9 @@ pytestmark = pytest.mark.slow
 
 def tiny_spec() -> StudySpec:
     data = quickstart_spec().model_dump()
-    data["teacher"].update(arch="resnet8", epochs=12, batch_size=64)
-    data["budget"].update(images=6144, report_every=2048)
-    data["train"].update(batch_size=128)
+    data["teacher"].update(arch="resnet8", epochs=10, batch_size=64)
+    data["budget"].update(images=4096, report_every=2048)
+    data["train"].update(batch_size=32)  # small batches: enough SGD steps in a tiny budget
     data["search"]["trials_per_arm"] = 2
     return StudySpec.model_validate(data)
 

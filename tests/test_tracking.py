@@ -34,3 +34,14 @@ def test_arm_and_trial_runs_are_reused_not_duplicated(tmp_path: Path) -> None:
     # a fresh tracker (another process) finds the same experiment
     again = StudyTracker(f"sqlite:///{tmp_path}/mlflow.db", spec())
     assert again.experiment_id == tracker.experiment_id and len(again.trial_runs()) == 1
+
+
+def test_artifacts_of_a_sqlite_store_live_beside_the_database(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    db_dir = tmp_path / "study"
+    db_dir.mkdir()
+    tracker = StudyTracker(f"sqlite:///{db_dir}/mlflow.db", spec())
+    run_id = tracker.arm_run("a", {})
+    tracker.log_arm_artifacts(run_id, {"x.json": b"{}"})
+    assert not (tmp_path / "mlruns").exists()
+    assert list((db_dir / "mlartifacts").rglob("x.json"))

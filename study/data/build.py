@@ -110,6 +110,8 @@ def build_surrogate(
         old = shards.read_manifest(root)
         if old.card == card_snapshot and (count is None or old.count == count):
             shards.check_present(root, old)
+            if on_shard:
+                on_shard(len(old.shards), len(old.shards))
             return BuildResult(root, old, 0, len(old.shards), reused=True)
         raise shards.ShardError(
             f"{root}: already holds a surrogate built from a different card or count "
