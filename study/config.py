@@ -176,6 +176,8 @@ class ResourcesSpec(Strict):
     max_concurrent: int = Field(default=0, ge=0)
     loader_workers: int = Field(default=0, ge=0)
     threads_per_trial: int = Field(default=1, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
     ray_address: str | None = None
 
 

@@ -85,6 +85,9 @@ class KDTrial:
         if self.device.type == "cuda":
             self.student = self.student.to(memory_format=torch.channels_last)
             self.teacher.model = self.teacher.model.to(memory_format=torch.channels_last)
+        # compiled modules share parameters with the originals, so state dicts and optimizers are unaffected
+        self._student_fwd = torch.compile(self.student) if spec.resources.compile else self.student
+        self._teacher_fwd = torch.compile(self.teacher.model) if spec.resources.compile else self.teacher.model
         t = self.train
         self.optimizer = torch.optim.SGD(
             self.student.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
@@ -107,7 +110,7 @@ class KDTrial:
         self.generator = torch.Generator().manual_seed(self.seed)
         self.stream = ShardStream(root, manifest, t.batch_size, seed=self.seed, limit=arm.count)
         self.step = 0
-        self.amp_dtype = autocast_dtype(self.device)
+        self.amp_dtype = autocast_dtype(self.device, spec.resources.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.val = eval_tensors(meta, meta.val_split, self.device)
         self.test = eval_tensors(meta, meta.test_split, self.device)
@@ -158,8 +161,8 @@ class KDTrial:
     def _loss(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)):
             with torch.no_grad():
-                teacher_logits = self.teacher.model(x)
-            student_logits = self.student(x)
+                teacher_logits = self._teacher_fwd(x)
+            student_logits = self._student_fwd(x)
         if self.arm.labels == "onehot":
             return onehot_kd_loss(student_logits, teacher_logits)
         return kd_loss(student_logits, teacher_logits, self.train.temperature)

@@ -1,0 +1,87 @@
+"""The KD trial loop outside Tune: resume equals an uninterrupted run, divergence stops loudly, bf16 runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from study.config import StudySpec, load_card
+from study.data.build import build_surrogate
+from study.distill.trial import KDTrial, TrialDivergedError, TrialPaths
+from study.resources import resolve_card_path
+
+
+@pytest.fixture(scope="module")
+def shards_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = str(tmp_path_factory.mktemp("shards"))
+    build_surrogate(load_card(resolve_card_path("digits_train")), root)
+    return root
+
+
+def tiny_spec(**train: Any) -> StudySpec:
+    return StudySpec.model_validate(
+        {
+            "name": "trial-test",
+            "student": {"arch": "resnet8"},
+            "arms": [{"name": "digits", "card": "digits_train"}],
+            "train": {"batch_size": 32, **train},
+            "budget": {"images": 192, "report_every": 64},
+        }
+    )
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resumed_trial_matches_an_uninterrupted_run(digits_teacher: Path, shards_root: str, tmp_path: Path) -> None:
+    spec = tiny_spec()
+    paths = TrialPaths(str(digits_teacher), shards_root)
+    whole = KDTrial(spec, spec.arm("digits"), paths)
+    whole_metrics: list[dict] = []
+    whole.run(lambda m, _: whole_metrics.append(m))
+
+    first = KDTrial(spec, spec.arm("digits"), paths)
+
+    def stop_after_first(metrics: dict, ctx: dict) -> None:
+        ctx["trial"].save(tmp_path)
+        raise Stop
+
+    with pytest.raises(Stop):
+        first.run(stop_after_first)
+    resumed = KDTrial(spec, spec.arm("digits"), paths)
+    resumed.restore(tmp_path)
+    resumed_metrics: list[dict] = []
+    resumed.run(lambda m, _: resumed_metrics.append(m))
+
+    assert len(whole_metrics) == 3 and len(resumed_metrics) == 2
+    for a, b in zip(whole.student.state_dict().values(), resumed.student.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed_metrics[-1]["val_acc"] == whole_metrics[-1]["val_acc"]
+
+
+def test_a_diverging_loss_stops_the_trial_with_a_clear_error(digits_teacher: Path, shards_root: str) -> None:
+    spec = tiny_spec(lr=1e12, momentum=0.0)
+    trial = KDTrial(spec, spec.arm("digits"), TrialPaths(str(digits_teacher), shards_root))
+    with pytest.raises(TrialDivergedError, match="arm 'digits': KD loss is"):
+        trial.run(lambda m, _: None)
+
+
+def test_bf16_autocast_path_trains_on_cpu(digits_teacher: Path, shards_root: str) -> None:
+    spec = StudySpec.model_validate({**tiny_spec().model_dump(), "resources": {"precision": "bf16"}})
+    trial = KDTrial(spec, spec.arm("digits"), TrialPaths(str(digits_teacher), shards_root))
+    assert trial.amp_dtype == torch.bfloat16
+    metrics = trial.run(lambda m, _: None)
+    assert 0.0 <= metrics["val_acc"] <= 1.0 and metrics["train_loss"] == metrics["train_loss"]
+
+
+def test_reports_come_at_fixed_intervals_of_images_seen(digits_teacher: Path, shards_root: str) -> None:
+    spec = tiny_spec()
+    seen: list[float] = []
+    KDTrial(spec, spec.arm("digits"), TrialPaths(str(digits_teacher), shards_root)).run(
+        lambda m, _: seen.append(m["images_seen"])
+    )
+    assert seen == [64.0, 128.0, 192.0]
