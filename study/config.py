@@ -101,6 +101,9 @@ class TrainSpec(Strict):
     weight_decay: float = Field(default=1e-4, ge=0)
     temperature: float = Field(default=2.0, gt=0)
     batch_size: int = Field(default=256, gt=0)
+    crop_scale_min: float = Field(default=0.35, gt=0, le=1)
+    randaugment_ops: int | None = Field(default=None, ge=0, description="None: 2 for real, 4 for synthetic")
+    randaugment_magnitude: int = Field(default=14, ge=0, le=30)
     pad_fraction: float = Field(default=0.125, ge=0, le=0.5)
     flip: bool = True
     mixup: bool = True

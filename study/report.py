@@ -123,7 +123,7 @@ def _bar_plot(ranking: pd.DataFrame, teacher_acc: float | None, path: Path) -> N
         ax.axhline(100 * teacher_acc, color="k", ls="--", lw=1, label=f"teacher ({100 * teacher_acc:.1f}%)")
     ax.set_xticks(x, ranking["arm"], rotation=20, ha="right")
     ax.set_ylabel("student test accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 105)
     ax.set_title("Student accuracy by surrogate dataset")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
@@ -159,7 +159,7 @@ def _criteria_plot(ranking: pd.DataFrame, criteria: pd.DataFrame, corr: pd.Serie
 
 
 def _markdown_table(df: pd.DataFrame, float_cols: dict[str, str]) -> str:
-    header = "| " + " | ".join(["#", *df.columns]) + " |"
+    header = "| " + " | ".join([str(df.index.name or "#"), *df.columns]) + " |"
     sep = "|" + "---|" * (len(df.columns) + 1)
     lines = [header, sep]
     for idx, row in df.iterrows():
@@ -230,7 +230,7 @@ def write_report(
             "(with few arms, treat these as indications, not evidence).",
             "",
         ]
-        md.append(_markdown_table(corr.rename("spearman_rho").to_frame(), {"spearman_rho": "{:+.2f}"}))
+        md.append(_markdown_table(corr.rename("spearman_rho").rename_axis("criterion").to_frame(), {"spearman_rho": "{:+.2f}"}))
         md += ["", "![criteria](criteria.png)"]
     md += [
         "",

@@ -58,6 +58,10 @@ def is_synthetic(card: CardSpec) -> bool:
     return card.kind == "generated"
 
 
+def is_shader(card: CardSpec) -> bool:
+    return card.generator in ("shaders", "glsl_folder")
+
+
 class KDTrial:
     """A trial's state and its training loop; `run` drives it and calls `report` at each report point."""
 
@@ -99,7 +103,12 @@ class KDTrial:
         synthetic = is_synthetic(self.card)
         self.augment = BatchAugment(
             AugmentConfig(
-                randaugment_ops=4 if synthetic else 2,
+                crop_scale=(t.crop_scale_min, 1.0),
+                randaugment_ops=t.randaugment_ops if t.randaugment_ops is not None else (4 if synthetic else 2),
+                randaugment_magnitude=t.randaugment_magnitude,
+                # the paper adds elastic warps and inversions for shader images only
+                elastic_p=0.5 if is_shader(self.card) else 0.0,
+                invert_p=0.1 if is_shader(self.card) else 0.0,
                 flip=t.flip,
                 pad_fraction=t.pad_fraction,
                 mixup=t.mixup,
