@@ -230,7 +230,11 @@ def write_report(
             "(with few arms, treat these as indications, not evidence).",
             "",
         ]
-        md.append(_markdown_table(corr.rename("spearman_rho").rename_axis("criterion").to_frame(), {"spearman_rho": "{:+.2f}"}))
+        md.append(
+            _markdown_table(
+                corr.rename("spearman_rho").rename_axis("criterion").to_frame(), {"spearman_rho": "{:+.2f}"}
+            )
+        )
         md += ["", "![criteria](criteria.png)"]
     md += [
         "",
