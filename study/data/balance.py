@@ -7,7 +7,7 @@ Determinism: candidates are scanned in a fixed order (candidate i = generator im
 image in its stored order) in fixed-size batches, and the kept set depends only on the sequence of teacher
 predictions, which is stored with the selection. A CPU and a GPU build therefore keep the same images unless the
 teacher's top two logits for some candidate are so close that the devices' rounding puts them in a different
-order (a prediction at a tie); predictions run in full precision (no autocast) to make that as rare as possible.
+order (a prediction at a tie); predictions run in full precision (no autocast, no TF32) to make that rare.
 
 Resume: the finished scan is persisted as `_parts/selection.json` (kept candidate indices and predictions, raw and
 achieved histograms), so a killed build rewrites neither the scan nor the shards it finished.
@@ -15,8 +15,9 @@ achieved histograms), so a killed build rewrites neither the scan nor the shards
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -55,12 +56,26 @@ def selection_uri(root: str) -> str:
     return storage.join(root, "_parts", SELECTION)
 
 
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """No TF32 and no timing-picked cuDNN algorithms while predicting: TF32 keeps 10 mantissa bits, which would
+    move many near-ties away from the CPU's prediction; `pick_device` turns both on for training speed."""
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (cuda.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic)
+    cuda.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = False, False, False, True
+    try:
+        yield
+    finally:
+        cuda.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = saved
+
+
 def teacher_predictions(teacher: Teacher, images: np.ndarray) -> np.ndarray:
     """Teacher-predicted class (argmax of logits; the first class wins an exact tie) of uint8 (N, H, W, C) images."""
     device = next(teacher.model.parameters()).device
     x = to_teacher_input(torch.from_numpy(np.ascontiguousarray(images)).to(device), teacher.meta.channels,
                          teacher.meta.image_size)  # fmt: skip
-    logits = predict(teacher.model, normalise(x, teacher.meta.mean, teacher.meta.std), batch_size=SCAN_BATCH)
+    with full_precision():
+        logits = predict(teacher.model, normalise(x, teacher.meta.mean, teacher.meta.std), batch_size=SCAN_BATCH)
     return logits.argmax(1).cpu().numpy()
 
 
