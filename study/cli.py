@@ -282,6 +282,8 @@ def data_build(
                 state = "reused" if result.reused else f"{result.shards_written} written, {result.shards_kept} kept"
                 progress.console.print(f"{result.root}: {result.manifest.count} images, {state}")
                 if (sel := result.manifest.selection) is not None:
+                    if scan_task is not None:  # the scan stops early once every quota is full
+                        progress.update(scan_task, total=sel.candidates_scanned)
                     rate = f"{sel.acceptance_rate:.2f}" if sel.acceptance_rate else "-"
                     progress.console.print(
                         f"  teacher selection: {sel.kept} kept of {sel.candidates_scanned} scanned "
