@@ -243,34 +243,71 @@ def data_build(
     cards: Annotated[list[str], typer.Argument(help="Card names (bundled) or YAML paths.")],
     out: Annotated[str, typer.Option(help="Shard root: a folder or s3://bucket/prefix.")],
     count: Annotated[int | None, typer.Option(help="Images per surrogate (default: the card's).")] = None,
-    teacher: Annotated[str | None, typer.Option(help="Teacher URI (mean/std for matched noise).")] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="Teacher URI: filters cards with 'balance'; mean/std for matched noise.")
+    ] = None,
     workers: Annotated[int, typer.Option(help="Generator processes.")] = 1,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (e.g. auto): one Ray task per shard.")
+    ] = None,
 ) -> None:
     """Build surrogate cards into verified WebDataset shards."""
     from study.config import load_card
     from study.data.build import build_surrogate
     from study.resources import resolve_card_path
     from study.storage import resolve
-    from study.teacher import load_meta
 
     with user_errors():
         specs = [load_card(resolve_card_path(c, Path.cwd())) for c in cards]
-        meta = load_meta(resolve(teacher)) if teacher else None
-        stats = (meta.mean, meta.std) if meta else None
         with _progress() as progress:
             for card in specs:
                 task = progress.add_task(f"surrogate {card.name}", total=None)
+                scan_task = None
+
+                def on_scan(scanned: int, kept: int, budget: int, name: str = card.name) -> None:
+                    nonlocal scan_task
+                    if scan_task is None:
+                        scan_task = progress.add_task(f"teacher scan {name}", total=budget)
+                    progress.update(scan_task, completed=scanned, description=f"teacher scan {name}: {kept} kept")
+
                 result = build_surrogate(
                     card,
                     resolve(out),
                     count=count,
-                    reference_stats=stats,
-                    teacher_id=meta.teacher_id if meta else None,
+                    teacher=resolve(teacher) if teacher else None,
                     workers=workers,
+                    ray_address=ray_address,
                     on_shard=lambda d, t, task=task: progress.update(task, completed=d, total=t),
+                    on_scan=on_scan,
                 )
                 state = "reused" if result.reused else f"{result.shards_written} written, {result.shards_kept} kept"
                 progress.console.print(f"{result.root}: {result.manifest.count} images, {state}")
+                if (sel := result.manifest.selection) is not None:
+                    if scan_task is not None:  # the scan stops early once every quota is full
+                        progress.update(scan_task, total=sel.candidates_scanned)
+                    rate = f"{sel.acceptance_rate:.2f}" if sel.acceptance_rate else "-"
+                    progress.console.print(
+                        f"  teacher selection: {sel.kept} kept of {sel.candidates_scanned} scanned "
+                        f"(acceptance {rate}), per class {sel.achieved}"
+                        + ("" if sel.complete else f" [yellow]below quotas {sel.quotas}: candidate budget spent[/]")
+                    )
+
+
+@data_app.command("preview")
+def data_preview(
+    roots: Annotated[list[str], typer.Argument(help="Surrogate folders (each holding manifest.json).")],
+    out: Annotated[Path, typer.Option(help="Folder for the PNG grids (one <surrogate>.png each).")],
+    count: Annotated[int, typer.Option(help="First images to show.", min=1)] = 64,
+    scale: Annotated[int, typer.Option(help="Upscaling factor per image.", min=1)] = 4,
+) -> None:
+    """Write a PNG grid of each surrogate's first images, labelled with the teacher's prediction when stored."""
+    from study.data.preview import write_preview
+    from study.storage import resolve
+
+    with user_errors():
+        for root in roots:
+            path = write_preview(resolve(root), out, count=count, scale=scale)
+            console.print(f"{resolve(root)} -> {path}")
 
 
 @data_app.command("verify")

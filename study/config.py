@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,10 +40,38 @@ class RealSource(Strict):
 
 
 class BalanceSpec(Strict):
-    """Class-balanced selection through the teacher (the paper keeps equal counts per predicted class)."""
+    """Selection of a surrogate's images through the teacher, by teacher-predicted class.
+
+    Frank & Davis (CVPR 2025) filter every surrogate through the teacher to 50K images, an equal number per
+    predicted class (`mode: balanced`, quota `per_class` for every class). Their class-imbalance ablation uses a
+    long-tailed selection (`mode: long_tail`): the quota of class c is `int(per_class * imbalance ** (-c / (K - 1)))`
+    (at least 1), decaying geometrically from `per_class` for class 0 to `per_class / imbalance` for class K-1, the
+    schedule of CIFAR-LT (Cao et al., NeurIPS 2019). `candidates` caps how many candidates are scanned; by default
+    a real source is scanned whole and a generated one up to `DEFAULT_CANDIDATES_PER_IMAGE` times the quota total.
+    """
+
+    DEFAULT_CANDIDATES_PER_IMAGE: ClassVar[int] = 20
 
     per_class: int = Field(gt=0)
     candidates: int | None = Field(default=None, gt=0)
+    mode: Literal["balanced", "long_tail"] = "balanced"
+    imbalance: float = Field(default=1.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _imbalance_matches_mode(self) -> BalanceSpec:
+        if self.mode == "balanced" and self.imbalance != 1.0:
+            raise ValueError("'imbalance' applies to mode 'long_tail' only (balanced quotas are equal)")
+        if self.mode == "long_tail" and self.imbalance <= 1.0:
+            raise ValueError("mode 'long_tail' needs 'imbalance' > 1 (the ratio of the largest to the smallest quota)")
+        return self
+
+    def quotas(self, num_classes: int) -> list[int]:
+        """Images to keep per teacher class, class index order."""
+        if self.mode == "balanced" or num_classes == 1:
+            return [self.per_class] * num_classes
+        return [
+            max(1, int(self.per_class * self.imbalance ** (-c / (num_classes - 1)) + 1e-9)) for c in range(num_classes)
+        ]
 
 
 class CardSpec(Strict):

@@ -2,7 +2,13 @@
 
 Images are cut into blocks (`images_per_sample`) and blocks into shards (`samples_per_shard`); the plan depends only
 on the card and the count, so a rerun finds the same shard boundaries and keeps every shard a killed build finished.
-Labelled real data is stored class-interleaved, so the first N images are a class-fair subset.
+Labelled real data is stored class-interleaved, so the first N images are a class-fair subset. A card with
+`balance` is first filtered through the teacher (`study.data.balance`); its kept images are stored class-interleaved
+by teacher prediction, each block's json carrying the candidate indices and teacher predictions.
+
+Shards are written by one task each: in this process, in a `spawn` process pool (`workers`), or as Ray tasks on a
+cluster (`ray_address`). Spawn, not fork: the parent may hold threads (Ray, torch) or an OpenGL context (Mesa
+hangs in a forked child of a process that rendered shaders).
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +25,16 @@ import numpy as np
 from study import storage
 from study.config import CardSpec
 from study.data import shards
+from study.data.balance import ScanProgress, Selection, load_selection, save_selection, scan
 from study.data.images import LabelledImages, class_interleaved_order
 from study.data.real import load_source
+from study.teacher import Teacher, TeacherMeta, load_meta, load_teacher
 
 log = logging.getLogger(__name__)
 
 ReferenceStats = tuple[list[float], list[float]]
+BlockPlan = tuple[int, list[int], list[int] | None]
+"""One block of a shard: (position of its first image in stored order, candidate indices, teacher predictions)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,7 @@ class BuildResult:
     shards_written: int
     shards_kept: int
     reused: bool
+    selection_reused: bool = False
 
 
 def plan_shards(count: int, per_sample: int, per_shard: int) -> list[list[tuple[int, int]]]:
@@ -42,34 +53,57 @@ def plan_shards(count: int, per_sample: int, per_shard: int) -> list[list[tuple[
     return [blocks[i : i + per_shard] for i in range(0, len(blocks), per_shard)]
 
 
-def _labelled_blocks(data: LabelledImages, ranges: list[tuple[int, int]]) -> list[tuple[np.ndarray, dict]]:
-    out = []
-    for start, n in ranges:
-        meta: dict[str, Any] = {"start": start}
-        if data.labels is not None:
-            meta["labels"] = data.labels[start : start + n].tolist()
-        out.append((data.images[start : start + n], meta))
-    return out
+def _generate_ids(generator: Any, seed: int, ids: list[int], image_size: int) -> np.ndarray:
+    """Generator images `ids` in the given order; consecutive runs are rendered in one call (block contract)."""
+    out, i = [], 0
+    while i < len(ids):
+        j = i + 1
+        while j < len(ids) and ids[j] == ids[j - 1] + 1:
+            j += 1
+        out.append(generator.generate(seed, ids[i], j - i, image_size))
+        i = j
+    return np.concatenate(out)
 
 
-def _generate_shard(
+def write_shard_task(
     card_json: str,
     root: str,
     index: int,
-    ranges: list[tuple[int, int]],
     first_block: int,
+    blocks: list[BlockPlan],
     reference_stats: ReferenceStats | None,
+    data: LabelledImages | None = None,
 ) -> shards.ShardInfo:
-    from study.data.generators import create_generator
+    """Write shard `index`: one task of a build, run here, in a spawned process or as a Ray task.
 
+    Images come from `data` (real cards) or are rendered from the card's generator; a block's json holds
+    `start` (its stored position), `labels` for labelled real data and, for teacher-filtered cards, `candidates`
+    (candidate indices) and `teacher_predictions`.
+    """
     card = CardSpec.model_validate_json(card_json)
-    assert card.generator is not None
-    generator = create_generator(card.generator, card.params, reference_stats=reference_stats)
-    blocks = [(generator.generate(card.seed, start, n, card.image_size), {"start": start}) for start, n in ranges]
-    return shards.write_shard(root, index, blocks, first_block)
+    generator = None
+    if data is None:
+        from study.data.generators import create_generator
+
+        assert card.generator is not None
+        generator = create_generator(card.generator, card.params, reference_stats=reference_stats)
+    out = []
+    for start, ids, preds in blocks:
+        meta: dict[str, Any] = {"start": start}
+        if data is not None:
+            images = data.images[ids]
+            if data.labels is not None:
+                meta["labels"] = data.labels[ids].tolist()
+        else:
+            images = _generate_ids(generator, card.seed, ids, card.image_size)
+        if preds is not None:
+            meta["candidates"] = ids
+            meta["teacher_predictions"] = preds
+        out.append((images, meta))
+    return shards.write_shard(root, index, out, first_block)
 
 
-def _load_real(card: CardSpec, count: int | None) -> LabelledImages:
+def _load_real(card: CardSpec, count: int | None, interleave: bool = True) -> LabelledImages:
     assert card.source is not None
     data = load_source(
         card.source.name,
@@ -80,12 +114,53 @@ def _load_real(card: CardSpec, count: int | None) -> LabelledImages:
         seed=card.seed,
         params=card.source.params,
     )
-    if data.labels is not None:
+    if interleave and data.labels is not None:
         order = class_interleaved_order(data.labels)
         data = LabelledImages(data.images[order], data.labels[order], data.classes)
     if count is not None and len(data) > count:
         data = LabelledImages(data.images[:count], None if data.labels is None else data.labels[:count], data.classes)
     return data
+
+
+def _resolve_teacher(teacher: Teacher | str | None) -> tuple[TeacherMeta | None, Callable[[], Teacher]]:
+    """The teacher's meta now, the model only when a scan needs it (on CUDA when present)."""
+    if teacher is None or isinstance(teacher, Teacher):
+        return (teacher.meta if teacher else None), lambda: teacher  # type: ignore[return-value]
+    from study.device import pick_device
+
+    return load_meta(teacher), lambda: load_teacher(teacher, pick_device())
+
+
+def _select(
+    card: CardSpec,
+    root: str,
+    meta: TeacherMeta,
+    get_teacher: Callable[[], Teacher],
+    reference_stats: ReferenceStats | None,
+    on_scan: ScanProgress | None,
+) -> tuple[Selection, LabelledImages | None, bool]:
+    """The persisted selection of this card and teacher, else a fresh scan (persisted before any shard is written)."""
+    assert card.balance is not None
+    snapshot = card.model_dump(mode="json")
+    data = None
+    if card.kind == "real":
+        data = _load_real(card, card.balance.candidates, interleave=False)  # the source's stored order
+    if (selection := load_selection(root, meta.teacher_id, snapshot)) is not None:
+        return selection, data, True
+    if data is not None:
+        budget = len(data)
+        source = lambda start, n: data.images[start : start + n]  # noqa: E731
+    else:
+        from study.data.generators import create_generator
+
+        assert card.generator is not None
+        generator = create_generator(card.generator, card.params, reference_stats=reference_stats)
+        quota_total = sum(card.balance.quotas(meta.num_classes))
+        budget = card.balance.candidates or card.balance.DEFAULT_CANDIDATES_PER_IMAGE * quota_total
+        source = lambda start, n: generator.generate(card.seed, start, n, card.image_size)  # noqa: E731
+    selection = scan(source, budget, card.balance, get_teacher(), snapshot, on_scan)
+    save_selection(root, selection)
+    return selection, data, False
 
 
 def build_surrogate(
@@ -95,46 +170,80 @@ def build_surrogate(
     count: int | None = None,
     reference_stats: ReferenceStats | None = None,
     teacher_id: str | None = None,
+    teacher: Teacher | str | None = None,
     workers: int = 1,
+    ray_address: str | None = None,
     on_shard: Callable[[int, int], None] | None = None,
+    on_scan: ScanProgress | None = None,
 ) -> BuildResult:
     """Build `card` under `<out_root>/<card.name>/` and return its manifest.
 
-    `on_shard(done, total)` is called as shards finish (for progress bars). An existing manifest of the same card
-    and count is reused after a presence check; shards of a killed build are kept when their records match.
+    `teacher` (a loaded `Teacher` or a teacher URI) is required by cards with `balance` and then also gives the
+    manifest's teacher id and, unless `reference_stats` is given, the generators' reference mean/std. For a
+    teacher-filtered card `count` caps the kept images (the first `count` in class-interleaved order).
+    `ray_address` runs one Ray task per shard (the Ray runtime already initialised in this process, else
+    `ray.init(address=ray_address)`); on a multi-node cluster `out_root` must be storage every node reaches (s3://).
+    `on_shard(done, total)` is called as shards finish and `on_scan(scanned, kept, budget)` as the teacher scans
+    candidates (for progress bars). An existing manifest of the same card, count and teacher is reused after a
+    presence check; shards of a killed build are kept when their records match.
     """
     root = storage.join(out_root, card.name)
     count = count or card.count
     card_snapshot = card.model_dump(mode="json")
+    meta, get_teacher = _resolve_teacher(teacher)
+    if meta is not None:
+        teacher_id = meta.teacher_id
+        reference_stats = reference_stats or (meta.mean, meta.std)
+    if card.balance is not None and meta is None:
+        raise shards.ShardError(
+            f"card '{card.name}': 'balance' selects images through a teacher; give one (kd-study data build --teacher)"
+        )
     if storage.exists(storage.join(root, shards.MANIFEST)):
         old = shards.read_manifest(root)
-        if old.card == card_snapshot and (count is None or old.count == count):
+        wanted = count
+        if old.selection is not None and count is not None:
+            wanted = min(count, old.selection.kept)
+        same_teacher = card.balance is None or old.teacher == teacher_id
+        if old.card == card_snapshot and (wanted is None or old.count == wanted) and same_teacher:
             shards.check_present(root, old)
             if on_shard:
                 on_shard(len(old.shards), len(old.shards))
             return BuildResult(root, old, 0, len(old.shards), reused=True)
         raise shards.ShardError(
-            f"{root}: already holds a surrogate built from a different card or count "
-            f"(count {old.count}); remove it or give the card another name"
+            f"{root}: already holds a surrogate built from a different card, count or teacher "
+            f"(count {old.count}, teacher {old.teacher}); remove it or give the card another name"
         )
 
-    generator_version = None
-    if card.kind == "real":
-        data = _load_real(card, count)
-        count, channels = len(data), data.images.shape[3]
-        labelled, classes = data.labels is not None, data.classes
-        histogram = np.bincount(data.labels, minlength=len(classes)).tolist() if labelled else None
-    elif card.kind == "generated":
+    generator_version, selection, selection_reused = None, None, False
+    data: LabelledImages | None = None
+    if card.kind not in ("real", "generated"):
+        raise shards.ShardError(f"card '{card.name}': kind '{card.kind}' is not buildable by this command yet")
+    if card.kind == "generated":
         from study.data.generators import create_generator
 
         assert card.generator is not None
-        generator = create_generator(card.generator, card.params, reference_stats=reference_stats)
-        generator_version = generator.version
+        generator_version = create_generator(card.generator, card.params, reference_stats=reference_stats).version
+    if card.balance is not None:
+        assert meta is not None
+        selection, data, selection_reused = _select(card, root, meta, get_teacher, reference_stats, on_scan)
+        order = class_interleaved_order(np.asarray(selection.predictions, dtype=np.int64))[:count]
+        kept_ids = [selection.candidates[i] for i in order]
+        kept_preds: list[int] | None = [selection.predictions[i] for i in order]
+        count, classes = len(kept_ids), meta.classes
+        histogram = np.bincount(np.asarray(kept_preds, dtype=np.int64), minlength=len(classes)).tolist()
+        channels = 3 if data is None else data.images.shape[3]
+        labelled = data is not None and data.labels is not None
+    elif card.kind == "real":
+        data = _load_real(card, count)
+        count, channels = len(data), data.images.shape[3]
+        labelled, classes = data.labels is not None, data.classes
+        histogram = np.bincount(data.labels, minlength=len(classes)).tolist() if data.labels is not None else None
+        kept_ids, kept_preds = list(range(count)), None
+    else:
         if count is None:
             raise shards.ShardError(f"card '{card.name}': a generated card needs a 'count'")
         channels, labelled, classes, histogram = 3, False, [], None
-    else:
-        raise shards.ShardError(f"card '{card.name}': kind '{card.kind}' is not buildable by this command yet")
+        kept_ids, kept_preds = list(range(count)), None
 
     plan = plan_shards(count, card.images_per_sample, card.samples_per_shard)
     infos: dict[int, shards.ShardInfo] = {}
@@ -147,32 +256,30 @@ def build_surrogate(
     if on_shard:
         on_shard(len(infos), len(plan))
 
-    if card.kind == "real":
-        for index in todo:
-            infos[index] = shards.write_shard(root, index, _labelled_blocks(data, plan[index]), first_block[index])
-            if on_shard:
-                on_shard(len(infos), len(plan))
-    elif workers <= 1 or len(todo) <= 1:
-        for index in todo:
-            infos[index] = _generate_shard(
-                card.model_dump_json(), root, index, plan[index], first_block[index], reference_stats
-            )
-            if on_shard:
-                on_shard(len(infos), len(plan))
+    def blocks_of(index: int) -> list[BlockPlan]:
+        return [
+            (start, kept_ids[start : start + n], None if kept_preds is None else kept_preds[start : start + n])
+            for start, n in plan[index]
+        ]
+
+    def done(index: int, info: shards.ShardInfo) -> None:
+        infos[index] = info
+        if on_shard:
+            on_shard(len(infos), len(plan))
+
+    jobs = [(card.model_dump_json(), root, i, first_block[i], blocks_of(i), reference_stats) for i in todo]
+    if ray_address is not None and todo:
+        _run_on_ray(jobs, data, ray_address, done)
+    elif data is not None or workers <= 1 or len(todo) <= 1:
+        # real data is already in this process: shipping it to workers costs more than writing it
+        for job in jobs:
+            done(job[2], write_shard_task(*job, data=data))
     else:
-        # spawn, not fork: the parent may hold threads (Ray, torch) that fork would copy in a broken state
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {
-                pool.submit(
-                    _generate_shard, card.model_dump_json(), root, i, plan[i], first_block[i], reference_stats
-                ): i
-                for i in todo
-            }
-            for future in futures:
-                infos[futures[future]] = future.result()
-                if on_shard:
-                    on_shard(len(infos), len(plan))
+            futures = {pool.submit(write_shard_task, *job): job[2] for job in jobs}
+            for future in as_completed(futures):
+                done(futures[future], future.result())
 
     manifest = shards.Manifest(
         name=card.name,
@@ -188,8 +295,26 @@ def build_surrogate(
         classes=classes,
         class_histogram=histogram,
         teacher=teacher_id,
+        selection=None if selection is None else selection.record,
         shards=[infos[i] for i in range(len(plan))],
     )
     shards.write_manifest(root, manifest)
     log.info("built %s: %d images in %d shards (%d kept)", root, count, len(plan), kept_count)
-    return BuildResult(root, manifest, len(todo), kept_count, reused=False)
+    return BuildResult(root, manifest, len(todo), kept_count, reused=False, selection_reused=selection_reused)
+
+
+def _run_on_ray(
+    jobs: list[tuple], data: LabelledImages | None, address: str, done: Callable[[int, shards.ShardInfo], None]
+) -> None:
+    """One Ray task per shard; real data goes once into the object store and is shared by every task."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    task = ray.remote(num_cpus=1)(write_shard_task)
+    data_ref = ray.put(data) if data is not None else None
+    pending = {task.remote(*job, data=data_ref): job[2] for job in jobs}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        index = pending.pop(ready[0])
+        done(index, ray.get(ready[0]))

@@ -42,6 +42,26 @@ class ShardInfo(BaseModel):
     bytes: int
 
 
+class SelectionRecord(BaseModel):
+    """How a teacher-filtered surrogate was selected (`BalanceSpec`): what the pool held and what was kept.
+
+    `raw_histogram` counts the teacher's predictions over the scanned candidates, `achieved` over the kept ones;
+    `acceptance_rate` is candidates scanned per kept image; `complete` is False when the candidate budget ran out
+    before every quota was full (then `achieved` < `quotas` for some class).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    mode: str
+    quotas: list[int]
+    candidates_budget: int
+    candidates_scanned: int
+    kept: int
+    raw_histogram: list[int]
+    achieved: list[int]
+    acceptance_rate: float | None
+    complete: bool
+
+
 class Manifest(BaseModel):
     """What a surrogate holds and how it was made; enough to verify it and to reproduce it."""
 
@@ -60,6 +80,7 @@ class Manifest(BaseModel):
     classes: list[str] = []
     class_histogram: list[int] | None = None
     teacher: str | None = None
+    selection: SelectionRecord | None = None
     shards: list[ShardInfo]
     kd_study_version: str = __version__
 

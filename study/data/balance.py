@@ -1,0 +1,161 @@
+"""Teacher-filtered selection of a surrogate: keep candidates by teacher-predicted class up to per-class quotas.
+
+Frank & Davis (CVPR 2025) pass every surrogate through the teacher and keep 50K images, an equal number per
+predicted class; their imbalance ablation keeps a long-tailed mix instead (`BalanceSpec.quotas`).
+
+Determinism: candidates are scanned in a fixed order (candidate i = generator image i, or the real source's i-th
+image in its stored order) in fixed-size batches, and the kept set depends only on the sequence of teacher
+predictions, which is stored with the selection. A CPU and a GPU build therefore keep the same images unless the
+teacher's top two logits for some candidate are so close that the devices' rounding puts them in a different
+order (a prediction at a tie); predictions run in full precision (no autocast, no TF32) to make that rare.
+
+Resume: the finished scan is persisted as `_parts/selection.json` (kept candidate indices and predictions, raw and
+achieved histograms), so a killed build rewrites neither the scan nor the shards it finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from study import storage
+from study.config import BalanceSpec
+from study.data.loader import to_teacher_input
+from study.data.shards import SelectionRecord, ShardError
+from study.teacher import Teacher, normalise, predict
+
+log = logging.getLogger(__name__)
+
+SELECTION = "selection.json"
+SCAN_BATCH = 512  # fixed: a batch size change could move a tie on some devices, so it is not a knob
+
+CandidateSource = Callable[[int, int], np.ndarray]
+"""`(start, n)` -> uint8 (n, H, W, C): candidates `start .. start+n-1` in the fixed scan order."""
+
+ScanProgress = Callable[[int, int, int], None]
+"""`(scanned, kept, budget)`, called after each scanned batch."""
+
+
+class Selection(BaseModel):
+    """The outcome of a scan: kept candidates in scan order with their teacher predictions."""
+
+    model_config = ConfigDict(extra="forbid")
+    teacher: str
+    card: dict
+    candidates: list[int]
+    predictions: list[int]
+    record: SelectionRecord
+
+
+def selection_uri(root: str) -> str:
+    return storage.join(root, "_parts", SELECTION)
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """No TF32 and no timing-picked cuDNN algorithms while predicting: TF32 keeps 10 mantissa bits, which would
+    move many near-ties away from the CPU's prediction; `pick_device` turns both on for training speed."""
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (cuda.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic)
+    cuda.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = False, False, False, True
+    try:
+        yield
+    finally:
+        cuda.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = saved
+
+
+def teacher_predictions(teacher: Teacher, images: np.ndarray) -> np.ndarray:
+    """Teacher-predicted class (argmax of logits; the first class wins an exact tie) of uint8 (N, H, W, C) images."""
+    device = next(teacher.model.parameters()).device
+    x = to_teacher_input(torch.from_numpy(np.ascontiguousarray(images)).to(device), teacher.meta.channels,
+                         teacher.meta.image_size)  # fmt: skip
+    with full_precision():
+        logits = predict(teacher.model, normalise(x, teacher.meta.mean, teacher.meta.std), batch_size=SCAN_BATCH)
+    return logits.argmax(1).cpu().numpy()
+
+
+def scan(
+    source: CandidateSource,
+    budget: int,
+    spec: BalanceSpec,
+    teacher: Teacher,
+    card: dict,
+    on_scan: ScanProgress | None = None,
+) -> Selection:
+    """Scan up to `budget` candidates in order, keeping each while its predicted class's quota is not full.
+
+    Stops at the candidate that fills the last quota (so `candidates_scanned` does not depend on the batch size)
+    or when the budget is spent; then `record.complete` is False and some class has fewer than its quota.
+    """
+    num_classes = teacher.meta.num_classes
+    quotas = spec.quotas(num_classes)
+    raw, achieved = [0] * num_classes, [0] * num_classes
+    kept_ids: list[int] = []
+    kept_preds: list[int] = []
+    open_classes = sum(q > 0 for q in quotas)
+    scanned = 0
+    for start in range(0, budget, SCAN_BATCH):
+        preds = teacher_predictions(teacher, source(start, min(SCAN_BATCH, budget - start)))
+        for offset, c in enumerate(preds.tolist()):
+            raw[c] += 1
+            scanned = start + offset + 1
+            if achieved[c] < quotas[c]:
+                achieved[c] += 1
+                kept_ids.append(start + offset)
+                kept_preds.append(c)
+                open_classes -= achieved[c] == quotas[c]
+                if open_classes == 0:
+                    break
+        if on_scan:
+            on_scan(scanned, len(kept_ids), budget)
+        if open_classes == 0:
+            break
+    record = SelectionRecord(
+        mode=spec.mode,
+        quotas=quotas,
+        candidates_budget=budget,
+        candidates_scanned=scanned,
+        kept=len(kept_ids),
+        raw_histogram=raw,
+        achieved=achieved,
+        acceptance_rate=scanned / len(kept_ids) if kept_ids else None,
+        complete=open_classes == 0,
+    )
+    if not record.complete:
+        log.warning(
+            "balanced selection stopped at the candidate budget %d: kept %s of quotas %s", budget, achieved, quotas
+        )
+    return Selection(
+        teacher=teacher.meta.teacher_id, card=card, candidates=kept_ids, predictions=kept_preds, record=record
+    )
+
+
+def load_selection(root: str, teacher_id: str, card: dict) -> Selection | None:
+    """A persisted selection of the same card and teacher, or None if there is none.
+
+    A selection of another card or teacher means the folder holds a different surrogate's partial build, whose
+    finished shards must not be mixed with this one's: that is an error, not a silent rebuild.
+    """
+    uri = selection_uri(root)
+    if not storage.exists(uri):
+        return None
+    try:
+        selection = Selection.model_validate_json(storage.read_text(uri))
+    except ValidationError:
+        log.warning("%s: unreadable selection, scanning again", uri)
+        return None
+    if selection.teacher != teacher_id or selection.card != card:
+        raise ShardError(
+            f"{uri}: a partial build selected by teacher '{selection.teacher}' from another card or teacher is here; "
+            f"remove {root} or give the card another name"
+        )
+    return selection
+
+
+def save_selection(root: str, selection: Selection) -> None:
+    storage.write_text(selection_uri(root), selection.model_dump_json())
