@@ -115,6 +115,7 @@ def build_surrogates(
             paths.shards,
             reference_stats=(meta.mean, meta.std),
             teacher_id=meta.teacher_id,
+            teacher=paths.teacher if card.balance else None,
             workers=workers,
             on_shard=lambda done, total, k=key: progress.update(k, done, total),
         )
