@@ -30,31 +30,31 @@ def every_shard(urls: Any) -> Any:
 
 
 def iter_blocks(urls: list[str], expected: dict[str, int] | None = None) -> Iterator[tuple[np.ndarray, dict]]:
-    """Decoded (images, meta) blocks of the given shards in order; a bad shard raises ShardError naming it."""
+    """Decoded (images, meta) blocks of the given shards in order; a bad shard raises ShardError naming it.
+
+    One pipeline per shard, so an error is pinned on the shard that raised it: a single pipeline over all URLs
+    only says which shard its last *good* sample came from, and would blame the previous shard for a missing one.
+    """
     if any(storage.is_s3(u) for u in urls):
         from study.data.s3_stream import register_webdataset_s3
 
         register_webdataset_s3()
-    pipeline = wds.WebDataset(
-        urls, shardshuffle=False, nodesplitter=every_shard, workersplitter=None, empty_check=False
-    )
-    seen: dict[str, int] = {}
-    url = urls[0] if urls else ""
-    try:
-        for sample in pipeline:
-            url = sample["__url__"]
-            images, meta = shards.decode_block(sample)
-            seen[url] = seen.get(url, 0) + len(images)
-            yield images, meta
-    except ShardError:
-        raise
-    except Exception as err:
-        raise ShardError(f"{url}: cannot read shard: {type(err).__name__}: {err}") from err
-    for u in urls:
-        if expected is not None and seen.get(u, 0) != expected.get(u, 0):
-            raise ShardError(
-                f"{u}: read {seen.get(u, 0)} images, manifest says {expected.get(u, 0)} (truncated or corrupt)"
-            )
+    for url in urls:
+        pipeline = wds.WebDataset(
+            [url], shardshuffle=False, nodesplitter=every_shard, workersplitter=None, empty_check=False
+        )
+        seen = 0
+        try:
+            for sample in pipeline:
+                images, meta = shards.decode_block(sample)
+                seen += len(images)
+                yield images, meta
+        except ShardError:
+            raise
+        except Exception as err:
+            raise ShardError(f"{url}: cannot read shard: {type(err).__name__}: {err}") from err
+        if expected is not None and seen != expected.get(url, 0):
+            raise ShardError(f"{url}: read {seen} images, manifest says {expected.get(url, 0)} (truncated or corrupt)")
 
 
 class ShardStream(IterableDataset):
