@@ -83,8 +83,11 @@ class ShardStream(IterableDataset):
         self.expected = {u: s.count for u, s in zip(urls, manifest.shards, strict=False)}
         self.epoch = 0
 
-    def _my_urls(self, rng: np.random.Generator) -> list[str]:
-        urls = [self.urls[i] for i in rng.permutation(len(self.urls))]
+    def _my_urls(self, epoch: int) -> list[str]:
+        """This worker's shards for `epoch`. The shard order is drawn from (seed, epoch) alone, the same in
+        every worker, so the workers' slices partition the shards; a per-worker order would overlap them."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.urls))
+        urls = [self.urls[i] for i in order]
         info = get_worker_info()
         if info is None:
             return urls
@@ -96,7 +99,7 @@ class ShardStream(IterableDataset):
         epoch = self.epoch
         while True:
             rng = np.random.default_rng([self.seed, epoch, worker])
-            urls = self._my_urls(rng)
+            urls = self._my_urls(epoch)
             if not urls:
                 return
             pool: list[np.ndarray] = []
