@@ -363,6 +363,27 @@ def exists(uri: str) -> bool:
     return False
 
 
+def size(uri: str) -> int:
+    """Bytes in the object or file; StorageError naming `uri` when it is missing (one HeadObject on S3)."""
+    if not is_s3(uri):
+        try:
+            return Path(uri).stat().st_size
+        except FileNotFoundError:
+            raise StorageError(f"{uri}: not found") from None
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            _check_bucket(uri, bucket)
+            raise StorageError(f"{uri}: not found") from None
+        raise _s3_error(uri, err) from err
+    except Exception as err:
+        raise _s3_error(uri, err) from err
+
+
 def read_bytes(uri: str) -> bytes:
     if not is_s3(uri):
         try:
