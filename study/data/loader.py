@@ -102,29 +102,64 @@ class ShardStream(IterableDataset):
             urls = self._my_urls(epoch)
             if not urls:
                 return
-            pool: list[np.ndarray] = []
-            pooled = 0
-            for images, meta in iter_blocks(urls, {u: self.expected[u] for u in urls}):
-                start = int(meta["start"])
-                if start >= self.limit:
-                    continue
-                images = images[: self.limit - start]
-                pool.append(images)
-                pooled += len(images)
-                if pooled >= self.shuffle_buffer + self.batch_size:
-                    buffer = np.concatenate(pool)
-                    buffer = buffer[rng.permutation(len(buffer))]
-                    n_out = (len(buffer) - self.shuffle_buffer) // self.batch_size * self.batch_size
-                    for b in range(0, n_out, self.batch_size):
-                        yield torch.from_numpy(buffer[b : b + self.batch_size])
-                    pool, pooled = [buffer[n_out:]], len(buffer) - n_out
-            if pooled:
-                buffer = np.concatenate(pool)
-                buffer = buffer[rng.permutation(len(buffer))]
-                for b in range(0, len(buffer) - self.batch_size + 1, self.batch_size):
-                    yield torch.from_numpy(buffer[b : b + self.batch_size])
-                # the remainder carries no bias: the next epoch reshuffles everything
+            yield from self._epoch(urls, rng)
             epoch += 1
+
+    def _epoch(self, urls: list[str], rng: np.random.Generator) -> Iterator[torch.Tensor]:
+        """One pass over `urls` as shuffled batches, through a fixed random-replacement buffer.
+
+        The buffer fills with the first `shuffle_buffer` images; then each arriving block of m images evicts m
+        distinct random buffered images (in random order) into the batches and takes their slots, and at the end
+        the rest leaves in a random permutation (the shuffle buffer of TensorFlow's `Dataset.shuffle` and
+        webdataset's `shuffle`, done a block at a time). Every image is copied twice, into the buffer and into its
+        batch: re-concatenating and permuting a whole pool per block cost ~30 copies per image. The last partial
+        batch of an epoch is dropped; the next epoch reshuffles everything.
+        """
+        capacity = self.shuffle_buffer
+        buffer: np.ndarray | None = None
+        filled = 0
+        batches = _BatchFiller(self.batch_size)
+        for images, meta in iter_blocks(urls, {u: self.expected[u] for u in urls}):
+            start = int(meta["start"])
+            if start >= self.limit:
+                continue
+            images = images[: self.limit - start]
+            if buffer is None:
+                buffer = np.empty((capacity, *images.shape[1:]), dtype=images.dtype)
+            room = min(len(images), capacity - filled)
+            buffer[filled : filled + room] = images[:room]
+            filled += room
+            rest = images[room:]
+            if len(rest):
+                slots = rng.choice(capacity, size=len(rest), replace=False)
+                yield from batches.take(buffer, slots)
+                buffer[slots] = rest
+        if buffer is not None and filled:
+            yield from batches.take(buffer, rng.permutation(filled))
+
+
+class _BatchFiller:
+    """Gathers images into fresh (batch_size, ...) arrays, yielding each as a tensor when it is full."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.batch: np.ndarray | None = None
+        self.pos = 0
+
+    def take(self, source: np.ndarray, index: np.ndarray) -> Iterator[torch.Tensor]:
+        """Copy `source[index]` into batches, one copy per image (the batch never aliases `source`)."""
+        done = 0
+        while done < len(index):
+            if self.batch is None:
+                self.batch = np.empty((self.batch_size, *source.shape[1:]), dtype=source.dtype)
+                self.pos = 0
+            n = min(len(index) - done, self.batch_size - self.pos)
+            np.take(source, index[done : done + n], axis=0, out=self.batch[self.pos : self.pos + n])
+            self.pos += n
+            done += n
+            if self.pos == self.batch_size:
+                yield torch.from_numpy(self.batch)
+                self.batch = None
 
 
 def stream_loader(stream: ShardStream, workers: int, pin_memory: bool = False) -> DataLoader:
