@@ -6,6 +6,7 @@ fails before any work, and a 2-worker DataLoader splits shards so an epoch holds
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,7 @@ from study import storage
 from study.cli import app
 from study.data import shards
 from study.data.loader import ShardStream, iter_blocks, read_all, stream_loader
+from study.data.s3_stream import ReadAhead
 from study.data.shards import ShardError
 from study.storage import StorageError
 from tests.fault_proxy import FaultProxy, FaultRates
@@ -73,6 +75,10 @@ def sha256_objects(server: S3Server, root: str) -> dict[str, str]:
     }
 
 
+def expected_counts(root: str, manifest: shards.Manifest) -> dict[str, int]:
+    return {u: s.count for u, s in zip(manifest.shard_uris(root), manifest.shards, strict=True)}
+
+
 def first_batches(root: str, n: int) -> list[np.ndarray]:
     stream = ShardStream(root, shards.read_manifest(root), batch_size=16, seed=3, shuffle_buffer=32)
     it = iter(stream)
@@ -90,9 +96,7 @@ class TestBuildAndReadOnMoto:
         s3_manifest, local_manifest = shards.read_manifest(root), shards.read_manifest(local_root)
         assert s3_manifest.shards == local_manifest.shards and s3_manifest.count == COUNT
 
-    def test_verify_passes_and_ls_lists_the_s3_surrogate(
-        self, s3_env: S3Server, local_build: tuple[Path, str]
-    ) -> None:
+    def test_verify_passes_and_ls_lists_the_s3_surrogate(self, s3_env: S3Server, local_build: tuple[Path, str]) -> None:
         out = f"s3://{s3_env.make_bucket()}/surrogates"
         root = build(local_build[0], out)
         code, output = cli("data", "verify", root)
@@ -128,8 +132,7 @@ class TestBuildAndReadOnMoto:
         with pytest.raises(ShardError, match=bad):
             read_all(root, manifest)
         with pytest.raises(ShardError, match=bad):
-            list(iter_blocks(manifest.shard_uris(root), {u: s.count for u, s in zip(
-                manifest.shard_uris(root), manifest.shards, strict=True)}))
+            list(iter_blocks(manifest.shard_uris(root), expected_counts(root, manifest)))
 
     def test_missing_shard_object_is_named_by_verify_and_by_the_loader(
         self, s3_env: S3Server, local_build: tuple[Path, str]
@@ -141,6 +144,15 @@ class TestBuildAndReadOnMoto:
         assert code == 2 and gone in output and "missing" in output, output
         with pytest.raises(ShardError, match=f"^{gone}"):  # the missing shard, not the one read before it
             read_all(root, shards.read_manifest(root))
+
+    def test_abandoned_shard_read_stops_its_read_ahead_thread(self, s3_env: S3Server) -> None:
+        uri = f"s3://{s3_env.make_bucket()}/big-shard.tar"
+        storage.write_bytes(uri, data := np.random.default_rng(0).bytes(24 << 20))  # > the 8 MiB read-ahead
+        stream = ReadAhead(storage.open_read(uri))
+        assert stream.read(1000) == data[:1000]
+        assert any(t.name == "kd-study-s3-read-ahead" for t in threading.enumerate())  # blocked, queue full
+        stream.close()  # a trial that stops mid-shard
+        assert not any(t.name == "kd-study-s3-read-ahead" for t in threading.enumerate())
 
     def test_two_dataloader_workers_split_the_shards_and_deliver_each_image_once_per_epoch(
         self, s3_env: S3Server, local_build: tuple[Path, str]
@@ -218,9 +230,7 @@ class TestUnreachable:
 
     LIMIT_S = 8.0
 
-    def test_missing_bucket_fails_before_generating(
-        self, s3_env: S3Server, tmp_path: Path
-    ) -> None:
+    def test_missing_bucket_fails_before_generating(self, s3_env: S3Server, tmp_path: Path) -> None:
         card = write_card(tmp_path, image_size=256, count=64, per_shard=4)
         out = "s3://no-such-bucket-kd/surrogates"
         start = time.monotonic()
