@@ -6,17 +6,20 @@ ratio is images/s / 20,000: what one modern GPU consumes in the resnet8x4 <- res
 Baselines measured in the same run, single process: `np.load` of the blocks already in memory (the decode
 ceiling) and stdlib `tarfile` + `np.load` over the local shards (the cheapest way to read them).
 
-Run: `python benchmarks/shard_read.py [--images 32768] [--epochs 2] [--workers 2]`.
+Each figure is the median of `--repeats` measurements (the machine is shared; single runs swing ~2x).
+Run: `python benchmarks/shard_read.py [--images 32768] [--epochs 2] [--workers 2] [--repeats 3]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +106,16 @@ def tarfile_baseline(root: str, manifest: shards.Manifest) -> float:
     return n / (time.perf_counter() - start)
 
 
+def median(measure: Callable[[], float], repeats: int) -> float:
+    return float(np.median([measure() for _ in range(max(1, repeats))]))
+
+
+def median_reader(root: str, manifest: shards.Manifest, args: argparse.Namespace, workers: int) -> tuple[float, int]:
+    """Median images/s of `trial_reader` (`workers=0`: in the calling process, no DataLoader IPC)."""
+    runs = [trial_reader(root, manifest, args.epochs, workers, args.batch) for _ in range(max(1, args.repeats))]
+    return float(np.median([r for r, _ in runs])), runs[0][1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=32768)
@@ -112,40 +125,41 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     workers = min(args.workers, 2)
 
     with tempfile.TemporaryDirectory(prefix="kd-shard-read-") as tmp:
         local = str(Path(tmp, "bench"))
         manifest = write_surrogate(local, args.images, args.per_sample, args.per_shard)
-        np_rate = np_load_baseline(local, manifest)
-        tar_rate = tarfile_baseline(local, manifest)
-        rate, n = trial_reader(local, manifest, args.epochs, workers, args.batch)
+        np_rate = median(lambda: np_load_baseline(local, manifest), args.repeats)
+        tar_rate = median(lambda: tarfile_baseline(local, manifest), args.repeats)
+        rate, n = median_reader(local, manifest, args, workers)
+        in_process, _ = median_reader(local, manifest, args, 0)
         print(
             f"shard_read_local: ratio={rate / GPU_APPETITE:.2f} imgs={n} reader={rate:.0f} img/s "
-            f"np_load={np_rate:.0f} img/s tarfile={tar_rate:.0f} img/s workers={workers} "
-            f"block={args.per_sample} shards={len(manifest.shards)}"
+            f"np_load={np_rate:.0f} img/s tarfile={tar_rate:.0f} img/s in_process={in_process:.0f} img/s "
+            f"workers={workers} block={args.per_sample} shards={len(manifest.shards)}"
         )
 
         with run_moto() as server:
             bucket = server.make_bucket()
             port = int(server.endpoint_url.rsplit(":", 1)[1])
             with FaultProxy(("127.0.0.1", port), FaultRates(latency_s=args.latency_ms / 1000)) as proxy:
-                for var, value in {**server.env(), "AWS_ENDPOINT_URL": proxy.endpoint_url}.items():
-                    import os
-
-                    os.environ[var] = value
+                os.environ.update({**server.env(), "AWS_ENDPOINT_URL": proxy.endpoint_url})
                 storage.s3_client.cache_clear()
                 root = f"s3://{bucket}/bench"
                 for info in manifest.shards:
                     storage.upload_file(Path(local, info.name), storage.join(root, info.name))
                 shards.write_manifest(root, manifest)
                 before = proxy.counts["requests"]
-                rate, n = trial_reader(root, manifest, args.epochs, workers, args.batch)
+                rate, n = median_reader(root, manifest, args, workers)
+                requests = (proxy.counts["requests"] - before) / max(1, args.repeats)
+                in_process, _ = median_reader(root, manifest, args, 0)
                 print(
                     f"shard_read_s3: ratio={rate / GPU_APPETITE:.2f} imgs={n} reader={rate:.0f} img/s "
                     f"np_load={np_rate:.0f} img/s tarfile={tar_rate:.0f} img/s "
-                    f"latency={args.latency_ms:.0f} ms requests={proxy.counts['requests'] - before}"
+                    f"in_process={in_process:.0f} img/s latency={args.latency_ms:.0f} ms requests/run={requests:.0f}"
                 )
 
 
