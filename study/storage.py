@@ -316,7 +316,36 @@ class S3RangeReader(io.RawIOBase):
         super().close()
 
 
+# (endpoint, bucket) pairs seen to exist in this process: `exists` checks a bucket once, not per object.
+_known_buckets: set[tuple[str, str]] = set()
+
+
+def _check_bucket(uri: str, bucket: str) -> None:
+    """Raise StorageError naming `uri` unless `bucket` exists (HeadBucket; a positive answer is cached)."""
+    from botocore.exceptions import ClientError
+
+    client = s3_client()
+    known = (client.meta.endpoint_url, bucket)
+    if known in _known_buckets:
+        return
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+            raise StorageError(f"{uri}: bucket '{bucket}' does not exist") from None
+        raise _s3_error(uri, err) from err
+    except Exception as err:
+        raise _s3_error(uri, err) from err
+    _known_buckets.add(known)
+
+
 def exists(uri: str) -> bool:
+    """Whether the object (or local path) exists.
+
+    On S3 a missing *bucket* is an error, not False: HeadObject answers a bare 404 for both, and a build that
+    took "no manifest yet" for "nowhere to write" would generate its first shard before the upload failed.
+    An unreachable endpoint or refused credentials are StorageError naming the URI, like every other call.
+    """
     if not is_s3(uri):
         return Path(uri).exists()
     from botocore.exceptions import ClientError
@@ -326,8 +355,32 @@ def exists(uri: str) -> bool:
         s3_client().head_object(Bucket=bucket, Key=key)
         return True
     except ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+            raise _s3_error(uri, err) from err
+    except Exception as err:
+        raise _s3_error(uri, err) from err
+    _check_bucket(uri, bucket)
+    return False
+
+
+def size(uri: str) -> int:
+    """Bytes in the object or file; StorageError naming `uri` when it is missing (one HeadObject on S3)."""
+    if not is_s3(uri):
+        try:
+            return Path(uri).stat().st_size
+        except FileNotFoundError:
+            raise StorageError(f"{uri}: not found") from None
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+    except ClientError as err:
         if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
+            _check_bucket(uri, bucket)
+            raise StorageError(f"{uri}: not found") from None
+        raise _s3_error(uri, err) from err
+    except Exception as err:
         raise _s3_error(uri, err) from err
 
 

@@ -30,31 +30,31 @@ def every_shard(urls: Any) -> Any:
 
 
 def iter_blocks(urls: list[str], expected: dict[str, int] | None = None) -> Iterator[tuple[np.ndarray, dict]]:
-    """Decoded (images, meta) blocks of the given shards in order; a bad shard raises ShardError naming it."""
+    """Decoded (images, meta) blocks of the given shards in order; a bad shard raises ShardError naming it.
+
+    One pipeline per shard, so an error is pinned on the shard that raised it: a single pipeline over all URLs
+    only says which shard its last *good* sample came from, and would blame the previous shard for a missing one.
+    """
     if any(storage.is_s3(u) for u in urls):
         from study.data.s3_stream import register_webdataset_s3
 
         register_webdataset_s3()
-    pipeline = wds.WebDataset(
-        urls, shardshuffle=False, nodesplitter=every_shard, workersplitter=None, empty_check=False
-    )
-    seen: dict[str, int] = {}
-    url = urls[0] if urls else ""
-    try:
-        for sample in pipeline:
-            url = sample["__url__"]
-            images, meta = shards.decode_block(sample)
-            seen[url] = seen.get(url, 0) + len(images)
-            yield images, meta
-    except ShardError:
-        raise
-    except Exception as err:
-        raise ShardError(f"{url}: cannot read shard: {type(err).__name__}: {err}") from err
-    for u in urls:
-        if expected is not None and seen.get(u, 0) != expected.get(u, 0):
-            raise ShardError(
-                f"{u}: read {seen.get(u, 0)} images, manifest says {expected.get(u, 0)} (truncated or corrupt)"
-            )
+    for url in urls:
+        pipeline = wds.WebDataset(
+            [url], shardshuffle=False, nodesplitter=every_shard, workersplitter=None, empty_check=False
+        )
+        seen = 0
+        try:
+            for sample in pipeline:
+                images, meta = shards.decode_block(sample)
+                seen += len(images)
+                yield images, meta
+        except ShardError:
+            raise
+        except Exception as err:
+            raise ShardError(f"{url}: cannot read shard: {type(err).__name__}: {err}") from err
+        if expected is not None and seen != expected.get(url, 0):
+            raise ShardError(f"{url}: read {seen} images, manifest says {expected.get(url, 0)} (truncated or corrupt)")
 
 
 class ShardStream(IterableDataset):
@@ -83,8 +83,11 @@ class ShardStream(IterableDataset):
         self.expected = {u: s.count for u, s in zip(urls, manifest.shards, strict=False)}
         self.epoch = 0
 
-    def _my_urls(self, rng: np.random.Generator) -> list[str]:
-        urls = [self.urls[i] for i in rng.permutation(len(self.urls))]
+    def _my_urls(self, epoch: int) -> list[str]:
+        """This worker's shards for `epoch`. The shard order is drawn from (seed, epoch) alone, the same in
+        every worker, so the workers' slices partition the shards; a per-worker order would overlap them."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.urls))
+        urls = [self.urls[i] for i in order]
         info = get_worker_info()
         if info is None:
             return urls
@@ -96,32 +99,67 @@ class ShardStream(IterableDataset):
         epoch = self.epoch
         while True:
             rng = np.random.default_rng([self.seed, epoch, worker])
-            urls = self._my_urls(rng)
+            urls = self._my_urls(epoch)
             if not urls:
                 return
-            pool: list[np.ndarray] = []
-            pooled = 0
-            for images, meta in iter_blocks(urls, {u: self.expected[u] for u in urls}):
-                start = int(meta["start"])
-                if start >= self.limit:
-                    continue
-                images = images[: self.limit - start]
-                pool.append(images)
-                pooled += len(images)
-                if pooled >= self.shuffle_buffer + self.batch_size:
-                    buffer = np.concatenate(pool)
-                    buffer = buffer[rng.permutation(len(buffer))]
-                    n_out = (len(buffer) - self.shuffle_buffer) // self.batch_size * self.batch_size
-                    for b in range(0, n_out, self.batch_size):
-                        yield torch.from_numpy(buffer[b : b + self.batch_size])
-                    pool, pooled = [buffer[n_out:]], len(buffer) - n_out
-            if pooled:
-                buffer = np.concatenate(pool)
-                buffer = buffer[rng.permutation(len(buffer))]
-                for b in range(0, len(buffer) - self.batch_size + 1, self.batch_size):
-                    yield torch.from_numpy(buffer[b : b + self.batch_size])
-                # the remainder carries no bias: the next epoch reshuffles everything
+            yield from self._epoch(urls, rng)
             epoch += 1
+
+    def _epoch(self, urls: list[str], rng: np.random.Generator) -> Iterator[torch.Tensor]:
+        """One pass over `urls` as shuffled batches, through a fixed random-replacement buffer.
+
+        The buffer fills with the first `shuffle_buffer` images; then each arriving block of m images evicts m
+        distinct random buffered images (in random order) into the batches and takes their slots, and at the end
+        the rest leaves in a random permutation (the shuffle buffer of TensorFlow's `Dataset.shuffle` and
+        webdataset's `shuffle`, done a block at a time). Every image is copied twice, into the buffer and into its
+        batch: re-concatenating and permuting a whole pool per block cost ~30 copies per image. The last partial
+        batch of an epoch is dropped; the next epoch reshuffles everything.
+        """
+        capacity = self.shuffle_buffer
+        buffer: np.ndarray | None = None
+        filled = 0
+        batches = _BatchFiller(self.batch_size)
+        for images, meta in iter_blocks(urls, {u: self.expected[u] for u in urls}):
+            start = int(meta["start"])
+            if start >= self.limit:
+                continue
+            images = images[: self.limit - start]
+            if buffer is None:
+                buffer = np.empty((capacity, *images.shape[1:]), dtype=images.dtype)
+            room = min(len(images), capacity - filled)
+            buffer[filled : filled + room] = images[:room]
+            filled += room
+            rest = images[room:]
+            if len(rest):
+                slots = rng.choice(capacity, size=len(rest), replace=False)
+                yield from batches.take(buffer, slots)
+                buffer[slots] = rest
+        if buffer is not None and filled:
+            yield from batches.take(buffer, rng.permutation(filled))
+
+
+class _BatchFiller:
+    """Gathers images into fresh (batch_size, ...) arrays, yielding each as a tensor when it is full."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.batch: np.ndarray | None = None
+        self.pos = 0
+
+    def take(self, source: np.ndarray, index: np.ndarray) -> Iterator[torch.Tensor]:
+        """Copy `source[index]` into batches, one copy per image (the batch never aliases `source`)."""
+        done = 0
+        while done < len(index):
+            if self.batch is None:
+                self.batch = np.empty((self.batch_size, *source.shape[1:]), dtype=source.dtype)
+                self.pos = 0
+            n = min(len(index) - done, self.batch_size - self.pos)
+            np.take(source, index[done : done + n], axis=0, out=self.batch[self.pos : self.pos + n])
+            self.pos += n
+            done += n
+            if self.pos == self.batch_size:
+                yield torch.from_numpy(self.batch)
+                self.batch = None
 
 
 def stream_loader(stream: ShardStream, workers: int, pin_memory: bool = False) -> DataLoader:

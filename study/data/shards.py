@@ -171,19 +171,15 @@ def read_manifest(root: str) -> Manifest:
 
 
 def check_present(root: str, manifest: Manifest) -> None:
-    """Cheap pre-flight check that every shard the manifest lists exists with its recorded size."""
+    """Cheap pre-flight check that every shard the manifest lists exists with its recorded size (a stat or one
+    HeadObject per shard: S3 shards get the same size check as local ones, so a truncated object is caught
+    before a rebuild calls the surrogate reusable)."""
     for info in manifest.shards:
         uri = storage.join(root, info.name)
-        if not storage.is_s3(uri):
-            path = Path(uri)
-            if not path.is_file():
-                raise ShardError(f"{uri}: shard listed in the manifest is missing")
-            if path.stat().st_size != info.bytes:
-                raise ShardError(
-                    f"{uri}: shard has {path.stat().st_size} bytes, manifest says {info.bytes} (truncated?)"
-                )
-        elif not storage.exists(uri):
+        if not storage.exists(uri):
             raise ShardError(f"{uri}: shard listed in the manifest is missing")
+        if (actual := storage.size(uri)) != info.bytes:
+            raise ShardError(f"{uri}: shard has {actual} bytes, manifest says {info.bytes} (truncated?)")
 
 
 def verify(root: str, manifest: Manifest | None = None) -> Manifest:
