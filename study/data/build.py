@@ -278,8 +278,13 @@ def build_surrogate(
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             futures = {pool.submit(write_shard_task, *job): job[2] for job in jobs}
-            for future in as_completed(futures):
-                done(futures[future], future.result())
+            try:
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+            except BaseException:
+                # fail fast: finished shards are kept for the rerun, queued ones are not worth waiting for
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
     manifest = shards.Manifest(
         name=card.name,
