@@ -187,7 +187,9 @@ def record_arms(
             tracker.client.get_run(run_id).data.metrics
         ):
             derived = build.manifest.card
-            tracker.log_arm_metrics(run_id, {"perturbation.success_rate": derived["success_rate"]})
+            tracker.log_arm_metrics(
+                run_id, {f"perturbation.{k}": derived[k] for k in ("success_rate", "attacked", "successes")}
+            )
             tracker.log_arm_artifacts(
                 run_id,
                 {

@@ -142,14 +142,18 @@ class TestTrial:
         assert all(0.0 <= r["attack_success"] <= 1.0 for r in reports)
         assert any(r["attack_success"] > 0 for r in reports)
 
-    def test_online_batch_keeps_its_size_with_perturbed_images_in_front(self, source_root, digits_teacher, tmp_path):
-        trial = _trial(tmp_path, digits_teacher, str(Path(source_root).parent), {**ATTACK.model_dump(),
-                                                                                 "mode": "online"})
+    def test_online_batch_keeps_its_size_and_is_deterministic_from_the_seed(
+        self, source_root, digits_teacher, tmp_path
+    ) -> None:
+        online = {**ATTACK.model_dump(), "mode": "online"}
+        shards_root = str(Path(source_root).parent)
+        first, second = (_trial(tmp_path, digits_teacher, shards_root, online) for _ in range(2))
         x = torch.from_numpy(read_all(source_root, shards.read_manifest(source_root), 16)[0]).permute(0, 3, 1, 2)
-        x = x.expand(-1, 3, -1, -1).contiguous() if trial.teacher.meta.channels == 3 else x[:, :1].contiguous()
-        out = trial.perturb(x)
+        x = x.expand(-1, first.teacher.meta.channels, -1, -1).contiguous()
+        out = first.perturb(x)
         assert out.shape == x.shape and out.dtype == torch.uint8
-        assert trial.attack_counts[1] == 4 and not torch.equal(out[:4], x[:4])
+        assert first.attack_counts[1] == 4 and not torch.equal(out[:4], x[:4])
+        assert torch.equal(second.perturb(x), out)
 
     def test_offline_arm_reads_the_derived_surrogate(self, derived, digits_teacher, tmp_path) -> None:
         # the trial names its derived surrogate with the study seed: the fixture built it with seed 3
@@ -159,3 +163,12 @@ class TestTrial:
         trial = KDTrial(spec, spec.arms[0], paths)
         assert trial.stream.manifest == derived.manifest
         assert trial.attack is None
+
+
+@pytest.mark.slow
+def test_ray_tasks_build_the_same_shards_as_in_process(derived, source_root, digits_teacher, ray_session, tmp_path):
+    """With a Ray runtime up, blocks are attacked as Ray tasks; the per-block seeds make the bytes identical."""
+    on_ray = build_perturbed(source_root, str(digits_teacher), str(tmp_path), ATTACK, seed=3)
+    assert not on_ray.reused and on_ray.shards_written == len(derived.manifest.shards)
+    assert _shard_hashes(on_ray.root) == _shard_hashes(derived.root)
+    assert on_ray.manifest == derived.manifest
