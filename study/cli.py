@@ -306,7 +306,10 @@ def data_perturb(
         try:
             spec = PerturbationSpec(mode="offline", **{k: v for k, v in knobs.items() if v is not None})
         except ValidationError as err:
-            fields = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in err.errors())
+            fields = "; ".join(
+                (f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: " if e["loc"] else "") + e["msg"]
+                for e in err.errors()
+            )
             raise SpecError(f"invalid perturbation: {fields}") from None
         teacher_uri, out_root = storage.resolve(teacher), storage.resolve(out)
         source_root = storage.resolve(source)
