@@ -310,6 +310,66 @@ def data_preview(
             console.print(f"{resolve(root)} -> {path}")
 
 
+@data_app.command("perturb")
+def data_perturb(
+    source: Annotated[str, typer.Argument(help="A built surrogate folder (holding manifest.json), or a card name or "
+                                               "YAML path whose surrogate is (or will be) built under --out.")],
+    teacher: Annotated[str, typer.Option(help="Teacher URI whose decision boundary the images are pushed to.")],
+    out: Annotated[str, typer.Option(help="Shard root for the derived surrogate: a folder or s3://bucket/prefix.")],
+    ray_address: Annotated[str | None, typer.Option(help="Attack blocks as Ray tasks on this cluster.")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="L-inf ball radius in [0, 1] pixel units.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Initial bold-driver step.")] = None,
+    max_iters: Annotated[int | None, typer.Option(help="Step cap of the crossing walk.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Max-softmax threshold.")] = None,
+    random_start: Annotated[bool | None, typer.Option(help="Uniform random start in the ball.")] = None,
+    deepen_iters: Annotated[int | None, typer.Option(help="Step cap of the deepening walk.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Share of each source block attacked.")] = None,
+    seed: int = 0,
+) -> None:
+    """Build the adversarially perturbed (derived) surrogate of a surrogate for one teacher."""
+    from pydantic import ValidationError
+
+    from study import storage
+    from study.config import PerturbationSpec, SpecError, load_card
+    from study.data.build import build_surrogate
+    from study.data.perturb import build_perturbed
+    from study.data.shards import MANIFEST
+    from study.resources import resolve_card_path
+    from study.teacher import load_meta
+
+    with user_errors():
+        knobs = dict(epsilon=epsilon, alpha=alpha, max_iters=max_iters, threshold=threshold,
+                     random_start=random_start, deepen_iters=deepen_iters, fraction=fraction)
+        try:
+            spec = PerturbationSpec(mode="offline", **{k: v for k, v in knobs.items() if v is not None})
+        except ValidationError as err:
+            fields = "; ".join(
+                (f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: " if e["loc"] else "") + e["msg"]
+                for e in err.errors()
+            )
+            raise SpecError(f"invalid perturbation: {fields}") from None
+        teacher_uri, out_root = storage.resolve(teacher), storage.resolve(out)
+        source_root = storage.resolve(source)
+        if not storage.exists(storage.join(source_root, MANIFEST)):
+            card = load_card(resolve_card_path(source, Path.cwd()))
+            meta = load_meta(teacher_uri)
+            source_root = build_surrogate(
+                card, out_root, reference_stats=(meta.mean, meta.std), teacher_id=meta.teacher_id
+            ).root
+        with _progress() as progress:
+            task = progress.add_task(f"perturbing {source_root}", total=None)
+            result = build_perturbed(
+                source_root, teacher_uri, out_root, spec, seed=seed, ray_address=ray_address,
+                on_shard=lambda d, t: progress.update(task, completed=d, total=t),
+            )
+    derived = result.manifest.card
+    state = "reused" if result.reused else f"{result.shards_written} shards written, {result.shards_kept} kept"
+    console.print(
+        f"{result.root}: {result.manifest.count} images from {derived['successes']}/{derived['attacked']} "
+        f"successes ({derived['success_rate']:.1%}), {state}"
+    )
+
+
 @data_app.command("verify")
 def data_verify(
     root: Annotated[str, typer.Argument(help="A surrogate folder (holding manifest.json).")],

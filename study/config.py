@@ -137,6 +137,43 @@ class TrainSpec(Strict):
     mixup: bool = True
 
 
+class PerturbationSpec(Strict):
+    """Adversarial boundary perturbation of an arm (Frank & Davis, CVPR 2025; `study.distill.attack`).
+
+    The attack's parameters define the arm and are never searched; they are in the spec, so they change the
+    study's science hash. Defaults equal `study.distill.attack.AttackConfig`'s (pixel units of [0, 1] images;
+    a test pins the equality, this module does not import torch).
+
+    * `none`: the surrogate as built.
+    * `online`: every training batch is attacked on the fly (as the authors' code does); `fraction` (default 1)
+      is the share of the batch given to perturbed images: the first `ceil(fraction * B / 4)` images are
+      attacked, the 4 images of each success take the front of the batch and clean images fill the rest, so
+      the batch size stays B.
+    * `offline`: the arm reads a `derived` surrogate built once per teacher x surrogate
+      (`kd-study data perturb`, or the pipeline when it is missing); it holds only perturbed images, 4 per
+      success; `fraction` (default 1) is the share of each source block that is attacked.
+    """
+
+    mode: Literal["none", "online", "offline"] = "none"
+    epsilon: float = Field(default=32 / 255, gt=0, le=1)
+    alpha: float = Field(default=1 / 255, gt=0, le=1)
+    max_iters: int = Field(default=50, ge=1)
+    threshold: float = Field(default=0.9, gt=0, le=1)
+    random_start: bool = False
+    deepen_iters: int = Field(default=10, ge=0)
+    fraction: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _alpha_in_ball(self) -> PerturbationSpec:
+        if self.alpha > self.epsilon:
+            raise ValueError(f"'alpha' ({self.alpha}) must not exceed 'epsilon' ({self.epsilon})")
+        return self
+
+    def attack_fields(self) -> dict[str, Any]:
+        """The `AttackConfig` keyword arguments (everything but `mode` and `fraction`)."""
+        return self.model_dump(exclude={"mode", "fraction"})
+
+
 class ArmSpec(Strict):
     """A unit of comparison: a surrogate plus a fixed variant. Nothing here is searched."""
 
@@ -145,6 +182,7 @@ class ArmSpec(Strict):
     count: int | None = Field(default=None, gt=0)
     labels: Literal["soft", "onehot"] = "soft"
     train: dict[str, Any] = Field(default_factory=dict)
+    perturbation: PerturbationSpec = PerturbationSpec()
 
 
 class ParamSpace(Strict):

@@ -23,7 +23,7 @@ from study.criteria import measure
 from study.data import shards
 from study.data.build import BuildResult, build_surrogate
 from study.data.loader import read_all
-from study.distill.trial import TrialPaths, card_for_arm
+from study.distill.trial import TrialPaths, card_for_arm, surrogate_name
 from study.report import Report, write_report
 from study.sweep import run_sweep, total_trials
 from study.teacher import Teacher, TeacherError, TeacherMeta, load_meta, load_teacher
@@ -122,6 +122,35 @@ def build_surrogates(
     return results
 
 
+def build_perturbed_surrogates(
+    spec: StudySpec, cards: dict[str, CardSpec], paths: StudyPaths, meta: TeacherMeta, progress: ProgressSink
+) -> dict[str, BuildResult]:
+    """The derived surrogate of every offline-perturbed arm that lacks one (once per teacher x surrogate x attack)."""
+    from study.data.perturb import build_perturbed
+
+    results: dict[str, BuildResult] = {}
+    for arm in spec.arms:
+        if arm.perturbation.mode != "offline":
+            continue
+        card = cards[arm.name]
+        name = surrogate_name(spec, arm, card, meta.teacher_id)
+        if name in results:
+            continue
+        key = f"perturb:{name}"
+        progress.task(key, f"perturbed {name}", None)
+        results[name] = build_perturbed(
+            storage.join(paths.shards, card.name),
+            paths.teacher,
+            paths.shards,
+            arm.perturbation,
+            seed=spec.seed,
+            name=name,
+            ray_address=spec.resources.ray_address,
+            on_shard=lambda done, total, k=key: progress.update(k, done, total),
+        )
+    return results
+
+
 def sample_grid_png(images: np.ndarray, n: int = 64) -> bytes:
     x = torch.from_numpy(images[:n]).permute(0, 3, 1, 2).float() / 255.0
     buf = io.BytesIO()
@@ -140,7 +169,8 @@ def record_arms(
     """Parent run per arm with card params, criteria and artifacts; criteria are measured once per arm."""
     progress.task("criteria", "criteria (teacher forward passes)", len(spec.arms))
     for i, arm in enumerate(spec.arms):
-        card, build = cards[arm.name], builds[cards[arm.name].name]
+        card = cards[arm.name]
+        build = builds[surrogate_name(spec, arm, card, teacher.meta.teacher_id)]
         params = {
             "surrogate": card.name,
             "kind": card.kind,
@@ -151,8 +181,25 @@ def record_arms(
             "labels": arm.labels,
             "teacher": teacher.meta.teacher_id,
             "arm_train": arm.train,
+            "perturbation": arm.perturbation.model_dump(),
         }
         run_id = tracker.arm_run(arm.name, params)
+        if arm.perturbation.mode == "offline" and "perturbation.success_rate" not in (
+            tracker.client.get_run(run_id).data.metrics
+        ):
+            derived = build.manifest.card
+            tracker.log_arm_metrics(
+                run_id, {f"perturbation.{k}": derived[k] for k in ("success_rate", "attacked", "successes")}
+            )
+            tracker.log_arm_artifacts(
+                run_id,
+                {
+                    "perturbation_histograms.json": json.dumps(
+                        {k: derived[k] for k in ("histogram_before", "histogram_after", "attacked", "successes")}
+                        | {"classes": teacher.meta.classes, "source": derived["source"]}
+                    ).encode()
+                },
+            )
         if "criteria.class_entropy" not in tracker.client.get_run(run_id).data.metrics:
             images, _ = read_all(build.root, build.manifest, min(arm.count or build.manifest.count, CRITERIA_IMAGES))
             crit = measure(teacher, images)
@@ -192,8 +239,9 @@ def run_study(
         raise SpecError(f"{err}\n  (the spec's teacher.uri is '{spec.teacher.uri}')") from None
     outcome = StudyOutcome(paths, meta)
     outcome.builds = build_surrogates(cards, paths, meta, progress, build_workers)
+    outcome.builds.update(build_perturbed_surrogates(spec, cards, paths, meta, progress))
     for arm in spec.arms:
-        build = outcome.builds[cards[arm.name].name]
+        build = outcome.builds[surrogate_name(spec, arm, cards[arm.name], meta.teacher_id)]
         if arm.count and arm.count > build.manifest.count:
             raise shards.ShardError(
                 f"{build.root}: arm '{arm.name}' wants {arm.count} images, it holds {build.manifest.count}"

@@ -6,6 +6,16 @@ seen, so arms of different sizes get equal compute. Every `report_every` images 
 teacher's original val and test splits and a checkpoint is written, so Tune can early-stop, pause and resume it.
 A resumed trial replays its data stream up to the checkpoint and continues with the saved RNG state, so it
 matches an uninterrupted run.
+
+Adversarial boundary perturbation (the arm's `perturbation`, `study.distill.attack`): `offline` arms read the
+derived surrogate `study.data.perturb` built for this teacher; `online` arms attack each batch before augmentation,
+as the authors' code does. Online, the perturbed images REPLACE part of the batch rather than extend it, so the
+batch size, the learning-rate schedule and the image budget mean the same thing in every arm: the first
+`ceil(fraction * B / 4)` clean images (in [0, 1], at the teacher's input size) are attacked with targets drawn
+from the trial's generator, the 4 images of each success (quantised to uint8, as offline shards store them) take
+the front of the batch, and the un-attacked clean images, then the failed ones, fill it to B. Augmentation and
+mixup then run on the whole batch, as for any surrogate. `attack_success` (successes / attacked images over the
+report interval) joins the metrics.
 """
 
 from __future__ import annotations
@@ -24,12 +34,14 @@ import torch
 from study.config import ArmSpec, CardSpec, StudySpec, TrainSpec, load_card
 from study.data import shards
 from study.data.loader import ShardStream, stream_loader, to_teacher_input
+from study.data.perturb import attack_config, derived_name
 from study.device import autocast_dtype, pick_device
+from study.distill.attack import boundary_attack
 from study.distill.augment import AugmentConfig, BatchAugment
 from study.distill.loss import kd_loss, onehot_kd_loss
 from study.models import create_model
 from study.resources import resolve_card_path
-from study.teacher import eval_tensors, load_teacher, predict
+from study.teacher import eval_tensors, load_meta, load_teacher, predict
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +74,14 @@ def is_shader(card: CardSpec) -> bool:
     return card.generator in ("shaders", "glsl_folder")
 
 
+def surrogate_name(spec: StudySpec, arm: ArmSpec, card: CardSpec, teacher_id: str) -> str:
+    """The surrogate an arm reads: its card's, or for an offline-perturbed arm the derived one (built with the
+    study's seed, so every trial and seed of the arm shares one attack pass)."""
+    if arm.perturbation.mode == "offline":
+        return derived_name(card.name, arm.perturbation, teacher_id, spec.seed)
+    return card.name
+
+
 class KDTrial:
     """A trial's state and its training loop; `run` drives it and calls `report` at each report point."""
 
@@ -79,7 +99,8 @@ class KDTrial:
         self.seed = spec.seed if seed is None else seed
         self.device = device or pick_device()
         self.card = card_for_arm(arm, paths.cards_dir)
-        root = f"{paths.shards_root.rstrip('/')}/{self.card.name}"
+        surrogate = surrogate_name(spec, arm, self.card, load_meta(paths.teacher).teacher_id)
+        root = f"{paths.shards_root.rstrip('/')}/{surrogate}"
         manifest = shards.read_manifest(root)
         shards.check_present(root, manifest)
         self.teacher = load_teacher(paths.teacher, self.device)
@@ -124,6 +145,10 @@ class KDTrial:
         self.val = eval_tensors(meta, meta.val_split, self.device)
         self.test = eval_tensors(meta, meta.test_split, self.device)
         self.test_teacher_pred = predict(self.teacher.model, self.test[0]).argmax(1)
+        online = arm.perturbation.mode == "online"
+        self.attack = attack_config(arm.perturbation) if online else None
+        self.attacked_per_batch = math.ceil((arm.perturbation.fraction or 1.0) * t.batch_size / 4) if online else 0
+        self.attack_counts = [0, 0]  # (successes, attacked) since the last report
 
     @property
     def images_seen(self) -> int:
@@ -176,6 +201,18 @@ class KDTrial:
             return onehot_kd_loss(student_logits, teacher_logits)
         return kd_loss(student_logits, teacher_logits, self.train.temperature)
 
+    def perturb(self, x: torch.Tensor) -> torch.Tensor:
+        """Online boundary perturbation of an adapted uint8 batch; same shape, perturbed images in front."""
+        meta, n = self.teacher.meta, self.attacked_per_batch
+        assert self.attack is not None
+        result = boundary_attack(
+            self.teacher.model, x[:n].float() / 255.0, meta.mean, meta.std, self.attack, self.generator
+        )
+        perturbed = (result.images * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+        self.attack_counts[0] += int(result.success.sum())
+        self.attack_counts[1] += n
+        return torch.cat([perturbed, x[n:], x[:n][~result.success]])[: len(x)]
+
     def run(self, report: Reporter) -> dict[str, float]:
         """Train to the budget, calling `report(metrics, {'trial': self})` at every report point."""
         budget, every = self.spec.budget.images, self.spec.budget.report_every
@@ -188,6 +225,8 @@ class KDTrial:
         while self.step < self.total_steps:
             batch = next(batches).to(self.device, non_blocking=True)
             x = to_teacher_input(batch, self.teacher.meta.channels, self.teacher.meta.image_size)
+            if self.attack is not None:
+                x = self.perturb(x)
             x = self.augment(x, self.generator)
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -216,6 +255,9 @@ class KDTrial:
                     "images_per_s": (self.images_seen - seen0) / max(elapsed, 1e-9),
                     "lr": self.optimizer.param_groups[0]["lr"],
                 }
+                if self.attack is not None:
+                    metrics["attack_success"] = self.attack_counts[0] / max(self.attack_counts[1], 1)
+                    self.attack_counts = [0, 0]
                 self.student.train()
                 report(metrics, {"trial": self})
                 loss_sum, loss_n, t0, seen0 = 0.0, 0, time.perf_counter(), self.images_seen
