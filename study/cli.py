@@ -47,6 +47,7 @@ def _root(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not debug:  # MLflow and its migrations log at INFO through their own handlers
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -105,25 +106,26 @@ def _progress() -> Progress:
 
 
 def _print_ranking(outcome) -> None:
-    report = outcome.report
+    ranking = outcome.report.ranking
+    show_surrogate = bool(len(ranking)) and bool((ranking["arm"] != ranking["surrogate"]).any())
     table = Table(title="Surrogates ranked by student test accuracy (best trial by val)")
-    for col in ("#", "arm", "surrogate", "trials", "test acc", "val acc", "mean ± std"):
-        table.add_column(col, justify="right" if col not in ("arm", "surrogate") else "left")
-    for rank, row in report.ranking.iterrows():
-        table.add_row(
-            str(rank),
-            row["arm"],
-            row["surrogate"],
+    columns = ["#", "arm", *(["surrogate"] if show_surrogate else []), "trials", "test acc", "val acc", "mean ± std"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("arm", "surrogate") else "right", no_wrap=True)
+    for rank, row in ranking.iterrows():
+        cells = [str(rank), row["arm"], *([row["surrogate"]] if show_surrogate else [])]
+        cells += [
             str(row["trials"]),
             f"{row['test_acc']:.2%}",
             f"{row['best_val_acc']:.2%}",
-            f"{row['test_acc_mean']:.2%} ± {row['test_acc_std']:.2%}",
-        )
+            f"{row['test_acc_mean']:.1%} ± {row['test_acc_std']:.1%}",
+        ]
+        table.add_row(*cells)
     console.print(table)
     if outcome.teacher.test_accuracy is not None:
         console.print(f"teacher test accuracy: {outcome.teacher.test_accuracy:.2%}")
-    console.print(f"report: [bold]{report.markdown}[/]")
-    console.print(f"MLflow UI: [bold]mlflow ui --backend-store-uri {outcome.paths.tracking_uri}[/]")
+    console.print(f"report: [bold]{outcome.report.markdown}[/]", soft_wrap=True)
+    console.print(f"MLflow UI: [bold]mlflow ui --backend-store-uri {outcome.paths.tracking_uri}[/]", soft_wrap=True)
 
 
 @app.command()

@@ -51,6 +51,7 @@ class PerArmSearch(Searcher):
         super().__init__(metric=METRIC, mode=MODE)
         self.arms, self.trials_per_arm, self.seed = list(arms), trials_per_arm, seed
         self.space = optuna_space(space)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per arm is noise
         self.searchers: dict[str, OptunaSearch] = {}
         if self.space:
             for i, arm in enumerate(self.arms):

@@ -23,6 +23,7 @@ from study import __version__, storage
 from study.config import TeacherSpec
 from study.data.real import load_source
 from study.device import pick_device
+from study.distill.augment import AugmentConfig, BatchAugment
 from study.models import create_model
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,8 @@ def train_teacher(
 ) -> Teacher:
     """Train `spec.arch` on the train split of `spec.dataset` and save it to `out_uri`.
 
-    Plain supervised training with SGD + cosine and random translations; the best val epoch is not picked
-    (the test split stays untouched by every choice).
+    Plain supervised training with SGD + cosine and light random crops and pad-crop (BatchAugment); the best val
+    epoch is not picked (the test split stays untouched by every choice).
     """
     torch.manual_seed(spec.seed)
     device = pick_device()
@@ -127,15 +128,17 @@ def train_teacher(
         optimizer, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch, pct_start=0.15
     )
     gen = torch.Generator().manual_seed(spec.seed)
-    pad = max(1, spec.image_size // 8)
+    # light geometry only (crop + pad-crop, no flips: digits and many label sets are not mirror-symmetric)
+    augment = BatchAugment(
+        AugmentConfig(crop_scale=(0.8, 1.0), randaugment_ops=0, flip=False, mixup=False), mean=mean, std=std
+    )
     model.train()
     for epoch in range(spec.epochs):
         order = torch.randperm(len(x_all), generator=gen)
         total = 0.0
         for i in range(0, len(order), spec.batch_size):
             idx = order[i : i + spec.batch_size]
-            xb = _random_translate(x_all[idx], pad, gen)
-            xb, yb = normalise(xb.to(device), mean, std), y_all[idx].to(device)
+            xb, yb = augment(x_all[idx].to(device), gen), y_all[idx].to(device)
             loss = F.cross_entropy(model(xb), yb, label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -175,19 +178,6 @@ def train_teacher(
     storage.write_text(storage.join(out_uri, META), meta.model_dump_json(indent=2))
     log.info("teacher %s: test accuracy %.4f", meta.teacher_id, accs["test"])
     return Teacher(model.eval(), meta)
-
-
-def _random_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Per-image random shift by up to `pad` pixels (pad-and-crop with zero fill), vectorised."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    rows = (dy.view(n, 1) + torch.arange(h)).view(n, 1, h, 1).expand(n, x.shape[1], h, w)
-    cols = (dx.view(n, 1) + torch.arange(w)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
-    batch = torch.arange(n).view(n, 1, 1, 1).expand_as(rows)
-    chan = torch.arange(x.shape[1]).view(1, -1, 1, 1).expand_as(rows)
-    return padded[batch, chan, rows, cols]
 
 
 def load_meta(uri: str) -> TeacherMeta:
