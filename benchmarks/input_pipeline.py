@@ -2,7 +2,8 @@
 
 Figures (one line each, ``NAME: ratio=X`` then raw numbers):
 
-* ``input_pipeline``: BatchAugment (full recipe + mixup, batch 256, 32 x 32 uint8) on 2 cores vs 20,000 img/s.
+* ``input_pipeline``: shard decoding (the trial's ShardStream) + BatchAugment (full recipe + mixup, batch 256,
+  32 x 32 uint8) on 2 cores vs 20,000 img/s.
   "2 threads" is measured as 2 single-threaded DataLoader workers, each augmenting whole batches (how a CPU
   trial runs it); intra-op threading (``torch.set_num_threads(2)`` on one batch) is printed as a raw number:
   on a shared, oversubscribed machine its per-op barriers make it far slower than one thread.
@@ -12,13 +13,15 @@ Figures (one line each, ``NAME: ratio=X`` then raw numbers):
   2 workers over an in-memory uint8 dataset, plus the same mixup on each batch.
 
 The uint8 batches come from a ``BatchSource`` (a callable returning an iterator of uint8 (N, C, H, W)
-tensors); ``memory_source`` is the in-memory one, and a shard-decoding source can be swapped in front.
+tensors); ``shard_source`` decodes real kd-study shards, ``memory_source`` serves tensors from memory.
 Run: ``python benchmarks/input_pipeline.py [--images N] [--recipe real|synthetic]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
@@ -47,6 +50,23 @@ def memory_source(images: torch.Tensor, batch_size: int = BATCH) -> BatchSource:
     def batches() -> Iterator[torch.Tensor]:
         for start in range(0, len(images) - batch_size + 1, batch_size):
             yield images[start : start + batch_size]
+
+    return batches
+
+
+def shard_source(root: str, count: int, batch_size: int = BATCH) -> BatchSource:
+    """Batches decoded from real kd-study shards by the trial's reader (ShardStream), one epoch, as (N, C, H, W)."""
+    from study.config import CardSpec
+    from study.data.build import build_surrogate
+    from study.data.loader import ShardStream
+
+    card = CardSpec(name="bench_noise", kind="generated", generator="uniform_noise", count=count, image_size=SIZE)
+    built = build_surrogate(card, root)
+
+    def batches() -> Iterator[torch.Tensor]:
+        stream = ShardStream(built.root, built.manifest, batch_size, seed=0)
+        for batch in itertools.islice(iter(stream), count // batch_size):
+            yield batch.permute(0, 3, 1, 2)
 
     return batches
 
@@ -147,7 +167,8 @@ def main() -> None:
     if args.recipe == "synthetic":
         config = AugmentConfig(randaugment_ops=4, elastic_p=0.5, invert_p=0.1)
     images = memory_images(args.images)
-    source = memory_source(images)
+    tmp = tempfile.TemporaryDirectory()
+    source = shard_source(tmp.name, args.images)  # decode from shards, as a trial does
     one = ours_rate(source, config, threads=1)
     intra_two = ours_rate(source, config, threads=2)
     two = ours_workers_rate(source, config, workers=2)

@@ -127,7 +127,7 @@ class TrainSpec(Strict):
     lr_min: float = Field(default=1e-6, ge=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=1e-4, ge=0)
-    temperature: float = Field(default=2.0, gt=0)
+    temperature: float | None = Field(default=None, gt=0, description="None: 2 for real, 20 for synthetic (paper)")
     batch_size: int = Field(default=256, gt=0)
     crop_scale_min: float = Field(default=0.35, gt=0, le=1)
     randaugment_ops: int | None = Field(default=None, ge=0, description="None: 2 for real, 4 for synthetic")

@@ -85,3 +85,27 @@ def test_reports_come_at_fixed_intervals_of_images_seen(digits_teacher: Path, sh
         lambda m, _: seen.append(m["images_seen"])
     )
     assert seen == [64.0, 128.0, 192.0]
+
+
+def test_kd_targets_are_the_teachers_outputs_on_the_mixed_images(digits_teacher: Path, shards_root: str) -> None:
+    from study.distill.loss import kd_loss
+
+    spec = tiny_spec(mixup=True)
+    trial = KDTrial(spec, spec.arm("digits"), TrialPaths(str(digits_teacher), shards_root))
+    assert trial.temperature == 2.0  # the paper's T for a real surrogate when the spec leaves it unset
+    batch = next(iter(trial.stream)).permute(0, 3, 1, 2).contiguous()
+    mixed = trial.augment(batch, torch.Generator().manual_seed(0))
+    plain = trial.augment.apply(batch, trial.augment.draw(len(batch), 32, 32, torch.Generator().manual_seed(0)))
+    assert torch.equal(mixed, plain)  # same draws -> same mixed batch
+    with torch.no_grad():
+        expected = kd_loss(trial.student(mixed), trial.teacher.model(mixed), 2.0)
+        unmixed = trial.augment.apply(batch, _without_mixup(trial, batch))
+        other = kd_loss(trial.student(mixed), trial.teacher.model(unmixed), 2.0)
+        assert torch.allclose(trial._loss(mixed), expected)
+        assert not torch.allclose(trial._loss(mixed), other)
+
+
+def _without_mixup(trial: KDTrial, batch: torch.Tensor):
+    params = trial.augment.draw(len(batch), 32, 32, torch.Generator().manual_seed(0))
+    params.lam = torch.empty(0)
+    return params

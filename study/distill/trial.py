@@ -122,6 +122,8 @@ class KDTrial:
             self.optimizer, T_max=self.total_steps, eta_min=t.lr_min
         )
         synthetic = is_synthetic(self.card)
+        # the paper's temperatures: 2 on real images, 20 on synthetic ones, whose teacher outputs are peakier
+        self.temperature = t.temperature if t.temperature is not None else (20.0 if synthetic else 2.0)
         self.augment = BatchAugment(
             AugmentConfig(
                 crop_scale=(t.crop_scale_min, 1.0),
@@ -199,7 +201,7 @@ class KDTrial:
             student_logits = self._student_fwd(x)
         if self.arm.labels == "onehot":
             return onehot_kd_loss(student_logits, teacher_logits)
-        return kd_loss(student_logits, teacher_logits, self.train.temperature)
+        return kd_loss(student_logits, teacher_logits, self.temperature)
 
     def perturb(self, x: torch.Tensor) -> torch.Tensor:
         """Online boundary perturbation of an adapted uint8 batch; same shape, perturbed images in front."""
@@ -234,7 +236,7 @@ class KDTrial:
             if not torch.isfinite(loss):
                 raise TrialDivergedError(
                     f"arm '{self.arm.name}': KD loss is {loss.item()} after {self.images_seen} images "
-                    f"(lr={self.train.lr}, T={self.train.temperature})"
+                    f"(lr={self.train.lr}, T={self.temperature})"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
