@@ -59,9 +59,7 @@ def main() -> None:
             count = max(n_programs, int(base_count * args.scale))
             rate = best_rate(lambda g=generator, n=count, s=size: g.generate(1, 0, n, s), count)
             fill = fill_rate(count, size)
-            print(
-                f"generate_{name}_{size}: ratio={rate / fill:.4f} gen={rate:.1f} img/s fill={fill:.1f} img/s"
-            )
+            print(f"generate_{name}_{size}: ratio={rate / fill:.4f} gen={rate:.1f} img/s fill={fill:.1f} img/s")
     shaders = create_generator("shaders", {})
     for size, base_count in ((32, 2048), (224, 128)):
         count = max(n_programs, int(base_count * args.scale))

@@ -147,8 +147,13 @@ def torchvision_rate(images: torch.Tensor, config: AugmentConfig, workers: int) 
     """Images/s of a DataLoader with ``workers`` processes running per-image transforms, plus batch mixup."""
     torch.set_num_threads(1)
     loader = DataLoader(
-        _PerImage(images, torchvision_transform(config)), batch_size=BATCH, shuffle=True, num_workers=workers,
-        drop_last=True, persistent_workers=False, generator=torch.Generator().manual_seed(0),
+        _PerImage(images, torchvision_transform(config)),
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),
     )
     gen = torch.Generator().manual_seed(0)
     seen, start = 0, time.perf_counter()  # worker start-up counts: every epoch of a real trial pays it
@@ -174,13 +179,20 @@ def main() -> None:
     two = ours_workers_rate(source, config, workers=2)
     baseline = torchvision_rate(images, config, workers=2)
     common = f"batch={BATCH} size={SIZE} recipe={args.recipe} images={args.images}"
-    print(f"input_pipeline: ratio={two / TARGET_2_THREADS:.2f} ours={two:.0f} img/s "
-          f"target={TARGET_2_THREADS:.0f} img/s workers=2x1thread intraop_2threads={intra_two:.0f} img/s "
-          f"{common}")
-    print(f"input_pipeline_1thread: ratio={one / TARGET_1_THREAD:.2f} ours={one:.0f} img/s "
-          f"target={TARGET_1_THREAD:.0f} img/s threads=1 {common}")
-    print(f"input_vs_torchvision: ratio={two / baseline:.2f} ours={two:.0f} img/s "
-          f"torchvision={baseline:.0f} img/s workers=2 (both) {common}")
+    print(
+        f"input_pipeline: ratio={two / TARGET_2_THREADS:.2f} ours={two:.0f} img/s "
+        f"target={TARGET_2_THREADS:.0f} img/s workers=2x1thread intraop_2threads={intra_two:.0f} img/s "
+        f"{common}"
+    )
+    print(
+        f"input_pipeline_1thread: ratio={one / TARGET_1_THREAD:.2f} ours={one:.0f} img/s "
+        f"target={TARGET_1_THREAD:.0f} img/s threads=1 {common}"
+    )
+    print(
+        f"input_vs_torchvision: ratio={two / baseline:.2f} ours={two:.0f} img/s "
+        f"torchvision={baseline:.0f} img/s workers=2 (both) {common}"
+    )
+
 
 if __name__ == "__main__":
     main()

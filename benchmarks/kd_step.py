@@ -44,8 +44,15 @@ def make_teacher(root: Path, arch: str, size: int) -> str:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     meta = TeacherMeta(
-        arch=arch, num_classes=10, classes=[str(i) for i in range(10)], image_size=size, channels=3,
-        mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], dataset="folder", dataset_root=str(root / "evaldata"),
+        arch=arch,
+        num_classes=10,
+        classes=[str(i) for i in range(10)],
+        image_size=size,
+        channels=3,
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+        dataset="folder",
+        dataset_root=str(root / "evaldata"),
         weights_sha256=hashlib.sha256(buf.getvalue()).hexdigest(),
     )
     uri = str(root / "teacher")
@@ -54,8 +61,9 @@ def make_teacher(root: Path, arch: str, size: int) -> str:
     return uri
 
 
-def bare_loop(teacher_arch: str, student_arch: str, batch: int, steps: int, warmup: int, size: int,
-              device: torch.device) -> float:
+def bare_loop(
+    teacher_arch: str, student_arch: str, batch: int, steps: int, warmup: int, size: int, device: torch.device
+) -> float:
     teacher = create_model(teacher_arch, 10, 3).to(device).eval()
     student = create_model(student_arch, 10, 3).to(device).train()
     if device.type == "cuda":
@@ -85,21 +93,34 @@ def bare_loop(teacher_arch: str, student_arch: str, batch: int, steps: int, warm
     return steps * batch / (time.perf_counter() - start)
 
 
-def kd_study_loop(root: Path, teacher_uri: str, student_arch: str, batch: int, steps: int, warmup: int,
-                  size: int, device: torch.device) -> float:
-    card = CardSpec(name="bench_leaves", kind="generated", generator="dead_leaves", count=batch * 16,
-                    image_size=size, seed=0)
+def kd_study_loop(
+    root: Path,
+    teacher_uri: str,
+    student_arch: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    size: int,
+    device: torch.device,
+) -> float:
+    card = CardSpec(
+        name="bench_leaves", kind="generated", generator="dead_leaves", count=batch * 16, image_size=size, seed=0
+    )
     build_surrogate(card, str(root / "shards"))
     (root / "cards").mkdir(exist_ok=True)
     (root / "cards" / "bench_leaves.yaml").write_text(card.model_dump_json())
-    spec = StudySpec.model_validate({
-        "name": "bench", "student": {"arch": student_arch},
-        "arms": [{"name": "leaves", "card": "bench_leaves.yaml"}],
-        "train": {"batch_size": batch},
-        "budget": {"images": batch * (warmup + steps), "report_every": batch * warmup, "eval_batch_size": 64},
-    })
-    trial = KDTrial(spec, spec.arm("leaves"), TrialPaths(teacher_uri, str(root / "shards"), str(root / "cards")),
-                    device=device)
+    spec = StudySpec.model_validate(
+        {
+            "name": "bench",
+            "student": {"arch": student_arch},
+            "arms": [{"name": "leaves", "card": "bench_leaves.yaml"}],
+            "train": {"batch_size": batch},
+            "budget": {"images": batch * (warmup + steps), "report_every": batch * warmup, "eval_batch_size": 64},
+        }
+    )
+    trial = KDTrial(
+        spec, spec.arm("leaves"), TrialPaths(teacher_uri, str(root / "shards"), str(root / "cards")), device=device
+    )
     rates: list[float] = []
     trial.run(lambda metrics, _: rates.append(metrics["images_per_s"]))
     return rates[-1]  # the report after warm-up covers exactly the measured steps

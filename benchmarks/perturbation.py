@@ -49,8 +49,14 @@ def main() -> None:
         root = Path(tmp)
         teacher = str(root / "teacher")
         train_teacher(TeacherSpec(arch=args.arch, epochs=args.teacher_epochs, batch_size=64), teacher)
-        card = CardSpec(name="digits_bench", kind="real", source=RealSource(name="digits"), count=args.count,
-                        images_per_sample=64, samples_per_shard=2)
+        card = CardSpec(
+            name="digits_bench",
+            kind="real",
+            source=RealSource(name="digits"),
+            count=args.count,
+            images_per_sample=64,
+            samples_per_shard=2,
+        )
         (root / "digits_bench.yaml").write_text(yaml.safe_dump(card.model_dump(mode="json")))
         shards_root = str(root / "shards")
         source = build_surrogate(card, shards_root).root
@@ -63,7 +69,10 @@ def main() -> None:
             for mode in ("online", "offline", "none")
         ]
         spec = StudySpec(
-            name="bench", arms=arms, student={"arch": args.arch}, train={"batch_size": args.batch},
+            name="bench",
+            arms=arms,
+            student={"arch": args.arch},
+            train={"batch_size": args.batch},
             budget={"images": args.images, "report_every": args.images},
         )
         paths = TrialPaths(teacher, shards_root, str(root))

@@ -314,8 +314,13 @@ def data_preview(
 
 @data_app.command("perturb")
 def data_perturb(
-    source: Annotated[str, typer.Argument(help="A built surrogate folder (holding manifest.json), or a card name or "
-                                               "YAML path whose surrogate is (or will be) built under --out.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A built surrogate folder (holding manifest.json), or a card name or "
+            "YAML path whose surrogate is (or will be) built under --out."
+        ),
+    ],
     teacher: Annotated[str, typer.Option(help="Teacher URI whose decision boundary the images are pushed to.")],
     out: Annotated[str, typer.Option(help="Shard root for the derived surrogate: a folder or s3://bucket/prefix.")],
     ray_address: Annotated[str | None, typer.Option(help="Attack blocks as Ray tasks on this cluster.")] = None,
@@ -340,8 +345,15 @@ def data_perturb(
     from study.teacher import load_meta
 
     with user_errors():
-        knobs = dict(epsilon=epsilon, alpha=alpha, max_iters=max_iters, threshold=threshold,
-                     random_start=random_start, deepen_iters=deepen_iters, fraction=fraction)
+        knobs = dict(
+            epsilon=epsilon,
+            alpha=alpha,
+            max_iters=max_iters,
+            threshold=threshold,
+            random_start=random_start,
+            deepen_iters=deepen_iters,
+            fraction=fraction,
+        )
         try:
             spec = PerturbationSpec(mode="offline", **{k: v for k, v in knobs.items() if v is not None})
         except ValidationError as err:
@@ -361,7 +373,12 @@ def data_perturb(
         with _progress() as progress:
             task = progress.add_task(f"perturbing {source_root}", total=None)
             result = build_perturbed(
-                source_root, teacher_uri, out_root, spec, seed=seed, ray_address=ray_address,
+                source_root,
+                teacher_uri,
+                out_root,
+                spec,
+                seed=seed,
+                ray_address=ray_address,
                 on_shard=lambda d, t: progress.update(task, completed=d, total=t),
             )
     derived = result.manifest.card

@@ -221,9 +221,7 @@ class S3RangeReader(io.RawIOBase):
         super().__init__()
         self.uri = uri
         self._bucket, self._key = split_s3(uri)
-        self.max_resumes = (
-            int(_env_number("KD_STUDY_S3_READ_RESUMES", 5)) if max_resumes is None else max_resumes
-        )
+        self.max_resumes = int(_env_number("KD_STUDY_S3_READ_RESUMES", 5)) if max_resumes is None else max_resumes
         self.resumes = 0
         self.pos = 0
         self.size = 0
@@ -454,9 +452,7 @@ def list_names(uri: str) -> list[str]:
     prefix = key.rstrip("/") + "/" if key else ""
     names: set[str] = set()
     try:
-        for page in (
-            s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
-        ):
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
             names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
             names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
     except Exception as err:

@@ -214,9 +214,7 @@ class FaultProxy:
             except (TimeoutError, OSError):
                 self._slots.release()
                 continue
-            thread = threading.Thread(
-                target=self._serve, args=(client,), name="fault-proxy-conn", daemon=True
-            )
+            thread = threading.Thread(target=self._serve, args=(client,), name="fault-proxy-conn", daemon=True)
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
             thread.start()

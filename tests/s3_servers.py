@@ -141,9 +141,7 @@ def _wait_healthy(proc: subprocess.Popen, server: S3Server, timeout: float) -> N
             last = err
             time.sleep(0.3)
     tail = server.log_path.read_text(errors="replace")[-3000:] if server.log_path else ""
-    raise RuntimeError(
-        f"{server.name} at {server.endpoint_url} did not become healthy ({last}); log:\n{tail}"
-    )
+    raise RuntimeError(f"{server.name} at {server.endpoint_url} did not become healthy ({last}); log:\n{tail}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -161,9 +159,7 @@ def _clean_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _serve(
-    tmp: str, make: Callable[[], tuple[list[str], S3Server]], cwd: str | None = None
-) -> Iterator[S3Server]:
+def _serve(tmp: str, make: Callable[[], tuple[list[str], S3Server]], cwd: str | None = None) -> Iterator[S3Server]:
     """Start `make()`'s command, wait until healthy, yield its server, stop it. Fresh ports are tried when
     the process dies while starting (a port taken by someone else between choosing and binding it)."""
     for attempt in range(3):

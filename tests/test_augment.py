@@ -107,8 +107,11 @@ class TestOutput:
         assert out.shape == (64, 1, 32, 32) and torch.isfinite(out).all()
 
     def test_colour_op_is_identity_on_grey_and_brightness_scales(self) -> None:
-        aug = BatchAugment(AugmentConfig(crop_scale=(1.0, 1.0), randaugment_ops=1, flip=False,
-                                         pad_fraction=0.0, mixup=False), (0.0,), (1.0,))
+        aug = BatchAugment(
+            AugmentConfig(crop_scale=(1.0, 1.0), randaugment_ops=1, flip=False, pad_fraction=0.0, mixup=False),
+            (0.0,),
+            (1.0,),
+        )
         images = _images(32, c=1)
         params = aug.draw(32, 32, 32, _gen())
         params.ops[:16, 0] = OP_INDEX["Color"]
@@ -151,8 +154,7 @@ class TestGeometryMatchesTorchvision:
     """Ops whose sampling points land on pixel centres must agree with torchvision's own kernels."""
 
     def _single_op(self, op: str, magnitude: float) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = AugmentConfig(crop_scale=(1.0, 1.0), randaugment_ops=1, flip=False, pad_fraction=0.0,
-                            mixup=False)
+        cfg = AugmentConfig(crop_scale=(1.0, 1.0), randaugment_ops=1, flip=False, pad_fraction=0.0, mixup=False)
         aug = BatchAugment(cfg, MEAN, (1.0, 1.0, 1.0))
         images = _images(4)
         params = aug.draw(4, 32, 32, _gen())
@@ -170,8 +172,9 @@ class TestGeometryMatchesTorchvision:
         from torchvision.transforms.v2.functional import affine
 
         images, out = self._single_op("TranslateX", 6.0)
-        expected = affine(images.float() / 255, angle=0.0, translate=[6, 0], scale=1.0, shear=[0.0, 0.0],
-                          fill=list(MEAN))
+        expected = affine(
+            images.float() / 255, angle=0.0, translate=[6, 0], scale=1.0, shear=[0.0, 0.0], fill=list(MEAN)
+        )
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 

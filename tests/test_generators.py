@@ -114,9 +114,7 @@ class TestNoise:
 
     def test_gaussian_noise_follows_reference_stats_unless_params_override(self) -> None:
         reference = ([0.3], [0.06])
-        images = (
-            create_generator("gaussian_noise", {}, reference_stats=reference).generate(1, 0, 32, 32) / 255.0
-        )
+        images = create_generator("gaussian_noise", {}, reference_stats=reference).generate(1, 0, 32, 32) / 255.0
         np.testing.assert_allclose(images.mean(axis=(0, 1, 2)), [0.3] * 3, atol=0.003)
         np.testing.assert_allclose(images.std(axis=(0, 1, 2)), [0.06] * 3, atol=0.003)
         override = create_generator("gaussian_noise", {"mean": [0.6]}, reference_stats=reference)
@@ -210,8 +208,7 @@ def _render_and_report() -> str:
 def library_renders() -> dict[str, np.ndarray]:
     """16 images per bundled program, every program given the same per-image random values."""
     return {
-        name: create_generator("shaders", {"programs": [name]}).generate(21, 0, 16, 32)
-        for name in bundled_programs()
+        name: create_generator("shaders", {"programs": [name]}).generate(21, 0, 16, 32) for name in bundled_programs()
     }
 
 
@@ -236,26 +233,21 @@ class TestShaders:
         """Same random values for all programs, so a copied (or barely edited) program scores ~0."""
         features = {name: _program_features(images) for name, images in library_renders.items()}
         distances = {
-            (a, b): float(np.linalg.norm(features[a] - features[b]))
-            for a, b in itertools.combinations(features, 2)
+            (a, b): float(np.linalg.norm(features[a] - features[b])) for a, b in itertools.combinations(features, 2)
         }
         closest = min(distances, key=distances.__getitem__)
         assert distances[closest] > 0.03, f"programs {closest} look alike: {distances[closest]:.4f}"
 
     def test_supersampling_averages_subpixels(self) -> None:
         plain = create_generator("shaders", {"programs": ["truchet"]}).generate(3, 0, 4, 16)
-        smooth = create_generator("shaders", {"programs": ["truchet"], "supersample": 2}).generate(
-            3, 0, 4, 16
-        )
+        smooth = create_generator("shaders", {"programs": ["truchet"], "supersample": 2}).generate(3, 0, 4, 16)
         assert smooth.shape == plain.shape
         assert 0 < np.abs(smooth.astype(int) - plain).mean() < 40
 
     def test_missing_moderngl_error_says_what_to_install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(sys.modules, "moderngl", None)  # what `import moderngl` meets when not installed
         monkeypatch.setattr(shader_module, "_RENDERER", None)
-        with pytest.raises(
-            GeneratorError, match=r"apt-get install -y libegl1 .*libgles2.*pip install moderngl"
-        ):
+        with pytest.raises(GeneratorError, match=r"apt-get install -y libegl1 .*libgles2.*pip install moderngl"):
             create_generator("shaders", {"programs": ["plasma"]}).generate(0, 0, 1, 8)
 
     def test_rendering_in_a_child_forked_after_rendering_is_an_error_not_a_hang(self) -> None:
@@ -296,9 +288,7 @@ class TestGlslFolder:
             create_generator("glsl_folder", {"path": str(tmp_path)})
 
     def test_compile_error_names_the_program(self, tmp_path: Path) -> None:
-        (tmp_path / "broken.glsl").write_text(
-            "void mainImage(out vec4 c, in vec2 p) { c = vec4(undefined); }"
-        )
+        (tmp_path / "broken.glsl").write_text("void mainImage(out vec4 c, in vec2 p) { c = vec4(undefined); }")
         generator = create_generator("glsl_folder", {"path": str(tmp_path)})
         with pytest.raises(GeneratorError, match="shader program 'broken' does not compile"):
             generator.generate(0, 0, 1, 8)

@@ -166,9 +166,7 @@ class TestForward:
 
 class TestArchitecture:
     @pytest.mark.parametrize(("name", "num_classes", "millions"), PUBLISHED_MILLIONS)
-    def test_parameter_count_matches_published_figure(
-        self, name: str, num_classes: int, millions: float
-    ) -> None:
+    def test_parameter_count_matches_published_figure(self, name: str, num_classes: int, millions: float) -> None:
         """Parameter counts agree with the figures the KD literature publishes for these models."""
         count = count_parameters(shared_model(name, num_classes))
         tolerance = max(0.02 * millions * 1e6, 0.005e6)

@@ -22,8 +22,12 @@ from study.teacher import load_meta
 # resnet8 on 32 px digits is smooth like test_attack's MLP: a 64/255 ball lets most random targets be reached
 ATTACK = PerturbationSpec(mode="offline", epsilon=64 / 255, max_iters=20, deepen_iters=3)
 CARD = CardSpec(
-    name="digits_tiny", kind="real", source=RealSource(name="digits"), count=48,
-    images_per_sample=8, samples_per_shard=2,
+    name="digits_tiny",
+    kind="real",
+    source=RealSource(name="digits"),
+    count=48,
+    images_per_sample=8,
+    samples_per_shard=2,
 )
 
 
@@ -53,8 +57,10 @@ class TestSpec:
         assert PerturbationSpec().mode == "none"
 
     def test_unknown_perturbation_key_names_the_field(self, tmp_path: Path) -> None:
-        spec = {"name": "s", "arms": [{"name": "a", "card": "digits_train", "perturbation": {"mode": "online",
-                                                                                          "epsilonn": 0.1}}]}
+        spec = {
+            "name": "s",
+            "arms": [{"name": "a", "card": "digits_train", "perturbation": {"mode": "online", "epsilonn": 0.1}}],
+        }
         path = tmp_path / "s.yaml"
         path.write_text(yaml.safe_dump(spec))
         with pytest.raises(SpecError, match=r"arms\.0\.perturbation\.epsilonn: unknown field"):
@@ -68,9 +74,7 @@ class TestSpec:
 
     def test_attack_parameters_change_the_science_hash(self) -> None:
         base = StudySpec(name="s", arms=[ArmSpec(name="a", card="c", perturbation={"mode": "online"})])
-        other = StudySpec(
-            name="s", arms=[ArmSpec(name="a", card="c", perturbation={"mode": "online", "epsilon": 0.2})]
-        )
+        other = StudySpec(name="s", arms=[ArmSpec(name="a", card="c", perturbation={"mode": "online", "epsilon": 0.2})])
         assert base.science_hash() != other.science_hash()
 
 

@@ -139,9 +139,7 @@ class TestMoto:
         assert process.exitcode == 0
         assert results.get(timeout=5) == (False, True)
 
-    def test_webdataset_reads_s3_shards_through_the_registered_scheme(
-        self, s3_env: S3Server, tmp_path: Path
-    ) -> None:
+    def test_webdataset_reads_s3_shards_through_the_registered_scheme(self, s3_env: S3Server, tmp_path: Path) -> None:
         import webdataset as wds
 
         with wds.ShardWriter(str(tmp_path / "shard-%06d.tar"), maxcount=5, verbose=0, mtime=0) as sink:
@@ -175,9 +173,7 @@ class TestSeaweedFS:
                 assert stream.resumes == 1
             assert len(proxy.range_headers) == 1
 
-    def test_round_trip_with_its_credentials(
-        self, seaweedfs_server: S3Server, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_round_trip_with_its_credentials(self, seaweedfs_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
         seaweedfs_server.activate(monkeypatch)
         root = f"s3://{seaweedfs_server.make_bucket()}/run"
         storage.write_bytes(storage.join(root, "x.bin"), data := _payload(3, 2 * MB))

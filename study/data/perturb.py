@@ -74,7 +74,12 @@ class BlockResult:
 
 
 def perturb_block(
-    teacher: Teacher, images: np.ndarray, source_start: int, block: int, spec: PerturbationSpec, seed: int,
+    teacher: Teacher,
+    images: np.ndarray,
+    source_start: int,
+    block: int,
+    spec: PerturbationSpec,
+    seed: int,
     device: torch.device,
 ) -> BlockResult:
     """Attack the first `ceil(fraction * n)` images of a source block (uint8 N x H x W x C)."""
@@ -154,10 +159,13 @@ def _attacked_shards(
         device = next(teacher.model.parameters()).device
         for index in todo:
             blocks = _source_shard_blocks(source_root, manifest, index)
-            yield index, [
-                perturb_block(teacher, images, start, first_block[index] + b, spec, seed, device)
-                for b, (images, start) in enumerate(blocks)
-            ]
+            yield (
+                index,
+                [
+                    perturb_block(teacher, images, start, first_block[index] + b, spec, seed, device)
+                    for b, (images, start) in enumerate(blocks)
+                ],
+            )
         return
     import ray
 
@@ -240,9 +248,7 @@ def build_perturbed(
     use_ray = _use_ray(ray_address) and bool(todo)
     out_start = 0
     next_index = 0
-    for index, results in _attacked_shards(
-        todo, source_root, source, first_block, teacher_uri, spec, seed, use_ray
-    ):
+    for index, results in _attacked_shards(todo, source_root, source, first_block, teacher_uri, spec, seed, use_ray):
         while next_index < index:  # kept shards before this one
             out_start += infos[next_index].count
             next_index += 1
@@ -300,6 +306,13 @@ def build_perturbed(
         shards=[infos[i] for i in range(total)],
     )
     shards.write_manifest(root, manifest)
-    log.info("perturbed %s -> %s: %d/%d successes, %d images (%d shards kept)",
-             source.name, root, successes, attacked, count, kept_count)
+    log.info(
+        "perturbed %s -> %s: %d/%d successes, %d images (%d shards kept)",
+        source.name,
+        root,
+        successes,
+        attacked,
+        count,
+        kept_count,
+    )
     return BuildResult(root, manifest, len(todo), kept_count, reused=False)

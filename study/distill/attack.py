@@ -61,8 +61,7 @@ class AttackConfig:
             raise ValueError(f"AttackConfig.alpha must be in (0, epsilon], got {self.alpha}")
         if self.max_iters < 1 or self.deepen_iters < 0:
             raise ValueError(
-                f"AttackConfig.max_iters must be >= 1 and deepen_iters >= 0, got {self.max_iters}, "
-                f"{self.deepen_iters}"
+                f"AttackConfig.max_iters must be >= 1 and deepen_iters >= 0, got {self.max_iters}, {self.deepen_iters}"
             )
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"AttackConfig.threshold must be in (0, 1], got {self.threshold}")
@@ -117,7 +116,11 @@ def _project(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Te
 
 
 def _cross(
-    teacher: _Teacher, start: torch.Tensor, low: torch.Tensor, high: torch.Tensor, target: torch.Tensor,
+    teacher: _Teacher,
+    start: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    target: torch.Tensor,
     config: AttackConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bold-driver walk to the boundary. Returns (after, before, success, pred_after, iterations).

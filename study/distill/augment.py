@@ -35,8 +35,20 @@ import torch.nn.functional as F
 from torchvision.transforms.v2.functional import equalize
 
 OPS = (
-    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
-    "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
+    "Identity",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Rotate",
+    "Brightness",
+    "Color",
+    "Contrast",
+    "Sharpness",
+    "Posterize",
+    "Solarize",
+    "AutoContrast",
+    "Equalize",
 )
 """torchvision v2 ``RandAugment``'s op space, in its order; an op is drawn uniformly per image and slot."""
 OP_INDEX = {name: i for i, name in enumerate(OPS)}
@@ -72,8 +84,7 @@ class AugmentConfig:
             raise ValueError(f"AugmentConfig.randaugment_ops must be >= 0, got {self.randaugment_ops}")
         if not 0 <= self.randaugment_magnitude < NUM_BINS:
             raise ValueError(
-                f"AugmentConfig.randaugment_magnitude must be in [0, {NUM_BINS - 1}], "
-                f"got {self.randaugment_magnitude}"
+                f"AugmentConfig.randaugment_magnitude must be in [0, {NUM_BINS - 1}], got {self.randaugment_magnitude}"
             )
         for name in ("elastic_p", "invert_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -213,9 +224,7 @@ class BatchAugment:
         return x
 
 
-def _draw_crop(
-    n: int, height: int, width: int, scale: tuple[float, float], g: torch.Generator
-) -> torch.Tensor:
+def _draw_crop(n: int, height: int, width: int, scale: tuple[float, float], g: torch.Generator) -> torch.Tensor:
     """RandomResizedCrop's box per image: 10 (area, log-ratio) tries, first fit, else centre crop."""
     area = height * width * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, CROP_TRIES, generator=g))
     log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])

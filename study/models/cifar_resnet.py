@@ -51,9 +51,7 @@ class CifarResNet(nn.Module):
         in_channels: channels of the input images.
     """
 
-    def __init__(
-        self, depth: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int
-    ) -> None:
+    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int, in_channels: int) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, ...), got {depth}")

@@ -56,9 +56,7 @@ class DownBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         mid = out_channels // 2
-        self.conv1 = nn.Conv2d(
-            in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False
-        )
+        self.conv1 = nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False)
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv2 = nn.Conv2d(in_channels, mid, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(mid)
@@ -91,9 +89,7 @@ class ShuffleNetV2(nn.Module):
         stages = []
         channels = _STEM_CHANNELS
         for width, blocks in zip(_STAGE_WIDTHS, _STAGE_BLOCKS, strict=True):
-            stages.append(
-                nn.Sequential(DownBlock(channels, width), *(ShuffleBasicBlock(width) for _ in range(blocks)))
-            )
+            stages.append(nn.Sequential(DownBlock(channels, width), *(ShuffleBasicBlock(width) for _ in range(blocks))))
             channels = width
         self.layer1, self.layer2, self.layer3 = stages
         self.conv2 = nn.Conv2d(channels, _HEAD_CHANNELS, 1, bias=False)

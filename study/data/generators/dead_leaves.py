@@ -25,9 +25,7 @@ from study.data.generators import Generator, GeneratorError, ReferenceStats, ima
 
 Shape = Literal["circle", "square", "triangle"]
 _SQUARE_HALF_SIDE = np.sqrt(np.pi) / 2.0  # a square of the same area as the circle of radius 1
-_TRIANGLE_INRADIUS = 0.5 * np.sqrt(
-    np.pi / (3.0 * np.sqrt(3.0) / 4.0)
-)  # same area, inradius = circumradius / 2
+_TRIANGLE_INRADIUS = 0.5 * np.sqrt(np.pi / (3.0 * np.sqrt(3.0) / 4.0))  # same area, inradius = circumradius / 2
 _ELEMENTS_PER_CHUNK = 1 << 22  # pixels x shapes x images evaluated at once (~16 MB of float32)
 
 
@@ -48,8 +46,7 @@ class DeadLeaves(Generator):
         super().__init__(params, reference_stats)
         if params.radius_max < params.radius_min:
             raise GeneratorError(
-                f"generator '{self.name}': radius_max ({params.radius_max}) must be >= radius_min "
-                f"({params.radius_min})"
+                f"generator '{self.name}': radius_max ({params.radius_max}) must be >= radius_min ({params.radius_min})"
             )
         self.shape_kinds = list(dict.fromkeys(params.shapes))
 
@@ -74,9 +71,7 @@ class DeadLeaves(Generator):
         self._check_request(seed, start, count, image_size)
         ss = self.params.supersample
         side = image_size * ss
-        leaves = (
-            np.stack([self._draw(seed, start + k) for k in range(count)]) if count else np.zeros((0, 1, 8))
-        )
+        leaves = np.stack([self._draw(seed, start + k) for k in range(count)]) if count else np.zeros((0, 1, 8))
         chunk = max(1, _ELEMENTS_PER_CHUNK // (side * side * self.params.n_shapes))
         out = np.empty((count, image_size, image_size, 3), dtype=np.uint8)
         for first in range(0, count, chunk):

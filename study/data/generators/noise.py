@@ -72,9 +72,7 @@ class UniformNoise(Generator):
         self.low = np.broadcast_to(np.asarray(params.low, dtype=np.float64), (3,))
         self.high = np.broadcast_to(np.asarray(params.high, dtype=np.float64), (3,))
         if np.any(self.high < self.low):
-            raise GeneratorError(
-                f"generator '{self.name}': high must be >= low, got {params.low} / {params.high}"
-            )
+            raise GeneratorError(f"generator '{self.name}': high must be >= low, got {params.low} / {params.high}")
 
     def generate(self, seed: int, start: int, count: int, image_size: int) -> np.ndarray:
         self._check_request(seed, start, count, image_size)

@@ -44,8 +44,7 @@ from study.resources import bundled_dir
 APT_PACKAGES = ["libegl1", "libegl-mesa0", "libgl1-mesa-dri", "libgbm1", "libgles2"]
 PIP_PACKAGES = ["moderngl", "glcontext"]
 _INSTALL_HINT = (
-    f"apt-get install -y {' '.join(APT_PACKAGES)} (headless EGL + Mesa) "
-    f"and pip install {' '.join(PIP_PACKAGES)}"
+    f"apt-get install -y {' '.join(APT_PACKAGES)} (headless EGL + Mesa) and pip install {' '.join(PIP_PACKAGES)}"
 )
 _MAX_TILES_PER_SIDE = 32
 _MAX_FRAMEBUFFER_SIDE = 2048
@@ -188,9 +187,7 @@ class _Renderer:
             pixels = np.frombuffer(fbo.read(components=3, alignment=1), dtype=np.uint8)
             texture.release()
             # GL rows run bottom-up; tile index = row_from_bottom * grid + column
-            tiles = (
-                pixels.reshape(rows, tile, grid, tile, 3).transpose(0, 2, 1, 3, 4).reshape(-1, tile, tile, 3)
-            )
+            tiles = pixels.reshape(rows, tile, grid, tile, 3).transpose(0, 2, 1, 3, 4).reshape(-1, tile, tile, 3)
             out[first : first + len(chunk)] = tiles[: len(chunk), ::-1]
         return out
 
@@ -293,8 +290,7 @@ class Shaders(_ShaderGenerator):
         unknown = [name for name in params.programs if name not in library]
         if unknown or not params.programs:
             raise GeneratorError(
-                f"generator '{self.name}': programs: unknown {unknown or '(empty list)'}; "
-                f"known: {', '.join(library)}"
+                f"generator '{self.name}': programs: unknown {unknown or '(empty list)'}; known: {', '.join(library)}"
             )
         self.sources = {name: library[name] for name in sorted(set(params.programs))}
 
