@@ -41,7 +41,7 @@ from study.distill.augment import AugmentConfig, BatchAugment
 from study.distill.loss import kd_loss, onehot_kd_loss
 from study.models import create_model
 from study.resources import resolve_card_path
-from study.teacher import eval_tensors, load_meta, load_teacher, predict
+from study.teacher import eval_tensors, load_teacher, predict
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +99,12 @@ class KDTrial:
         self.seed = spec.seed if seed is None else seed
         self.device = device or pick_device()
         self.card = card_for_arm(arm, paths.cards_dir)
-        surrogate = surrogate_name(spec, arm, self.card, load_meta(paths.teacher).teacher_id)
+        self.teacher = load_teacher(paths.teacher, self.device)
+        meta = self.teacher.meta
+        surrogate = surrogate_name(spec, arm, self.card, meta.teacher_id)
         root = f"{paths.shards_root.rstrip('/')}/{surrogate}"
         manifest = shards.read_manifest(root)
         shards.check_present(root, manifest)
-        self.teacher = load_teacher(paths.teacher, self.device)
-        meta = self.teacher.meta
         torch.manual_seed(self.seed)
         self.student = create_model(spec.student.arch, meta.num_classes, meta.channels).to(self.device)
         if self.device.type == "cuda":
@@ -233,9 +233,10 @@ class KDTrial:
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             loss = self._loss(x)
-            if not torch.isfinite(loss):
+            loss_value = loss.item()  # the step's one host sync: the divergence check and the running mean
+            if not math.isfinite(loss_value):
                 raise TrialDivergedError(
-                    f"arm '{self.arm.name}': KD loss is {loss.item()} after {self.images_seen} images "
+                    f"arm '{self.arm.name}': KD loss is {loss_value} after {self.images_seen} images "
                     f"(lr={self.train.lr}, T={self.temperature})"
                 )
             self.optimizer.zero_grad(set_to_none=True)
@@ -244,7 +245,7 @@ class KDTrial:
             self.scaler.update()
             self.scheduler.step()
             self.step += 1
-            loss_sum += loss.item()
+            loss_sum += loss_value
             loss_n += 1
             if self.images_seen // every > (self.images_seen - self.train.batch_size) // every or (
                 self.step == self.total_steps
