@@ -38,7 +38,7 @@ def collect_trials(tracker: StudyTracker) -> pd.DataFrame:
     """One row per trial run: surrogate, arm, trial_id, phase, status, last-report metrics, hyperparameters."""
     surrogate_of = {}
     for arm, run_id in tracker.arm_runs().items():
-        surrogate_of[arm] = tracker.client.get_run(run_id).data.params.get("surrogate", arm)
+        surrogate_of[arm] = tracker.run_data(run_id)[1].get("surrogate", arm)
     rows = []
     for run in tracker.trial_runs():
         tags, metrics = run.data.tags, run.data.metrics
@@ -62,7 +62,7 @@ def collect_trials(tracker: StudyTracker) -> pd.DataFrame:
 def collect_criteria(tracker: StudyTracker) -> pd.DataFrame:
     rows = []
     for arm, run_id in tracker.arm_runs().items():
-        metrics = tracker.client.get_run(run_id).data.metrics
+        metrics, _ = tracker.run_data(run_id)
         rows.append(
             {
                 "arm": arm,

@@ -107,6 +107,11 @@ class StudyTracker:
     def arm_runs(self) -> dict[str, str]:
         return {r.data.tags[ARM]: r.info.run_id for r in self._find(f"tags.`{ROLE}` = 'arm'")}
 
+    def run_data(self, run_id: str) -> tuple[dict[str, float], dict[str, str]]:
+        """A run's latest metrics and its params."""
+        data = self.client.get_run(run_id).data
+        return dict(data.metrics), dict(data.params)
+
     def log_arm_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()])
 
