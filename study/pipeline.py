@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import torch
-from torchvision.utils import make_grid, save_image
 
 from study import storage
 from study.config import CardSpec, SpecError, StudySpec
@@ -23,6 +21,7 @@ from study.criteria import measure
 from study.data import shards
 from study.data.build import BuildResult, build_surrogate
 from study.data.loader import read_all
+from study.data.preview import preview_grid
 from study.distill.trial import TrialPaths, card_for_arm, surrogate_name
 from study.report import Report, write_report
 from study.sweep import run_sweep, total_trials
@@ -152,9 +151,9 @@ def build_perturbed_surrogates(
 
 
 def sample_grid_png(images: np.ndarray, n: int = 64) -> bytes:
-    x = torch.from_numpy(images[:n]).permute(0, 3, 1, 2).float() / 255.0
+    """The arm's sample grid artifact: the same grid `kd-study data preview` writes."""
     buf = io.BytesIO()
-    save_image(make_grid(x, nrow=int(np.ceil(np.sqrt(len(x)))), padding=1), buf, format="png")
+    preview_grid(images[:n], scale=2).save(buf, format="png")
     return buf.getvalue()
 
 
@@ -184,9 +183,8 @@ def record_arms(
             "perturbation": arm.perturbation.model_dump(),
         }
         run_id = tracker.arm_run(arm.name, params)
-        if arm.perturbation.mode == "offline" and "perturbation.success_rate" not in (
-            tracker.client.get_run(run_id).data.metrics
-        ):
+        logged, _ = tracker.run_data(run_id)
+        if arm.perturbation.mode == "offline" and "perturbation.success_rate" not in logged:
             derived = build.manifest.card
             tracker.log_arm_metrics(
                 run_id, {f"perturbation.{k}": derived[k] for k in ("success_rate", "attacked", "successes")}
@@ -200,7 +198,7 @@ def record_arms(
                     ).encode()
                 },
             )
-        if "criteria.class_entropy" not in tracker.client.get_run(run_id).data.metrics:
+        if "criteria.class_entropy" not in logged:
             images, _ = read_all(build.root, build.manifest, min(arm.count or build.manifest.count, CRITERIA_IMAGES))
             crit = measure(teacher, images)
             tracker.log_arm_metrics(run_id, {f"criteria.{k}": v for k, v in crit.values.items()})

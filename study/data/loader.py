@@ -175,22 +175,24 @@ def stream_loader(stream: ShardStream, workers: int, pin_memory: bool = False) -
     )
 
 
-def read_all(root: str, manifest: Manifest, limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The first `limit` images (and labels if any) in stored order, for teacher-side measurements."""
+def read_all(
+    root: str, manifest: Manifest, limit: int | None = None, field: str = "labels"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first `limit` images in stored order, and the per-image `field` of the block json (`labels`,
+    `teacher_predictions`, ...) where every block read holds it; for teacher-side measurements and previews."""
     limit = min(limit or manifest.count, manifest.count)
-    images, labels = [], []
+    images, values = [], []
     urls = manifest.shard_uris(root)
     expected = {u: s.count for u, s in zip(urls, manifest.shards, strict=True)}
     n = 0
     for block, meta in iter_blocks(urls, expected):
         images.append(block)
-        if "labels" in meta:
-            labels.extend(meta["labels"])
+        values.extend(meta.get(field, []))
         n += len(block)
         if n >= limit:
             break
     out = np.concatenate(images)[:limit]
-    return out, (np.asarray(labels[:limit], dtype=np.int64) if manifest.labelled else None)
+    return out, (np.asarray(values[:limit], dtype=np.int64) if len(values) >= len(out) else None)
 
 
 def to_teacher_input(batch: torch.Tensor, channels: int, image_size: int) -> torch.Tensor:

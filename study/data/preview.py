@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from study.data.loader import iter_blocks
+from study.data.loader import read_all
 from study.data.shards import read_manifest
 
 PAD = 2
@@ -22,18 +22,8 @@ PAD = 2
 def first_images(root: str, count: int) -> tuple[np.ndarray, list[int] | None, list[str]]:
     """The first `count` images in stored order, their teacher predictions (if stored) and the class names."""
     manifest = read_manifest(root)
-    urls = manifest.shard_uris(root)
-    images: list[np.ndarray] = []
-    preds: list[int] = []
-    n = 0
-    for block, meta in iter_blocks(urls, {u: s.count for u, s in zip(urls, manifest.shards, strict=True)}):
-        images.append(block)
-        preds.extend(meta.get("teacher_predictions", []))
-        n += len(block)
-        if n >= count:
-            break
-    out = np.concatenate(images)[:count]
-    return out, (preds[:count] if len(preds) >= len(out) else None), manifest.classes
+    images, preds = read_all(root, manifest, count, field="teacher_predictions")
+    return images, (None if preds is None else preds.tolist()), manifest.classes
 
 
 def preview_grid(images: np.ndarray, labels: list[str] | None = None, scale: int = 4) -> Image.Image:
