@@ -214,9 +214,11 @@ def trial(
     from study.resources import resolve_spec_path
 
     with user_errors():
-        study_spec = load_study(resolve_spec_path(spec))
+        spec_path = resolve_spec_path(spec)
+        study_spec = load_study(spec_path)
         paths = study_paths(study_spec, root)
-        kd = KDTrial(study_spec, study_spec.arm(arm), TrialPaths(paths.teacher, paths.shards))
+        cards_dir = str(spec_path.resolve().parent)  # card paths in a spec are relative to its folder
+        kd = KDTrial(study_spec, study_spec.arm(arm), TrialPaths(paths.teacher, paths.shards, cards_dir))
 
         def show(metrics: dict[str, float], _: dict) -> None:
             console.print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

@@ -11,7 +11,7 @@ arm's `TrainSpec`. Only phases in `EARLY_STOPPED_PHASES` are early-stopped, so a
 the best configs rerun with several seeds, queued with `PerArmSearch.enqueue`) runs to its full budget.
 
 Resume uses public APIs only. Tune saves the searcher with the experiment (`Searcher.save`/`restore`, here as
-JSON) but not the scheduler, so `PerArmASHA` writes its rungs next to the experiment after every decision and
+JSON) but not the scheduler, so `PerArmASHA` writes its rungs beside the experiment after every decision and
 reloads them when a restored Tuner hands it its first trial. Tune restores callbacks and the scheduler from its own
 pickle; what must not be pickled (the UI hook, the rungs' location, the MLflow client) is looked up at call time
 in `LIVE`, keyed by experiment name, which `run_sweep` fills before every `fit`.
@@ -45,7 +45,13 @@ log = logging.getLogger(__name__)
 METRIC, MODE = "val_acc", "max"
 TRIAL_KEYS = ("arm", "seed", "phase")
 EARLY_STOPPED_PHASES = frozenset({"search"})
-RUNGS_FILE = "kd_study_rungs.json"
+RUNGS_SUFFIX = ".kd_study_rungs.json"
+
+
+def rungs_location(tune_dir: str, experiment: str) -> str:
+    """Where an experiment's ASHA rungs live: beside its Tune folder, not inside it. Tune stages the experiment
+    folder on the driver and syncs the staged copy back over the folder, which would restore a stale file."""
+    return storage.join(tune_dir, experiment + RUNGS_SUFFIX)
 
 
 @dataclass
@@ -385,7 +391,7 @@ def run_sweep(
     )
     name = tracker.name
     experiment_dir = storage.join(tune_dir, name)
-    LIVE[name] = LiveContext(on_update=on_update, rungs_uri=storage.join(experiment_dir, RUNGS_FILE))
+    LIVE[name] = LiveContext(on_update=on_update, rungs_uri=rungs_location(tune_dir, name))
     tracker.make_live()
     restored = tune.Tuner.can_restore(experiment_dir)
     try:
@@ -411,7 +417,7 @@ def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTrac
             sched.grace_reports,
             sched.reduction_factor,
             experiment=name,
-            rungs_uri=storage.join(tune_dir, name, RUNGS_FILE),
+            rungs_uri=rungs_location(tune_dir, name),
         )
         if sched.kind == "asha"
         else FIFOScheduler()

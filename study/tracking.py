@@ -250,8 +250,9 @@ class StudyTracker:
         client.log_batch(run.info.run_id, params=[Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in sorted(params.items())])
         return run.info.run_id
 
-    def trial_runs(self) -> list:
-        return self._find(f"tags.`{ROLE}` = 'trial'")
+    def trial_runs(self, client: MlflowClient | None = None) -> list:
+        client = client or self.client
+        return client.search_runs([self.experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'", max_results=10_000)
 
 
 class MlflowTrialCallback(tune.Callback):
@@ -345,6 +346,20 @@ class MlflowTrialCallback(tune.Callback):
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
         self._submit(trial, "finish", finish)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Delete (MLflow's soft delete) runs of trials Tune no longer knows: a driver killed after a trial started
+        but before Tune saved its state loses that trial, and the restored search deals it again under a new id."""
+        tracker, known = self.live, {t.trial_id for t in trials}
+
+        def drop_lost(client: MlflowClient) -> None:
+            for run in tracker.trial_runs(client):
+                tags = run.data.tags
+                if tags.get(TRIAL_ID) not in known and not tags.get(OUTCOME):
+                    log.info("deleting the run of trial %s, lost with a killed driver", tags.get(TRIAL_ID))
+                    client.delete_run(run.info.run_id)
+
+        tracker.writer.submit("drop runs of lost trials", drop_lost)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = str(trial.get_error() or "the trial raised (no error text was recorded)")

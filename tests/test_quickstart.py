@@ -10,9 +10,9 @@ from mlflow.tracking import MlflowClient
 
 from study.config import StudySpec
 from study.data.shards import read_manifest
+from study.pipeline import open_tracker, study_paths
 from study.quickstart import quickstart, quickstart_spec
 from study.teacher import load_meta
-from study.tracking import experiment_name
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +28,9 @@ def tiny_spec() -> StudySpec:
     return StudySpec.model_validate(data)
 
 
-def all_runs(tracking_uri: str, spec: StudySpec) -> list:
+def all_runs(tracking_uri: str, spec: StudySpec, root: Path) -> list:
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment_name(spec))
+    exp = client.get_experiment_by_name(open_tracker(spec, study_paths(spec, str(root))).name)
     return client.search_runs([exp.experiment_id], max_results=1000)
 
 
@@ -51,7 +51,7 @@ def test_quickstart_runs_the_whole_study_and_a_rerun_adds_nothing(tmp_path: Path
         assert manifest.count == count == sum(s.count for s in manifest.shards)
 
     # MLflow: a parent run per arm, the configured number of finished child runs with both accuracies
-    runs = all_runs(uri, spec)
+    runs = all_runs(uri, spec, tmp_path)
     parents = [r for r in runs if r.data.tags.get("kd_study.role") == "arm"]
     children = [r for r in runs if r.data.tags.get("kd_study.role") == "trial"]
     assert sorted(r.data.tags["kd_study.arm"] for r in parents) == sorted(expected)
@@ -79,4 +79,4 @@ def test_quickstart_runs_the_whole_study_and_a_rerun_adds_nothing(tmp_path: Path
     # rerun with the same folder: reuses everything, adds no MLflow runs
     again = quickstart(tmp_path, spec)
     assert not again.sweep_ran and all(b.reused for b in again.builds.values())
-    assert len(all_runs(uri, spec)) == len(runs)
+    assert len(all_runs(uri, spec, tmp_path)) == len(runs)

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from study.config import load_card, load_study
 from study.data.build import build_surrogate
 from study.pipeline import load_cards, study_content, study_paths
-from study.sweep import RUNGS_FILE, PerArmASHA, PerArmSearch, max_reports
+from study.sweep import PerArmASHA, PerArmSearch, max_reports, rungs_location
 from study.teacher import load_meta
 from study.tracking import experiment_name
 
@@ -228,7 +228,7 @@ def test_a_killed_study_resumes_and_always_finishes_with_its_report(digits_teach
 
     # the scheduler restored after the kill decides as a fresh one fed the recorded results in order
     restored = PerArmASHA(max_reports(spec), 1, 2)
-    restored.load_state(json.loads((experiment_dir / RUNGS_FILE).read_text()))
+    restored.load_state(json.loads(Path(rungs_location(str(root / "tune"), experiment)).read_text()))
     fresh = PerArmASHA(max_reports(spec), 1, 2)
     recorded = []
     for r in runs:
