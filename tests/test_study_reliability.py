@@ -232,9 +232,12 @@ def test_a_killed_study_resumes_and_always_finishes_with_its_report(digits_teach
     fresh = PerArmASHA(max_reports(spec), 1, 2)
     recorded = []
     for r in runs:
-        history = client.get_metric_history(r.info.run_id, "val_acc")
-        for i, m in enumerate(sorted(history, key=lambda m: m.step)):
-            recorded.append((m.timestamp, m.step, r, i + 1, {"val_acc": m.value}))
+        # one entry per report (a trial resumed from a checkpoint may have re-reported one step: same value)
+        history = {
+            m.step: m for m in sorted(client.get_metric_history(r.info.run_id, "val_acc"), key=lambda m: -m.timestamp)
+        }
+        for i, step in enumerate(sorted(history)):
+            recorded.append((history[step].timestamp, step, r, i + 1, {"val_acc": history[step].value}))
         if r.data.tags["kd_study.outcome"] == "diverged":
             recorded.append((r.info.end_time, 10**9, r, len(history) + 1, {"val_acc": 0.0, "diverged": 1.0}))
     for _, _, r, iteration, result in sorted(recorded, key=lambda x: (x[0], x[1])):

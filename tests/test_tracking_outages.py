@@ -26,15 +26,15 @@ pytestmark = pytest.mark.slow
 REPORTS, INTERVAL = 60, 0.4  # each trial reports for ~24 s
 
 
-def reporting_trainable(config: dict) -> None:
-    for i in range(config["reports"]):
-        time.sleep(config["interval"])
-        tune.report({"val_acc": i / 100, "images_seen": float(i + 1), "reported_at": time.time()})
-
-
 def run_trials(tracker: StudyTracker, storage: Path, during: threading.Thread) -> tune.ResultGrid:
     """Two trials through Tune with the study's MLflow callback, `during` running alongside (the outage)."""
     tracker.experiment_id  # noqa: B018 - the experiment exists before the outage, as in a study
+
+    def reporting_trainable(config: dict) -> None:  # local: pickled by value to Ray workers (tests/ is no package)
+        for i in range(config["reports"]):
+            time.sleep(config["interval"])
+            tune.report({"val_acc": i / 100, "images_seen": float(i + 1), "reported_at": time.time()})
+
     tuner = tune.Tuner(
         reporting_trainable,
         param_space={"arm": "a", "phase": "search", "reports": REPORTS, "interval": INTERVAL},
