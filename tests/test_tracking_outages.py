@@ -29,6 +29,7 @@ REPORTS, INTERVAL = 60, 0.4  # each trial reports for ~24 s
 def run_trials(tracker: StudyTracker, storage: Path, during: threading.Thread) -> tune.ResultGrid:
     """Two trials through Tune with the study's MLflow callback, `during` running alongside (the outage)."""
     tracker.experiment_id  # noqa: B018 - the experiment exists before the outage, as in a study
+    tracker.make_live()  # as run_sweep does: the callback Tune holds writes through this tracker
 
     def reporting_trainable(config: dict) -> None:  # local: pickled by value to Ray workers (tests/ is no package)
         for i in range(config["reports"]):
