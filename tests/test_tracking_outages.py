@@ -51,7 +51,7 @@ def run_trials(tracker: StudyTracker, storage: Path, during: threading.Thread) -
     return grid
 
 
-def assert_everything_arrived(tracker: StudyTracker, grid: tune.ResultGrid) -> None:
+def assert_everything_arrived(tracker: StudyTracker, grid: tune.ResultGrid, retried: bool) -> None:
     assert grid.num_errors == 0
     runs = tracker.trial_runs()
     assert len(runs) == 2
@@ -63,7 +63,8 @@ def assert_everything_arrived(tracker: StudyTracker, grid: tune.ResultGrid) -> N
         # Tune's loop kept taking results: no gap near the outage's length between two reports of a trial
         times = result.metrics_dataframe["reported_at"].tolist()
         assert max(b - a for a, b in itertools.pairwise(times)) < 5.0
-    assert tracker.writer.failures > 0  # the outage was hit, and retried
+    if retried:  # a stopped server refuses writes (retried); a locked sqlite file makes them wait in its busy timeout
+        assert tracker.writer.failures > 0
 
 
 def spec() -> StudySpec:
@@ -83,7 +84,7 @@ def test_a_sqlite_store_locked_for_20_s_loses_nothing(ray_session, tmp_path: Pat
         conn.close()
 
     grid = run_trials(tracker, tmp_path / "tune", threading.Thread(target=lock_for_20_s))
-    assert_everything_arrived(tracker, grid)
+    assert_everything_arrived(tracker, grid, retried=False)
 
 
 def free_port() -> int:
@@ -126,7 +127,7 @@ def test_a_tracking_server_stopped_and_restarted_loses_nothing(
             server["proc"] = start_server(db, port, tmp_path / "artifacts")
 
         grid = run_trials(tracker, tmp_path / "tune", threading.Thread(target=stop_then_restart))
-        assert_everything_arrived(tracker, grid)
+        assert_everything_arrived(tracker, grid, retried=True)
         assert MlflowClient(f"http://127.0.0.1:{port}").get_experiment_by_name(tracker.name) is not None
     finally:
         server["proc"].kill()
