@@ -165,6 +165,25 @@ class TestDeadLeaves:
         count = lambda image: len(np.unique(image.reshape(-1, 3), axis=0))  # noqa: E731
         assert count(smooth) > count(plain) + 10
 
+    def test_default_adds_leaves_until_no_background_remains(self) -> None:
+        """Canonical dead leaves cover the image: no flat background dominates (64 images at 32 px)."""
+        images = create_generator("dead_leaves", {}).generate(0, 0, 64, 32)
+        share = [np.unique(im.reshape(-1, 3), axis=0, return_counts=True)[1].max() / 1024 for im in images]
+        assert np.median(share) < 0.3
+
+    def test_coverage_mode_is_block_independent_and_its_first_leaf_is_on_top(self) -> None:
+        generator = create_generator("dead_leaves", {})
+        whole = generator.generate(5, 0, 12, 16)
+        assert np.array_equal(generator.generate(5, 7, 3, 16), whole[7:10])
+        huge = {"shapes": ["square"], "radius_min": 3.0, "radius_max": 3.0}
+        images = create_generator("dead_leaves", huge).generate(0, 0, 4, 16)
+        assert all(len(np.unique(image.reshape(-1, 3), axis=0)) == 1 for image in images)
+
+    def test_coverage_cap_leaves_the_background_showing(self) -> None:
+        tiny = {"max_shapes": 3, "radius_min": 0.01, "radius_max": 0.02}
+        image = create_generator("dead_leaves", tiny).generate(0, 0, 1, 32)[0]
+        assert np.unique(image.reshape(-1, 3), axis=0, return_counts=True)[1].max() > 900
+
     def test_unknown_shape_is_named(self) -> None:
         with pytest.raises(GeneratorError, match=r"'dead_leaves'.*shapes\.0"):
             create_generator("dead_leaves", {"shapes": ["hexagon"]})
