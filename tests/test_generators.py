@@ -311,3 +311,21 @@ class TestGlslFolder:
         generator = create_generator("glsl_folder", {"path": str(tmp_path)})
         with pytest.raises(GeneratorError, match="shader program 'broken' does not compile"):
             generator.generate(0, 0, 1, 8)
+
+
+@pytest.mark.parametrize(
+    ("card_name", "generator_name"),
+    [("shaders", "shaders"), ("uniform_noise", "uniform_noise"), ("spectral_noise", "spectral_noise")],
+)
+def test_bundled_cards_render_their_generator(card_name: str, generator_name: str) -> None:
+    """The README builds `shaders`; the report ranks against the noise baselines: their cards ship."""
+    from study.config import load_card
+    from study.resources import resolve_card_path
+
+    card = load_card(resolve_card_path(card_name))
+    assert card.kind == "generated" and card.generator == generator_name and card.count
+    generator = create_generator(card.generator, card.params)
+    if card_name == "shaders":
+        assert list(generator.sources) == list(bundled_programs())  # every bundled program
+    images = generator.generate(card.seed, 0, 4, card.image_size)
+    assert images.shape == (4, card.image_size, card.image_size, 3) and images.std() > 0
