@@ -266,11 +266,13 @@ def data_build(
     """Build surrogate cards into verified WebDataset shards."""
     from study.config import load_card
     from study.data.build import build_surrogate
+    from study.data.mixture import resolve_mixture
     from study.resources import resolve_card_path
     from study.storage import resolve
 
     with user_errors():
-        specs = [load_card(resolve_card_path(c, Path.cwd())) for c in cards]
+        paths = [resolve_card_path(c, Path.cwd()) for c in cards]
+        specs = [resolve_mixture(load_card(p), p.parent) for p in paths]
         with _progress() as progress:
             for card in specs:
                 task = progress.add_task(f"surrogate {card.name}", total=None)

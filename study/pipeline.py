@@ -21,6 +21,7 @@ from study.criteria import measure
 from study.data import shards
 from study.data.build import BuildResult, build_surrogate
 from study.data.loader import read_all
+from study.data.mixture import uses_teacher
 from study.data.preview import preview_grid
 from study.distill.trial import TrialPaths, card_for_arm, surrogate_name
 from study.report import Report, write_report
@@ -92,19 +93,22 @@ class StudyOutcome:
 def load_cards(spec: StudySpec, cards_dir: str | None = None) -> dict[str, CardSpec]:
     """Every arm's card, resolved once here (relative paths against `cards_dir`, the spec file's folder) and
     validated, its generator's params checked, before anything runs; trials receive these, never paths."""
+    from study.data.generators import create_generator
+    from study.data.mixture import component_cards
+
     cards = {}
     for arm in spec.arms:
         card = card_for_arm(arm, cards_dir)
-        if card.kind == "generated":
-            from study.data.generators import create_generator
-
-            assert card.generator is not None
-            try:
-                create_generator(card.generator, card.params, reference_stats=([0.5], [0.25]))
-            except ValueError as err:
-                raise SpecError(f"card '{card.name}' (arm '{arm.name}'): {err}") from None
+        for part in component_cards(card) if card.kind == "mixture" else [card]:
+            if part.kind == "generated":
+                assert part.generator is not None
+                try:
+                    create_generator(part.generator, part.params, reference_stats=([0.5], [0.25]))
+                except ValueError as err:
+                    raise SpecError(f"card '{part.name}' (arm '{arm.name}'): {err}") from None
         if arm.count and card.count and arm.count > card.count:
-            raise SpecError(f"arm '{arm.name}': count {arm.count} exceeds card '{card.name}' count {card.count}")
+            field = f"counts of arm '{arm.amount_of}'" if arm.amount_of else "count"
+            raise SpecError(f"arm '{arm.name}': {field}: {arm.count} exceeds card '{card.name}' count {card.count}")
         cards[arm.name] = card
     return cards
 
@@ -113,13 +117,20 @@ def study_content(cards: dict[str, CardSpec], meta: TeacherMeta) -> dict[str, ob
     """What the spec names but does not contain, for the science hash: the teacher's weights, each card's
     normalised content (defaults filled in, so formatting and comments do not count) and generator version."""
     from study.data.generators import create_generator
+    from study.data.mixture import component_cards
+
+    def version(card: CardSpec) -> str | None:
+        if card.kind == "generated" and card.generator:
+            return create_generator(card.generator, card.params, reference_stats=(meta.mean, meta.std)).version
+        return None
 
     content: dict[str, object] = {"teacher_weights_sha256": meta.weights_sha256}
     for arm, card in sorted(cards.items()):
-        version = None
-        if card.kind == "generated" and card.generator:
-            version = create_generator(card.generator, card.params, reference_stats=(meta.mean, meta.std)).version
-        content[f"card.{arm}"] = {"card": card.model_dump(mode="json"), "generator_version": version}
+        # a mixture's snapshot holds its resolved components' cards; their generator versions count too
+        entry: dict[str, object] = {"card": card.model_dump(mode="json"), "generator_version": version(card)}
+        if card.kind == "mixture":
+            entry["component_generator_versions"] = [version(c) for c in component_cards(card)]
+        content[f"card.{arm}"] = entry
     return content
 
 
@@ -135,7 +146,7 @@ def build_surrogates(
             paths.shards,
             reference_stats=(meta.mean, meta.std),
             teacher_id=meta.teacher_id,
-            teacher=paths.teacher if card.balance else None,
+            teacher=paths.teacher if uses_teacher(card) else None,
             workers=workers,
             on_shard=lambda done, total, k=key: progress.update(k, done, total),
             replace_stale=True,
@@ -199,6 +210,8 @@ def record_arms(
             "source": card.source.name if card.source else "",
             "card_params": card.params,
             "count": arm.count or build.manifest.count,
+            "amount_of": arm.amount_of or "",
+            "components": {r.name: r.weight for r in build.manifest.components or []},
             "labels": arm.labels,
             "teacher": teacher.meta.teacher_id,
             "arm_train": arm.train,
@@ -260,8 +273,9 @@ def check_arm_sizes(spec: StudySpec, builds: dict[str, BuildResult], names: dict
         if build.manifest.count == 0:
             raise SpecError(f"{where}: arms.{i} ('{arm.name}'): surrogate {build.root} holds 0 images")
         if arm.count and arm.count > build.manifest.count:
+            field = f"arms.{i}.count" if not arm.amount_of else f"counts of arm '{arm.amount_of}'"
             raise shards.ShardError(
-                f"{build.root}: arm '{arm.name}' wants {arm.count} images, it holds {build.manifest.count}"
+                f"{build.root}: {field}: arm '{arm.name}' wants {arm.count} images, it holds {build.manifest.count}"
             )
         batch = spec.train_for(arm).batch_size
         if images < batch:

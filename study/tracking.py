@@ -330,7 +330,8 @@ class MlflowTrialCallback(tune.Callback):
         last = trial.last_result or {}
         if last.get("diverged"):
             return "diverged", str(last.get("diverged_reason", ""))
-        if float(last.get("images_seen", 0)) < self.budget_images:
+        # an arm's own budget (`budget.mode: epochs` scales it with the arm's amount), else the study's
+        if float(last.get("images_seen", 0)) < float(last.get("budget_images", self.budget_images)):
             return "early_stopped", ""
         return "completed", ""
 
