@@ -262,6 +262,12 @@ class TrackingSpec(Strict):
     uri: str = "sqlite:///mlflow.db"
 
 
+class CriteriaSpec(Strict):
+    """Teacher-side criteria (`study.criteria`): images per population (raw candidate pool, built set)."""
+
+    images: int = Field(default=2048, ge=64)
+
+
 class StudySpec(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     seed: int = 0
@@ -274,6 +280,7 @@ class StudySpec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     storage: StorageSpec = StorageSpec()
     tracking: TrackingSpec = TrackingSpec()
+    criteria: CriteriaSpec = CriteriaSpec()
 
     @field_validator("arms")
     @classmethod

@@ -84,13 +84,17 @@ def effective_rank(singular_values: np.ndarray) -> float:
 
 def vendi_score(features: torch.Tensor) -> float:
     """exp(-sum_i l_i log l_i), l the eigenvalues of K / n with K_ij = cos(f_i, f_j) (Friedman & Dieng 2023):
-    the effective number of distinct images, 1 for n identical features, n for n orthogonal ones."""
+    the effective number of distinct images, 1 for n identical features, n for n orthogonal ones.
+
+    K / n = U U^T / n for unit rows U shares its non-zero eigenvalues with U^T U / n, the smaller matrix is used.
+    """
     if len(features) == 0:
         return 0.0
-    unit = F.normalize(features.double(), dim=1)
-    lam = torch.linalg.eigvalsh(unit @ unit.T / len(unit)).clamp_min(0)
+    unit = F.normalize(features.double(), dim=1).cpu().numpy()
+    small = unit.T @ unit if unit.shape[1] < unit.shape[0] else unit @ unit.T
+    lam = np.clip(np.linalg.eigvalsh(small / len(unit)), 0, None)
     lam = lam[lam > 1e-12]
-    return float(torch.exp(-(lam * lam.log()).sum()))
+    return float(np.exp(-(lam * np.log(lam)).sum()))
 
 
 def class_spread(unit_sums: np.ndarray, counts: np.ndarray) -> float:

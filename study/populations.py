@@ -30,7 +30,6 @@ from study.teacher import Teacher
 
 log = logging.getLogger(__name__)
 
-POOL_IMAGES = 2000
 ATTACK_SAMPLE = 256  # images attacked to measure an online arm (its perturbed images exist only inside trials)
 
 
@@ -140,13 +139,12 @@ def measure_arm(
     build: BuildResult,
     teacher: Teacher,
     reference: FeatureMoments | None,
-    images: int = POOL_IMAGES,
 ) -> ArmCriteria:
     """Raw-pool and built-set criteria of one arm, plus its acceptance rate and attack statistics.
 
     The raw pool of an offline-perturbed arm is its source card's; its built set is the derived surrogate.
     """
-    meta = teacher.meta
+    meta, images = teacher.meta, spec.criteria.images
     temperature = arm_temperature(spec, arm, card)
     pool = raw_pool(card, images, (meta.mean, meta.std))
     raw = measure(teacher, batched(pool), temperature, reference)

@@ -164,7 +164,7 @@ def rank_study_candidates(
     from study.criteria import batched, measure
     from study.device import pick_device
     from study.pipeline import study_paths
-    from study.populations import POOL_IMAGES, arm_temperature, raw_pool
+    from study.populations import arm_temperature, raw_pool
     from study.report import collect_arms, collect_trials, surrogate_points
     from study.resources import resolve_card_path, resolve_spec_path
     from study.stats import arm_accuracy
@@ -188,7 +188,7 @@ def rank_study_candidates(
     rows = []
     for card in cards:
         arm = spec.arms[0].model_copy(update={"name": card.name, "card": card.name, "train": {}})
-        pool = raw_pool(card, POOL_IMAGES, (teacher.meta.mean, teacher.meta.std))
+        pool = raw_pool(card, spec.criteria.images, (teacher.meta.mean, teacher.meta.std))
         found = measure(teacher, batched(pool), arm_temperature(spec, arm, card))
         rows.append({"card": card.name, **{f"crit_raw_{k}": v for k, v in found.values.items()}})
     return score_candidates(points, pd.DataFrame(rows)), validation
