@@ -21,29 +21,40 @@ import numpy as np
 
 from study.config import ArmSpec, CardSpec, StudySpec
 from study.criteria import Criteria, FeatureMoments, batched, measure
+from study.data.balance import scan_order
 from study.data.build import BuildResult
 from study.data.generators import create_generator
 from study.data.loader import read_all
 from study.data.preview import preview_grid
 from study.data.real import load_source
-from study.teacher import Teacher
+from study.distill.temperature import kd_temperature
+from study.teacher import Teacher, TeacherMeta
 
 log = logging.getLogger(__name__)
 
 ATTACK_SAMPLE = 256  # images attacked to measure an online arm (its perturbed images exist only inside trials)
 
 
-def raw_pool(card: CardSpec, n: int, reference_stats: tuple[list[float], list[float]]) -> np.ndarray:
-    """The first `n` candidates of the source the card's build draws from, in a seeded order, before selection.
+def raw_pool(card: CardSpec, n: int, reference_stats: tuple[list[float], list[float]], num_classes: int) -> np.ndarray:
+    """The raw candidate pool: the first `n` candidates of the card's balanced scan order, before any selection.
 
-    Generated cards: images 0..n-1 of the card's generator and seed (independent draws, so a seeded sample, and the
-    order today's balanced scan visits). Real cards: a permutation seeded by the card's seed of the images its build
-    loads. When the balanced scan's seeded order lands (`study.data.balance`), this becomes its first `n` candidates.
+    The order is `study.data.balance.scan_order` over the candidates a balanced build would scan (the real source as
+    loaded, or the generator's first `balance.candidates` images), so for a teacher-filtered card the pool is exactly
+    what the scan saw first. A card without `balance` gets the same seeded order over its source (a seeded sample).
     """
     if card.kind == "generated":
         assert card.generator is not None
         generator = create_generator(card.generator, card.params, reference_stats=reference_stats)
-        return generator.generate(card.seed, 0, n, card.image_size)
+        if card.balance is not None:
+            total = card.balance.candidates or card.balance.DEFAULT_CANDIDATES_PER_IMAGE * sum(
+                card.balance.quotas(num_classes)
+            )
+        else:
+            total = max(card.count or n, n)
+        ids = scan_order(card, total)[:n]
+        by_id = np.argsort(ids, kind="stable")
+        rendered = np.stack([generator.generate(card.seed, int(i), 1, card.image_size)[0] for i in ids[by_id]])
+        return rendered[np.argsort(by_id, kind="stable")]
     if card.kind != "real" or card.source is None:
         raise ValueError(f"card '{card.name}': no raw candidate pool for kind '{card.kind}'")
     count = card.balance.candidates if card.balance else card.count
@@ -56,14 +67,12 @@ def raw_pool(card: CardSpec, n: int, reference_stats: tuple[list[float], list[fl
         seed=card.seed,
         params=card.source.params,
     )
-    order = np.random.default_rng(card.seed).permutation(len(data.images))[:n]
-    return data.images[order]
+    return data.images[scan_order(card, len(data.images))[:n]]
 
 
-def arm_temperature(spec: StudySpec, arm: ArmSpec, card: CardSpec) -> float:
-    """The arm's KD temperature: the spec's, else the paper's rule the trial applies (20 synthetic, 2 real)."""
-    t = spec.train_for(arm).temperature
-    return float(t) if t is not None else (20.0 if card.kind == "generated" else 2.0)
+def arm_temperature(spec: StudySpec, arm: ArmSpec, card: CardSpec, meta: TeacherMeta) -> float:
+    """The arm's KD temperature, by the rule its trials use (`study.distill.temperature.kd_temperature`)."""
+    return kd_temperature(spec.train_for(arm), card, meta, spec.teacher).value
 
 
 def val_moments(teacher: Teacher) -> FeatureMoments | None:
@@ -145,8 +154,8 @@ def measure_arm(
     The raw pool of an offline-perturbed arm is its source card's; its built set is the derived surrogate.
     """
     meta, images = teacher.meta, spec.criteria.images
-    temperature = arm_temperature(spec, arm, card)
-    pool = raw_pool(card, images, (meta.mean, meta.std))
+    temperature = arm_temperature(spec, arm, card, meta)
+    pool = raw_pool(card, images, (meta.mean, meta.std), meta.num_classes)
     raw = measure(teacher, batched(pool), temperature, reference)
     built_images, _ = read_all(build.root, build.manifest, min(arm.count or build.manifest.count, images))
     extra: dict[str, float] = {}

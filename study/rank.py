@@ -188,7 +188,7 @@ def rank_study_candidates(
     rows = []
     for card in cards:
         arm = spec.arms[0].model_copy(update={"name": card.name, "card": card.name, "train": {}})
-        pool = raw_pool(card, spec.criteria.images, (teacher.meta.mean, teacher.meta.std))
-        found = measure(teacher, batched(pool), arm_temperature(spec, arm, card))
+        pool = raw_pool(card, spec.criteria.images, (teacher.meta.mean, teacher.meta.std), teacher.meta.num_classes)
+        found = measure(teacher, batched(pool), arm_temperature(spec, arm, card, teacher.meta))
         rows.append({"card": card.name, **{f"crit_raw_{k}": v for k, v in found.values.items()}})
     return score_candidates(points, pd.DataFrame(rows)), validation

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from study.config import BalanceSpec, CardSpec, StudySpec
+from study.data.balance import scan_order
 from study.data.build import build_surrogate
 from study.data.generators import Generator, image_rng, register_generator
 from study.data.real import load_source
@@ -71,9 +72,10 @@ def test_raw_pool_is_skewed_while_the_balanced_build_is_flat(digits_teacher: Pat
     listed = {f.path for f in tracker.client.list_artifacts(run_id)}
     assert {"class_histogram.json", "samples.png", "manifest.json"} <= listed
 
-    # the raw pool is the generator's first candidates, the scan's order
-    pool = raw_pool(card, 30, (teacher.meta.mean, teacher.meta.std))
-    assert np.array_equal(pool, SkewedDigits(SkewedDigits.Params()).generate(5, 0, 30, 32))
+    # the raw pool is the first candidates of the balanced scan's seeded order
+    pool = raw_pool(card, 30, (teacher.meta.mean, teacher.meta.std), 10)
+    everything = SkewedDigits(SkewedDigits.Params()).generate(5, 0, 6000, 32)
+    assert np.array_equal(pool, everything[scan_order(card, 6000)[:30]])
 
     # measured once: a rerun logs nothing new
     record_arms(spec, {"skewed": card}, {"skewed": build}, teacher, tracker, NoProgress())
