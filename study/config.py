@@ -144,8 +144,21 @@ ComponentSpec.model_rebuild()  # its `resolved` field refers to CardSpec, define
 
 
 # --------------------------------------------------------------------------------------------------- study
+FINE_GRAINED_SOURCES = frozenset({"fgvc_aircraft", "oxford_pets", "food101", "dtd"})
+"""Teacher sources the paper treats as fine-grained (distilled at T = 20, like synthetic surrogates)."""
+UNMIRRORED_SOURCES = frozenset({"digits", "mnist", "svhn", "emnist", "folder"})
+"""Sources whose label set is not mirror-symmetric (digits, letters; a mirrored 2 is no digit), and `folder`
+sources, whose content kd-study cannot know: teacher flips default off for them."""
+
+
 class TeacherSpec(Strict):
-    """The teacher: where its checkpoint lives and, for `teacher train`, how to make it."""
+    """The teacher: where its checkpoint lives and, for `teacher train`, how to make it.
+
+    Defaults are a standard supervised teacher as in the paper (plain cross-entropy ResNets): no label smoothing,
+    SGD lr 0.1 with momentum 0.9 and a cosine schedule. `flip` None means: on for natural-image datasets, off for
+    digits/letters (`UNMIRRORED_SOURCES`) and for folder or imported sources. `fine_grained` None means: from
+    the dataset (`FINE_GRAINED_SOURCES`); it sets the students' KD temperature (`study.distill.temperature`).
+    """
 
     uri: str = "teacher"
     dataset: str = "digits"
@@ -153,9 +166,24 @@ class TeacherSpec(Strict):
     epochs: int = Field(default=30, gt=0)
     batch_size: int = Field(default=128, gt=0)
     lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
+    optimizer: Literal["sgd"] = "sgd"
+    schedule: Literal["cosine", "onecycle"] = "cosine"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    flip: bool | None = None
+    fine_grained: bool | None = None
     image_size: int = Field(default=32, ge=8)
     seed: int = 0
+
+    def resolved_flip(self) -> bool:
+        """Whether the teacher trains with horizontal flips (see the class docstring for the default rule)."""
+        if self.flip is not None:
+            return self.flip
+        return self.dataset not in UNMIRRORED_SOURCES
+
+    def resolved_fine_grained(self) -> bool:
+        return self.fine_grained if self.fine_grained is not None else self.dataset in FINE_GRAINED_SOURCES
 
 
 class StudentSpec(Strict):
@@ -175,7 +203,7 @@ class TrainSpec(Strict):
     randaugment_ops: int | None = Field(default=None, ge=0, description="None: 2 for real, 4 for synthetic")
     randaugment_magnitude: int = Field(default=14, ge=0, le=30)
     pad_fraction: float = Field(default=0.125, ge=0, le=0.5)
-    flip: bool = True
+    flip: bool | None = Field(default=None, description="None: as the teacher was trained (its meta.json 'flip')")
     mixup: bool = True
 
 
@@ -187,16 +215,22 @@ class PerturbationSpec(Strict):
     a test pins the equality, this module does not import torch).
 
     * `none`: the surrogate as built.
-    * `online`: every training batch is attacked on the fly (as the authors' code does); `fraction` (default 1)
+    * `online`: every training batch is attacked on the fly, as the authors' code does; `fraction` (default 1)
       is the share of the batch given to perturbed images: the first `ceil(fraction * B / 4)` images are
-      attacked, the 4 images of each success take the front of the batch and clean images fill the rest, so
-      the batch size stays B.
-    * `offline`: the arm reads a `derived` surrogate built once per teacher x surrogate
-      (`kd-study data perturb`, or the pipeline when it is missing); it holds only perturbed images, 4 per
-      success; `fraction` (default 1) is the share of each source block that is attacked.
+      attacked, the 4 images of each success take the front of the batch and the other images fill the rest,
+      so the batch size stays B. `online_order: after_mixup` (default, the authors' order) attacks the
+      augmented, mixed-up float batch and distils on the attacked images as they are; `before_augment`
+      (kd-study's earlier order) attacks the clean uint8 batch and augments and mixes the result.
+    * `offline`: kd-study's own variant: the arm reads a `derived` surrogate built once per teacher x surrogate
+      (`kd-study data perturb`, or the pipeline when it is missing) and augments it at training time like any
+      surrogate; `fraction` (default 1) is the share of each source block that is attacked. The derived set
+      holds the 4 images of each success and, with `clean_fraction` c > 0, the first `ceil(c * N)` clean images
+      of each source block of N as well (online batches always hold clean images where attacks fail).
     """
 
     mode: Literal["none", "online", "offline"] = "none"
+    online_order: Literal["after_mixup", "before_augment"] = "after_mixup"
+    clean_fraction: float = Field(default=0.0, ge=0, le=1)
     epsilon: float = Field(default=32 / 255, gt=0, le=1)
     alpha: float = Field(default=1 / 255, gt=0, le=1)
     max_iters: int = Field(default=50, ge=1)
@@ -209,11 +243,13 @@ class PerturbationSpec(Strict):
     def _alpha_in_ball(self) -> PerturbationSpec:
         if self.alpha > self.epsilon:
             raise ValueError(f"'alpha' ({self.alpha}) must not exceed 'epsilon' ({self.epsilon})")
+        if self.clean_fraction > 0 and self.mode != "offline":
+            raise ValueError("'clean_fraction' applies to mode 'offline' only (online batches keep clean images)")
         return self
 
     def attack_fields(self) -> dict[str, Any]:
-        """The `AttackConfig` keyword arguments (everything but `mode` and `fraction`)."""
-        return self.model_dump(exclude={"mode", "fraction"})
+        """The `AttackConfig` keyword arguments (everything but how the arm uses the attack)."""
+        return self.model_dump(exclude={"mode", "fraction", "online_order", "clean_fraction"})
 
 
 class ArmSpec(Strict):
@@ -380,6 +416,12 @@ class TrackingSpec(Strict):
     uri: str = "sqlite:///mlflow.db"
 
 
+class CriteriaSpec(Strict):
+    """Teacher-side criteria (`study.criteria`): images per population (raw candidate pool, built set)."""
+
+    images: int = Field(default=2048, ge=64)
+
+
 class StudySpec(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     seed: int = 0
@@ -392,6 +434,7 @@ class StudySpec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     storage: StorageSpec = StorageSpec()
     tracking: TrackingSpec = TrackingSpec()
+    criteria: CriteriaSpec = CriteriaSpec()
 
     @field_validator("arms", mode="before")
     @classmethod

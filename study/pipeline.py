@@ -6,32 +6,27 @@ resumes and a finished study reruns in seconds without adding MLflow runs.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 from study import storage
-from study.config import CardSpec, SpecError, StudySpec
-from study.criteria import measure
+from study.config import ArmSpec, CardSpec, SpecError, StudySpec
+from study.criteria import FeatureMoments
 from study.data import shards
 from study.data.build import BuildResult, build_surrogate
-from study.data.loader import read_all
 from study.data.mixture import uses_teacher
-from study.data.preview import preview_grid
+from study.device import pick_device
 from study.distill.trial import TrialPaths, card_for_arm, surrogate_name
+from study.populations import measure_arm, val_moments
 from study.report import Report, write_report
 from study.sweep import run_sweep, total_trials
 from study.teacher import Teacher, TeacherError, TeacherMeta, load_meta, load_teacher
 from study.tracking import OUTCOME, OUTCOMES, StudyTracker, short_http_retries
 
 log = logging.getLogger(__name__)
-
-CRITERIA_IMAGES = 2000
 
 
 class ProgressSink(Protocol):
@@ -71,7 +66,7 @@ def study_paths(spec: StudySpec, root: str | None = None) -> StudyPaths:
         tune_dir=storage.resolve(spec.storage.tune, base),
         teacher=storage.resolve(spec.teacher.uri, base),
         tracking_uri=uri,
-        report_dir=storage.resolve("report", base),
+        report_dir=storage.resolve(f"report/{spec.name}", base),  # one folder per study sharing a root
     )
 
 
@@ -183,11 +178,23 @@ def build_perturbed_surrogates(
     return results
 
 
-def sample_grid_png(images: np.ndarray, n: int = 64) -> bytes:
-    """The arm's sample grid artifact: the same grid `kd-study data preview` writes."""
-    buf = io.BytesIO()
-    preview_grid(images[:n], scale=2).save(buf, format="png")
-    return buf.getvalue()
+def surrogate_points(spec: StudySpec, cards: dict[str, CardSpec]) -> dict[str, bool]:
+    """Per arm, whether it is its surrogate's point in the report's correlations (one point per image source).
+
+    Arms of one card share a raw pool, so they would enter a correlation as copies of one point; the card's point
+    is its plain arm (no perturbation, soft labels, all images), else its first arm in the spec.
+    """
+    chosen: dict[str, str] = {}
+    for arm in spec.arms:
+        plain = arm.perturbation.mode == "none" and arm.labels == "soft" and arm.count is None
+        name = cards[arm.name].name
+        if name not in chosen or (plain and not _is_plain(spec.arm(chosen[name]))):
+            chosen[name] = arm.name
+    return {arm.name: chosen[cards[arm.name].name] == arm.name for arm in spec.arms}
+
+
+def _is_plain(arm: ArmSpec) -> bool:
+    return arm.perturbation.mode == "none" and arm.labels == "soft" and arm.count is None
 
 
 def record_arms(
@@ -198,13 +205,18 @@ def record_arms(
     tracker: StudyTracker,
     progress: ProgressSink,
 ) -> None:
-    """Parent run per arm with card params, criteria and artifacts; criteria are measured once per arm."""
+    """Parent run per arm with card params, raw-pool and built-set criteria and artifacts, measured once per arm."""
     progress.task("criteria", "criteria (teacher forward passes)", len(spec.arms))
+    points = surrogate_points(spec, cards)
+    reference: list[FeatureMoments | None] = []
     for i, arm in enumerate(spec.arms):
         card = cards[arm.name]
-        build = builds[surrogate_name(spec, arm, card, teacher.meta.teacher_id)]
+        image_set = surrogate_name(spec, arm, card, teacher.meta.teacher_id)
+        build = builds[image_set]
         params = {
             "surrogate": card.name,
+            "image_set": image_set,
+            "surrogate_point": points[arm.name],
             "kind": card.kind,
             "generator": card.generator or "",
             "source": card.source.name if card.source else "",
@@ -233,20 +245,15 @@ def record_arms(
                     ).encode()
                 },
             )
-        if "criteria.class_entropy" not in logged:
-            images, _ = read_all(build.root, build.manifest, min(arm.count or build.manifest.count, CRITERIA_IMAGES))
-            crit = measure(teacher, images)
-            tracker.log_arm_metrics(run_id, {f"criteria.{k}": v for k, v in crit.values.items()})
-            tracker.log_arm_artifacts(
-                run_id,
-                {
-                    "manifest.json": build.manifest.model_dump_json(indent=2).encode(),
-                    "class_histogram.json": json.dumps(
-                        {"teacher_predicted": crit.predicted_histogram, "classes": teacher.meta.classes}
-                    ).encode(),
-                    "samples.png": sample_grid_png(images),
-                },
-            )
+        if "criteria.raw.class_entropy" not in logged:
+            if not reference:
+                reference.append(val_moments(teacher))
+            found = measure_arm(spec, arm, card, build, teacher, reference[0])
+            tracker.log_arm_metrics(run_id, found.logged_metrics())
+            files = {"manifest.json": build.manifest.model_dump_json(indent=2).encode(), **found.artifacts}
+            if arm.perturbation.mode == "offline":
+                files.pop("perturbation_histograms.json", None)
+            tracker.log_arm_artifacts(run_id, files)
         progress.update("criteria", i + 1)
 
 
@@ -308,7 +315,7 @@ def run_study(
     cards = load_cards(spec, cards_dir)
     try:
         meta = load_meta(paths.teacher)
-        teacher = load_teacher(paths.teacher)
+        teacher = load_teacher(paths.teacher, pick_device())
     except TeacherError as err:
         raise SpecError(f"{err}\n  ({where}: teacher.uri is '{spec.teacher.uri}')") from None
     outcome = StudyOutcome(paths, meta)
@@ -330,7 +337,9 @@ def run_study(
     tracker.set_arm_terminated()
     progress.update("sweep", total, total)
     outcome.trial_outcomes = trial_outcomes(tracker)
-    outcome.report = write_report(tracker, Path(paths.report_dir), meta.test_accuracy, title=spec.name)
+    outcome.report = write_report(
+        tracker, Path(paths.report_dir), meta.test_accuracy, title=spec.name, teacher=meta, expected_trials=total
+    )
     return outcome
 
 

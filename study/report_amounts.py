@@ -38,31 +38,50 @@ class AmountSection:
 
     markdown: str
     plots: list[Path]
+    references: dict[str, float]
     points: pd.DataFrame  # one row per arm: family, surrogate, kind, count, test_acc, ci_low, ci_high, basis
     thresholds: pd.DataFrame
     mixtures: pd.DataFrame
     notes: list[str] = field(default_factory=list)
 
 
+ARM_COLUMNS = ["arm", "surrogate", "kind", "source", "count", "family", "perturbation", "components"]
+
+
+def arm_fields(arm: str, params: dict[str, str]) -> dict:
+    """An arm's row from its parent run's params as MLflow stores them (flattened, strings): surrogate, kind,
+    source, count, family (the `counts:` arm it came from, else itself) and `components` (JSON {name: weight},
+    mixtures only)."""
+    components = {k[len("components.") :]: float(v) for k, v in params.items() if k.startswith("components.")}
+    count = pd.to_numeric(params.get("count"), errors="coerce")
+    return {
+        "arm": arm,
+        "surrogate": params.get("surrogate", arm),
+        "kind": params.get("kind", ""),
+        "source": params.get("source", ""),
+        "count": float(count) if count == count else math.nan,
+        "family": params.get("amount_of") or arm,
+        "perturbation": params.get("perturbation.mode", "none"),
+        "components": json.dumps(components) if components else "",
+    }
+
+
 def arm_table(arm_params: dict[str, dict[str, str]]) -> pd.DataFrame:
-    """Per arm, from its parent run's params as MLflow stores them (flattened, strings): surrogate, kind, count,
-    family (the `counts:` arm it came from, else itself) and `components` ({name: weight}, mixtures only)."""
-    rows = []
-    for arm, params in arm_params.items():
-        components = {k[len("components.") :]: float(v) for k, v in params.items() if k.startswith("components.")}
-        count = pd.to_numeric(params.get("count"), errors="coerce")
-        rows.append(
-            {
-                "arm": arm,
-                "surrogate": params.get("surrogate", arm),
-                "kind": params.get("kind", ""),
-                "count": float(count) if count == count else math.nan,
-                "family": params.get("amount_of") or arm,
-                "perturbation": params.get("perturbation.mode", "none"),
-                "components": json.dumps(components) if components else "",
-            }
-        )
-    return pd.DataFrame(rows, columns=["arm", "surrogate", "kind", "count", "family", "perturbation", "components"])
+    """`arm_fields` of every arm, for callers that hold the params themselves."""
+    return pd.DataFrame([arm_fields(a, p) for a, p in arm_params.items()], columns=ARM_COLUMNS)
+
+
+def references_of(points: pd.DataFrame, teacher_dataset: str | None, teacher_acc: float | None) -> dict[str, float]:
+    """Accuracies a curve should reach: the in-domain data's (the best arm on a real card whose source is the
+    teacher's dataset) and the teacher's own test accuracy."""
+    out: dict[str, float] = {}
+    if teacher_dataset and "source" in points:
+        own = points[(points["kind"] == "real") & (points["source"] == teacher_dataset)]
+        if len(own):
+            out["in-domain"] = float(own["test_acc"].max())
+    if teacher_acc is not None and teacher_acc == teacher_acc:
+        out["teacher"] = float(teacher_acc)
+    return out
 
 
 def arm_accuracy(trials: pd.DataFrame) -> pd.DataFrame:
@@ -167,10 +186,14 @@ def _fmt(frame: pd.DataFrame) -> pd.DataFrame:
     for col in out.columns:
         if out[col].dtype.kind == "f":
             as_count = col.startswith("n@") or col in ("count", "amount")
-            out[col] = out[col].map(
-                lambda v, c=as_count: "not reached" if (c and v != v) else ("" if v != v else f"{v:,.0f}" if c else f"{v:.4f}")
-            )
+            out[col] = out[col].map(lambda v, c=as_count: _cell(v, c))
     return out
+
+
+def _cell(v: float, count: bool) -> str:
+    if v != v:
+        return "not reached" if count else ""
+    return f"{v:,.0f}" if count else f"{v:.4f}"
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -180,16 +203,20 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def amount_section(
-    trials: pd.DataFrame, arms: pd.DataFrame, out_dir: Path, references: dict[str, float] | None = None
+    trials: pd.DataFrame,
+    arms: pd.DataFrame,
+    out_dir: Path,
+    teacher_dataset: str | None = None,
+    teacher_acc: float | None = None,
 ) -> AmountSection | None:
     """The section, or None when the study has neither amounts (a curve of two or more) nor mixtures.
 
-    `trials`: one row per trial run (arm, phase, status, val_acc, test_acc, optional early_stopped); `arms`: the
-    `arm_table` of the study; `references`: accuracies to reach (e.g. the in-domain arm's, the teacher's).
+    `trials`: one row per trial run (arm, phase, status, val_acc, test_acc, optional early_stopped); `arms`: rows
+    of `arm_fields` (ARM_COLUMNS); the teacher's dataset and accuracy give the references to reach.
     """
-    references = references or {}
     acc = arm_accuracy(trials)
-    points = arms.merge(acc, on="arm", how="inner").dropna(subset=["count", "test_acc"])
+    points = arms[ARM_COLUMNS].merge(acc, on="arm", how="inner").dropna(subset=["count", "test_acc"])
+    references = references_of(points, teacher_dataset, teacher_acc)
     has_curve = (points.groupby("family")["arm"].count() >= 2).any() if len(points) else False
     if not len(points) or not (has_curve or (points["components"] != "").any()):
         return None
@@ -201,11 +228,25 @@ def amount_section(
     notes = []
     if points["ci_low"].isna().all():
         notes.append("No final phase ran: points are best search trials by val, without intervals.")
-    shown = points[["family", "arm", "kind", "count", "test_acc", "ci_low", "ci_high", "basis"]]
+    if references:
+        notes.append("References: " + ", ".join(f"{k} {v:.4f}" for k, v in references.items()) + ".")
+    section = AmountSection("", [plot], references, points, limits, mixtures, notes)
     md = ["## Amounts and mixtures", "", f"![accuracy vs amount]({plot.name})", ""]
     md += [f"> {n}" for n in notes] + ([""] if notes else [])
-    md += ["### Accuracy per amount", "", _table(_fmt(shown)), ""]
-    md += ["### Smallest amount reaching a share of the best and of the references", "", _table(_fmt(limits)), ""]
-    if len(mixtures):
-        md += ["### Mixtures beside their components", "", _table(_fmt(mixtures)), ""]
-    return AmountSection("\n".join(md), [plot], points, limits, mixtures, notes)
+    for title, frame in table_frames(section):
+        md += [f"### {title}", "", _table(frame), ""]
+    section.markdown = "\n".join(md)
+    return section
+
+
+def table_frames(section: AmountSection) -> list[tuple[str, pd.DataFrame]]:
+    """The section's tables, titled and formatted as strings (for Markdown and HTML alike)."""
+    shown = section.points[["family", "arm", "kind", "count", "test_acc", "ci_low", "ci_high", "basis"]]
+    out = [
+        ("Accuracy per amount", _fmt(shown)),
+        ("Smallest amount reaching a share of the best and of the references", _fmt(section.thresholds)),
+    ]
+    if len(section.mixtures):
+        out.append(("Mixtures beside their components (linear blend = sum of weight x component accuracy)",
+                    _fmt(section.mixtures)))  # fmt: skip
+    return out

@@ -53,6 +53,12 @@ class TeacherMeta(BaseModel):
     val_accuracy: float | None = None
     test_accuracy: float | None = None
     epochs: int | None = None
+    # how the teacher was trained; optional so that metas written before these keys existed still load
+    label_smoothing: float | None = None
+    optimizer: str | None = None
+    schedule: str | None = None
+    flip: bool | None = None
+    fine_grained: bool | None = None
     weights_sha256: str
     kd_study_version: str = __version__
 
@@ -141,8 +147,11 @@ def train_teacher(
 ) -> Teacher:
     """Train `spec.arch` on the train split of `spec.dataset` and save it to `out_uri`.
 
-    Plain supervised training with SGD + cosine and light random crops and pad-crop (BatchAugment); the best val
-    epoch is not picked (the test split stays untouched by every choice).
+    A standard supervised teacher, as the paper's (plain cross-entropy ResNets): cross-entropy with
+    `spec.label_smoothing` (0 by default: smoothing flattens the logits, which is what KD transfers), SGD with
+    momentum and a cosine schedule (`spec.schedule`), random crops, pad-crop and, where the label set allows it,
+    horizontal flips (`TeacherSpec.resolved_flip`). The best val epoch is not picked (the test split stays
+    untouched by every choice).
     """
     torch.manual_seed(spec.seed)
     device = pick_device()
@@ -155,16 +164,19 @@ def train_teacher(
     x_all = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous()
     y_all = torch.from_numpy(train.labels)
     steps_per_epoch = math.ceil(len(x_all) / spec.batch_size)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=spec.lr, momentum=0.9, weight_decay=spec.weight_decay, nesterov=True
-    )
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch, pct_start=0.15
-    )
+    total_steps = spec.epochs * steps_per_epoch
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    if spec.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=spec.lr, total_steps=total_steps, pct_start=0.15
+        )
     gen = torch.Generator().manual_seed(spec.seed)
-    # light geometry only (crop + pad-crop, no flips: digits and many label sets are not mirror-symmetric)
+    flip = spec.resolved_flip()
     augment = BatchAugment(
-        AugmentConfig(crop_scale=(0.8, 1.0), randaugment_ops=0, flip=False, mixup=False), mean=mean, std=std
+        AugmentConfig(crop_scale=(0.8, 1.0), randaugment_ops=0, flip=flip, mixup=False), mean=mean, std=std
     )
     model.train()
     for epoch in range(spec.epochs):
@@ -173,7 +185,7 @@ def train_teacher(
         for i in range(0, len(order), spec.batch_size):
             idx = order[i : i + spec.batch_size]
             xb, yb = augment(x_all[idx].to(device), gen), y_all[idx].to(device)
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=0.1)
+            loss = F.cross_entropy(model(xb), yb, label_smoothing=spec.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -191,6 +203,11 @@ def train_teacher(
         std=std,
         dataset=spec.dataset,
         epochs=spec.epochs,
+        label_smoothing=spec.label_smoothing,
+        optimizer=spec.optimizer,
+        schedule=spec.schedule,
+        flip=flip,
+        fine_grained=spec.resolved_fine_grained(),
     )
     provisional = TeacherMeta(**meta_fields, weights_sha256="0" * 64)
     accs = {}

@@ -123,3 +123,40 @@ class TestOutputs:
             assert all(p.grad is None for p in teacher.parameters())
         finally:
             teacher.eval()
+
+
+class TestPairRule:
+    """The authors' ``include_pair`` bold driver: a crossing counts only when its pair is also near the boundary."""
+
+    @staticmethod
+    def _line_teacher() -> nn.Module:
+        # one pixel x, two classes: logit1 - logit0 = 20 x - 10, the boundary at x = 0.5
+        teacher = nn.Sequential(nn.Flatten(), nn.Linear(1, 2))
+        with torch.no_grad():
+            teacher[1].weight.copy_(torch.tensor([[-10.0], [10.0]]))
+            teacher[1].bias.copy_(torch.tensor([5.0, -5.0]))
+        return teacher
+
+    def test_a_crossing_from_deep_inside_the_source_class_is_reverted_and_halved(self) -> None:
+        # from x = 0.3 (class 0 at 0.98) the first step of 0.25 lands at 0.55 (class 1 at 0.73): without the pair
+        # rule that is a success whose "just before" image sits at 0.98; with it the step is reverted and halved
+        # (0.125 -> x = 0.425 at 0.82, not crossed, step 0.1375) and the next crossing (0.5625 at 0.78) succeeds
+        config = AttackConfig(epsilon=0.5, alpha=0.25, max_iters=10, deepen_iters=0)
+        image = torch.full((1, 1, 1, 1), 0.3)
+        result = boundary_attack(self._line_teacher(), image, (0.0,), (1.0,), config, torch.Generator())
+        assert bool(result.success[0]) and int(result.iterations[0]) == 3
+        after, before = result.images[0].item(), result.images[1].item()
+        assert after == pytest.approx(0.5625) and before == pytest.approx(0.425)
+        conf = _probs_of(self._line_teacher(), result.images[:2]).max(1).values
+        assert (conf < config.threshold).all()
+
+    def test_every_pair_of_a_success_is_below_the_threshold(self, digits) -> None:
+        teacher, _ = digits
+        result = _attack(digits)
+        before = _probs(teacher, result.images[result.kind == 1]).max(1).values
+        assert result.success.float().mean() >= 0.9 and (before < CONFIG.threshold).all()
+
+
+def _probs_of(teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return teacher(images).softmax(1)

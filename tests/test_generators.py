@@ -165,6 +165,25 @@ class TestDeadLeaves:
         count = lambda image: len(np.unique(image.reshape(-1, 3), axis=0))  # noqa: E731
         assert count(smooth) > count(plain) + 10
 
+    def test_default_adds_leaves_until_no_background_remains(self) -> None:
+        """Canonical dead leaves cover the image: no flat background dominates (64 images at 32 px)."""
+        images = create_generator("dead_leaves", {}).generate(0, 0, 64, 32)
+        share = [np.unique(im.reshape(-1, 3), axis=0, return_counts=True)[1].max() / 1024 for im in images]
+        assert np.median(share) < 0.3
+
+    def test_coverage_mode_is_block_independent_and_its_first_leaf_is_on_top(self) -> None:
+        generator = create_generator("dead_leaves", {})
+        whole = generator.generate(5, 0, 12, 16)
+        assert np.array_equal(generator.generate(5, 7, 3, 16), whole[7:10])
+        huge = {"shapes": ["square"], "radius_min": 3.0, "radius_max": 3.0}
+        images = create_generator("dead_leaves", huge).generate(0, 0, 4, 16)
+        assert all(len(np.unique(image.reshape(-1, 3), axis=0)) == 1 for image in images)
+
+    def test_coverage_cap_leaves_the_background_showing(self) -> None:
+        tiny = {"max_shapes": 3, "radius_min": 0.01, "radius_max": 0.02}
+        image = create_generator("dead_leaves", tiny).generate(0, 0, 1, 32)[0]
+        assert np.unique(image.reshape(-1, 3), axis=0, return_counts=True)[1].max() > 900
+
     def test_unknown_shape_is_named(self) -> None:
         with pytest.raises(GeneratorError, match=r"'dead_leaves'.*shapes\.0"):
             create_generator("dead_leaves", {"shapes": ["hexagon"]})
@@ -292,3 +311,21 @@ class TestGlslFolder:
         generator = create_generator("glsl_folder", {"path": str(tmp_path)})
         with pytest.raises(GeneratorError, match="shader program 'broken' does not compile"):
             generator.generate(0, 0, 1, 8)
+
+
+@pytest.mark.parametrize(
+    ("card_name", "generator_name"),
+    [("shaders", "shaders"), ("uniform_noise", "uniform_noise"), ("spectral_noise", "spectral_noise")],
+)
+def test_bundled_cards_render_their_generator(card_name: str, generator_name: str) -> None:
+    """The README builds `shaders`; the report ranks against the noise baselines: their cards ship."""
+    from study.config import load_card
+    from study.resources import resolve_card_path
+
+    card = load_card(resolve_card_path(card_name))
+    assert card.kind == "generated" and card.generator == generator_name and card.count
+    generator = create_generator(card.generator, card.params)
+    if card_name == "shaders":
+        assert list(generator.sources) == list(bundled_programs())  # every bundled program
+    images = generator.generate(card.seed, 0, 4, card.image_size)
+    assert images.shape == (4, card.image_size, card.image_size, 3) and images.std() > 0

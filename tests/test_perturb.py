@@ -14,7 +14,7 @@ from study.config import ArmSpec, CardSpec, PerturbationSpec, RealSource, SpecEr
 from study.data import shards
 from study.data.build import build_surrogate
 from study.data.loader import read_all
-from study.data.perturb import build_perturbed, derived_name
+from study.data.perturb import CLEAN_KIND, build_perturbed, derived_name
 from study.distill.attack import AttackConfig
 from study.distill.trial import KDTrial, TrialPaths
 from study.teacher import load_meta
@@ -146,18 +146,38 @@ class TestTrial:
         assert all(0.0 <= r["attack_success"] <= 1.0 for r in reports)
         assert any(r["attack_success"] > 0 for r in reports)
 
-    def test_online_batch_keeps_its_size_and_is_deterministic_from_the_seed(
+    def test_before_augment_order_perturbs_the_uint8_batch_deterministically(
         self, source_root, digits_teacher, tmp_path
     ) -> None:
-        online = {**ATTACK.model_dump(), "mode": "online"}
+        online = {**ATTACK.model_dump(), "mode": "online", "online_order": "before_augment"}
         shards_root = str(Path(source_root).parent)
         first, second = (_trial(tmp_path, digits_teacher, shards_root, online) for _ in range(2))
-        x = torch.from_numpy(read_all(source_root, shards.read_manifest(source_root), 16)[0]).permute(0, 3, 1, 2)
-        x = x.expand(-1, first.teacher.meta.channels, -1, -1).contiguous()
+        x = _uint8_batch(source_root, first)
         out = first.perturb(x)
         assert out.shape == x.shape and out.dtype == torch.uint8
         assert first.attack_counts[1] == 4 and not torch.equal(out[:4], x[:4])
         assert torch.equal(second.perturb(x), out)
+
+    def test_default_order_attacks_the_mixed_batch_in_float_and_distils_on_the_attacked_images(
+        self, source_root, digits_teacher, tmp_path
+    ) -> None:
+        """The authors' order: augmentation, mixup, attack (no uint8 rounding), KD on what the attack returned."""
+        online = {**ATTACK.model_dump(), "mode": "online"}
+        trial = _SpyTrial.make(tmp_path, digits_teacher, str(Path(source_root).parent), online)
+        assert trial.arm.perturbation.online_order == "after_mixup" and trial.augment.config.mixup
+        trial.run(lambda metrics, _: None)
+        attacked_input, attacked_output = trial.perturbed[0]
+        assert attacked_input.dtype == torch.float32  # normalised, augmented and mixed up: not the uint8 batch
+        assert torch.equal(trial.losses[0], attacked_output)  # the student and teacher see the attacked batch
+        assert attacked_output.shape == attacked_input.shape and not torch.equal(attacked_output, attacked_input)
+        # no quantisation: attacked pixels are not on the 1/255 grid
+        mean, std = trial.teacher.meta.mean[0], trial.teacher.meta.std[0]
+        levels = (attacked_output[:4] * std + mean) * 255
+        assert (levels - levels.round()).abs().max() > 1e-3
+
+    def test_clean_fraction_is_for_offline_arms(self) -> None:
+        with pytest.raises(ValueError, match="clean_fraction"):
+            PerturbationSpec(mode="online", clean_fraction=0.5)
 
     def test_offline_arm_reads_the_derived_surrogate(self, derived, digits_teacher, tmp_path) -> None:
         # the trial names its derived surrogate with the study seed: the fixture built it with seed 3
@@ -176,3 +196,48 @@ def test_ray_tasks_build_the_same_shards_as_in_process(derived, source_root, dig
     assert not on_ray.reused and on_ray.shards_written == len(derived.manifest.shards)
     assert _shard_hashes(on_ray.root) == _shard_hashes(derived.root)
     assert on_ray.manifest == derived.manifest
+
+
+def _uint8_batch(source_root: str, trial: KDTrial) -> torch.Tensor:
+    x = torch.from_numpy(read_all(source_root, shards.read_manifest(source_root), 16)[0]).permute(0, 3, 1, 2)
+    return x.expand(-1, trial.teacher.meta.channels, -1, -1).contiguous()
+
+
+class _SpyTrial(KDTrial):
+    """A KDTrial that records what its attack received and returned and what the KD loss was computed on."""
+
+    perturbed: list[tuple[torch.Tensor, torch.Tensor]]
+    losses: list[torch.Tensor]
+
+    @classmethod
+    def make(cls, tmp_path: Path, teacher: Path, shards_root: str, perturbation: dict) -> _SpyTrial:
+        base = _trial(tmp_path, teacher, shards_root, perturbation)
+        trial = cls(base.spec, base.arm, base.paths)
+        trial.perturbed, trial.losses = [], []
+        return trial
+
+    def perturb(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().perturb(x)
+        self.perturbed.append((x.clone(), out.clone()))
+        return out
+
+    def _loss(self, x: torch.Tensor) -> torch.Tensor:
+        self.losses.append(x.clone())
+        return super()._loss(x)
+
+
+class TestCleanFraction:
+    def test_offline_set_holds_the_clean_share_of_source_images(self, derived, source_root, digits_teacher, tmp_path):
+        half = ATTACK.model_copy(update={"clean_fraction": 0.5})
+        built = build_perturbed(source_root, str(digits_teacher), str(tmp_path), half, seed=3)
+        assert (
+            derived_name("digits_tiny", half, load_meta(str(digits_teacher)).teacher_id, 3) != Path(derived.root).name
+        )
+        stored, kinds = read_all(built.root, built.manifest, field="kind")
+        kinds = np.asarray(kinds)
+        clean = (kinds == CLEAN_KIND).sum()
+        assert built.manifest.card["clean"] == clean == CARD.count // 2  # half of each source block of 8
+        assert (kinds != CLEAN_KIND).sum() == derived.manifest.count  # the same perturbed images as without
+        source = read_all(source_root, shards.read_manifest(source_root), CARD.count)[0]
+        first_clean = stored[np.flatnonzero(kinds == CLEAN_KIND)[0]]
+        assert np.array_equal(first_clean, source[0])  # a clean image is the source image, unperturbed

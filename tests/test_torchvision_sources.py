@@ -168,19 +168,28 @@ def _write_dtd(root: Path) -> None:
         (data / "labels" / f"{split}1.txt").write_text("\n".join(lines) + "\n")
 
 
+AIRCRAFT_FAMILY = {"737-300": "Boeing 737", "737-400": "Boeing 737", "A380": "A380"}
+
+
 def _write_aircraft(root: Path) -> None:
+    """torchvision's FGVC-Aircraft layout: one image folder, class lists and per-level, per-split label files.
+    Images encode their variant's label; two variants share the family 'Boeing 737'."""
     data = root / "fgvc-aircraft-2013b" / "data"
-    variants = ["707-320", "A380"]
+    variants = list(AIRCRAFT_FAMILY)
+    families = list(dict.fromkeys(AIRCRAFT_FAMILY.values()))
     data.mkdir(parents=True)
     (data / "variants.txt").write_text("\n".join(variants) + "\n")
+    (data / "families.txt").write_text("\n".join(families) + "\n")
     for split in ("train", "val", "test", "trainval"):
-        lines = []
+        variant_lines, family_lines = [], []
         for label, variant in enumerate(variants):
             for i in range(3):
                 image = f"{split}{label}{i}"
                 _write_jpeg(data / "images" / f"{image}.jpg", label)
-                lines.append(f"{image} {variant}")
-        (data / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
+                variant_lines.append(f"{image} {variant}")
+                family_lines.append(f"{image} {AIRCRAFT_FAMILY[variant]}")
+        (data / f"images_variant_{split}.txt").write_text("\n".join(variant_lines) + "\n")
+        (data / f"images_family_{split}.txt").write_text("\n".join(family_lines) + "\n")
 
 
 def _write_pets(root: Path) -> None:
@@ -288,8 +297,16 @@ class TestFileSources:
     def test_fgvc_aircraft_reads_variant_annotations(self, tmp_path: Path) -> None:
         _write_aircraft(tmp_path)
         data = load_source("fgvc_aircraft", "trainval", 8, root=str(tmp_path), params={"annotation_level": "variant"})
-        assert data.classes == ["707-320", "A380"] and np.bincount(data.labels).tolist() == [3, 3]
+        assert data.classes == list(AIRCRAFT_FAMILY) and np.bincount(data.labels).tolist() == [3, 3, 3]
         _assert_paired(data.images, data.labels, tol=3)
+
+    def test_fgvc_aircraft_defaults_to_the_papers_family_level(self, tmp_path: Path) -> None:
+        # a teacher loads its dataset without params: it must classify the 70 families, as the paper's teachers do
+        _write_aircraft(tmp_path)
+        data = load_source("fgvc_aircraft", "train", 8, root=str(tmp_path))
+        assert data.classes == ["Boeing 737", "A380"] and np.bincount(data.labels).tolist() == [6, 3]
+        variant_label = np.rint((data.images[:, 0, 0, 1].astype(float) - 5) / 20).astype(int)
+        assert (data.labels == (variant_label == 2).astype(int)).all()  # both 737 variants are family 0
 
     def test_oxford_pets_train_is_trainval_and_count_balances_breeds(self, tmp_path: Path) -> None:
         _write_pets(tmp_path)

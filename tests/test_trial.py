@@ -109,3 +109,20 @@ def _without_mixup(trial: KDTrial, batch: torch.Tensor):
     params = trial.augment.draw(len(batch), 32, 32, torch.Generator().manual_seed(0))
     params.lam = torch.empty(0)
     return params
+
+
+def test_student_flips_follow_the_digits_teacher_and_the_temperature_rule_is_exposed(
+    digits_teacher: Path, shards_root: str
+) -> None:
+    from study.distill.temperature import arm_recipe
+
+    spec = tiny_spec()
+    trial = KDTrial(spec, spec.arm("digits"), TrialPaths(str(digits_teacher), shards_root))
+    assert trial.teacher.meta.flip is False and trial.augment.config.flip is False  # a mirrored digit is no digit
+    assert arm_recipe(trial.train, trial.card, trial.teacher.meta, spec.teacher) == {
+        "temperature": 2.0,
+        "temperature_rule": "real",
+        "flip": False,
+    }
+    flipped = tiny_spec(flip=True)
+    assert KDTrial(flipped, flipped.arm("digits"), TrialPaths(str(digits_teacher), shards_root)).augment.config.flip

@@ -3,11 +3,17 @@
 Frank & Davis (CVPR 2025) pass every surrogate through the teacher and keep 50K images, an equal number per
 predicted class; their imbalance ablation keeps a long-tailed mix instead (`BalanceSpec.quotas`).
 
-Determinism: candidates are scanned in a fixed order (candidate i = generator image i, or the real source's i-th
-image in its stored order) in fixed-size batches, and the kept set depends only on the sequence of teacher
-predictions, which is stored with the selection. A CPU and a GPU build therefore keep the same images unless the
-teacher's top two logits for some candidate are so close that the devices' rounding puts them in a different
-order (a prediction at a tie); predictions run in full precision (no autocast, no TF32) to make that rare.
+Unbiased order: candidates are scanned in a seeded random order (`scan_order`, deterministic from the card's seed),
+for real and generated sources alike. Quotas fill first-come, so a scan in the stored order of a class-sorted
+source (ImageNet folders, Food-101, Pets, Tiny ImageNet) would fill every quota from the first source classes and
+keep a far less diverse set than the source; in random order each source class is kept in proportion. The raw
+candidate pool (the paper's class-entropy population) is the first N candidates of the same order.
+
+Determinism: the kept set depends only on the scan order and the sequence of teacher predictions, which is stored
+with the selection (candidates are scanned in fixed-size batches). A CPU and a GPU build therefore keep the same
+images unless the teacher's top two logits for some candidate are so close that the devices' rounding puts them in
+a different order (a prediction at a tie); predictions run in full precision (no autocast, no TF32) to make that
+rare.
 
 Resume: the finished scan is persisted as `_parts/selection.json` (kept candidate indices and predictions, raw and
 achieved histograms), so a killed build rewrites neither the scan nor the shards it finished.
@@ -24,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from study import storage
-from study.config import BalanceSpec
+from study.config import BalanceSpec, CardSpec
 from study.data.loader import to_teacher_input
 from study.data.shards import SelectionRecord, ShardError
 from study.teacher import Teacher, normalise, predict
@@ -35,7 +41,21 @@ SELECTION = "selection.json"
 SCAN_BATCH = 512  # fixed: a batch size change could move a tie on some devices, so it is not a knob
 
 CandidateSource = Callable[[int, int], np.ndarray]
-"""`(start, n)` -> uint8 (n, H, W, C): candidates `start .. start+n-1` in the fixed scan order."""
+"""`(start, n)` -> uint8 (n, H, W, C): the candidates at scan positions `start .. start+n-1`."""
+SCAN_ORDER_STREAM = 0x5CA4  # separates the scan order's random stream from the card's image streams
+
+
+def scan_order(card: CardSpec, n_candidates: int) -> np.ndarray:
+    """The order a balanced build scans candidates in: a permutation of `range(n_candidates)` seeded by the card.
+
+    Candidate i is the real source's i-th image as loaded (`source.split`, at most `balance.candidates`) or the
+    generator's image i. Deterministic from `card.seed` and `n_candidates` alone, so the report can take the raw
+    pool as the first N candidates of this order without a teacher.
+    """
+    if n_candidates < 0:
+        raise ValueError(f"card '{card.name}': n_candidates must be >= 0, got {n_candidates}")
+    return np.random.default_rng([card.seed, SCAN_ORDER_STREAM]).permutation(n_candidates)
+
 
 ScanProgress = Callable[[int, int, int], None]
 """`(scanned, kept, budget)`, called after each scanned batch."""
@@ -86,8 +106,12 @@ def scan(
     teacher: Teacher,
     card: dict,
     on_scan: ScanProgress | None = None,
+    order: np.ndarray | None = None,
 ) -> Selection:
     """Scan up to `budget` candidates in order, keeping each while its predicted class's quota is not full.
+
+    `order[p]` is the candidate index at scan position p (`scan_order`); the selection records candidate
+    indices. None: position p is candidate p.
 
     Stops at the candidate that fills the last quota (so `candidates_scanned` does not depend on the batch size)
     or when the budget is spent; then `record.complete` is False and some class has fewer than its quota.
@@ -106,7 +130,7 @@ def scan(
             scanned = start + offset + 1
             if achieved[c] < quotas[c]:
                 achieved[c] += 1
-                kept_ids.append(start + offset)
+                kept_ids.append(start + offset if order is None else int(order[start + offset]))
                 kept_preds.append(c)
                 open_classes -= achieved[c] == quotas[c]
                 if open_classes == 0:

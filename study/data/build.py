@@ -25,7 +25,7 @@ import numpy as np
 from study import storage
 from study.config import CardSpec
 from study.data import shards
-from study.data.balance import ScanProgress, Selection, load_selection, save_selection, scan
+from study.data.balance import ScanProgress, Selection, load_selection, save_selection, scan, scan_order
 from study.data.images import LabelledImages, class_interleaved_order
 from study.data.real import load_source
 from study.teacher import Teacher, TeacherMeta, load_meta, load_teacher
@@ -157,7 +157,8 @@ def _select(
         return selection, data, True
     if data is not None:
         budget = len(data)
-        source = lambda start, n: data.images[start : start + n]  # noqa: E731
+        order = scan_order(card, budget)
+        source = lambda start, n: data.images[order[start : start + n]]  # noqa: E731
     else:
         from study.data.generators import create_generator
 
@@ -165,8 +166,15 @@ def _select(
         generator = create_generator(card.generator, card.params, reference_stats=reference_stats)
         quota_total = sum(card.balance.quotas(meta.num_classes))
         budget = card.balance.candidates or card.balance.DEFAULT_CANDIDATES_PER_IMAGE * quota_total
-        source = lambda start, n: generator.generate(card.seed, start, n, card.image_size)  # noqa: E731
-    selection = scan(source, budget, card.balance, get_teacher(), snapshot, on_scan)
+        order = scan_order(card, budget)
+
+        def source(start: int, n: int) -> np.ndarray:
+            ids = order[start : start + n]
+            by_id = np.argsort(ids, kind="stable")  # render in index order (consecutive runs at once), then unsort
+            rendered = _generate_ids(generator, card.seed, ids[by_id].tolist(), card.image_size)
+            return rendered[np.argsort(by_id, kind="stable")]
+
+    selection = scan(source, budget, card.balance, get_teacher(), snapshot, on_scan, order=order)
     save_selection(root, selection)
     return selection, data, False
 
@@ -218,6 +226,12 @@ def build_surrogate(
         raise shards.ShardError(
             f"card '{card.name}': 'balance' selects images through a teacher; give one (kd-study data build --teacher)"
         )
+    generator_version = None
+    if card.kind == "generated":
+        from study.data.generators import create_generator
+
+        assert card.generator is not None
+        generator_version = create_generator(card.generator, card.params, reference_stats=reference_stats).version
     if storage.exists(storage.join(root, shards.MANIFEST)):
         old = shards.read_manifest(root)
         wanted = count
@@ -225,28 +239,25 @@ def build_surrogate(
             wanted = min(count, old.selection.kept)
         same_teacher = card.balance is None or old.teacher == teacher_id
         same_stats = card.kind != "generated" or old.reference_stats == stats_record(reference_stats)
-        if old.card == card_snapshot and (wanted is None or old.count == wanted) and same_teacher and same_stats:
+        same_images = old.card == card_snapshot and old.generator_version == generator_version and same_stats
+        if same_images and (wanted is None or old.count == wanted) and same_teacher:
             shards.check_present(root, old)
             if on_shard:
                 on_shard(len(old.shards), len(old.shards))
             return BuildResult(root, old, 0, len(old.shards), reused=True)
         if not replace_stale:
             raise shards.ShardError(
-                f"{root}: already holds a surrogate built from a different card, count, teacher or reference "
-                f"statistics (count {old.count}, teacher {old.teacher}); remove it or give the card another name"
+                f"{root}: already holds a surrogate built from a different card, generator version, count, teacher "
+                f"or reference statistics (count {old.count}, generator version {old.generator_version}, "
+                f"teacher {old.teacher}); remove it or give the card another name"
             )
-        log.warning("%s: built from another card, count, teacher or reference statistics; rebuilding", root)
+        log.warning("%s: built from another card, generator version, count, teacher or statistics; rebuilding", root)
         shards.forget_build(root, old)
 
-    generator_version, selection, selection_reused = None, None, False
+    selection, selection_reused = None, False
     data: LabelledImages | None = None
     if card.kind not in ("real", "generated"):
         raise shards.ShardError(f"card '{card.name}': kind '{card.kind}' is not buildable by this command yet")
-    if card.kind == "generated":
-        from study.data.generators import create_generator
-
-        assert card.generator is not None
-        generator_version = create_generator(card.generator, card.params, reference_stats=reference_stats).version
     if card.balance is not None:
         assert meta is not None
         selection, data, selection_reused = _select(card, root, meta, get_teacher, reference_stats, on_scan)

@@ -35,12 +35,17 @@ from study.data import shards
 from study.data.build import BuildResult
 from study.data.loader import iter_blocks, to_teacher_input
 from study.device import pick_device
-from study.distill.attack import AttackConfig, boundary_attack
-from study.teacher import Teacher, load_teacher
+from study.distill.attack import KINDS, AttackConfig, boundary_attack
+from study.teacher import Teacher, load_teacher, normalise, predict
 
 log = logging.getLogger(__name__)
 
 STATS_SUFFIX = ".perturb.json"
+ATTACK_VERSION = 2
+"""Bumped when `boundary_attack` changes its output for the same config (2: the authors' pair rule), so a
+derived set of an older attack is rebuilt under a new name rather than reused."""
+CLEAN_KIND = len(KINDS)
+"""`kind` of a clean source image kept in a derived block (`clean_fraction`); 0..3 index `attack.KINDS`."""
 _TEACHERS: dict[str, Teacher] = {}
 
 
@@ -50,7 +55,15 @@ def attack_config(spec: PerturbationSpec) -> AttackConfig:
 
 def derived_name(source: str, spec: PerturbationSpec, teacher_id: str, seed: int) -> str:
     """`<source>__adv_<hash8>`: hash of the attack config, fraction, build seed and teacher id."""
-    key = {"attack": spec.attack_fields(), "fraction": spec.fraction, "seed": seed, "teacher": teacher_id}
+    key = {
+        "attack": spec.attack_fields(),
+        "attack_version": ATTACK_VERSION,
+        "fraction": spec.fraction,
+        "seed": seed,
+        "teacher": teacher_id,
+    }
+    if spec.clean_fraction:  # only when set, so derived sets built before the field existed keep their names
+        key["clean_fraction"] = spec.clean_fraction
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     return f"{source}__adv_{digest}"
 
@@ -71,6 +84,7 @@ class BlockResult:
     successes: int
     before: list[int]
     after: list[int]
+    clean: int = 0
 
 
 def perturb_block(
@@ -82,29 +96,51 @@ def perturb_block(
     seed: int,
     device: torch.device,
 ) -> BlockResult:
-    """Attack the first `ceil(fraction * n)` images of a source block (uint8 N x H x W x C)."""
+    """Attack the first `ceil(fraction * n)` images of a source block (uint8 N x H x W x C).
+
+    With `clean_fraction` c > 0 the block also keeps its first `ceil(c * N)` source images unperturbed (kind
+    `CLEAN_KIND`), as an online batch keeps clean images beside the perturbed ones: a share
+    `cN / (cN + 4S)` of the derived set for S successes.
+    """
     meta_t = teacher.meta
     n = math.ceil((spec.fraction or 1.0) * len(images))
-    batch = torch.from_numpy(np.ascontiguousarray(images[:n])).to(device)
-    x = to_teacher_input(batch, meta_t.channels, meta_t.image_size).float() / 255.0
+    adapted = to_teacher_input(
+        torch.from_numpy(np.ascontiguousarray(images)).to(device), meta_t.channels, meta_t.image_size
+    )
+    x = adapted[:n].float() / 255.0
     result = boundary_attack(
         teacher.model, x, meta_t.mean, meta_t.std, attack_config(spec), block_generator(seed, block)
     )
-    out = (result.images * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    perturbed = (result.images * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    c = spec.clean_fraction
+    n_clean = math.ceil(c * len(images))
+    clean = adapted[:n_clean]
+    clean_pred = teacher_logits(teacher, clean).argmax(1)
+    out = torch.cat([perturbed, clean]).permute(0, 2, 3, 1).cpu().numpy()
     k = meta_t.num_classes
+    predictions = torch.cat([result.predictions, clean_pred]).cpu()
     return BlockResult(
         images=np.ascontiguousarray(out),
         meta={
             "source_start": source_start,
-            "source_index": (result.source_index.cpu() + source_start).tolist(),
-            "kind": result.kind.cpu().tolist(),
-            "teacher_pred": result.predictions.cpu().tolist(),
+            "source_index": (result.source_index.cpu() + source_start).tolist()
+            + list(range(source_start, source_start + n_clean)),
+            "kind": result.kind.cpu().tolist() + [CLEAN_KIND] * n_clean,
+            "teacher_pred": predictions.tolist(),
         },
         attacked=n,
         successes=int(result.success.sum()),
         before=np.bincount(result.pred_before.cpu().numpy(), minlength=k).tolist(),
-        after=np.bincount(result.predictions.cpu().numpy(), minlength=k).tolist(),
+        after=np.bincount(predictions.numpy(), minlength=k).tolist(),
+        clean=n_clean,
     )
+
+
+def teacher_logits(teacher: Teacher, adapted: torch.Tensor) -> torch.Tensor:
+    """The teacher's logits on adapted uint8 (N, C, H, W) images."""
+    if len(adapted) == 0:
+        return torch.empty(0, teacher.meta.num_classes, device=adapted.device)
+    return predict(teacher.model, normalise(adapted, teacher.meta.mean, teacher.meta.std))
 
 
 def _cached_teacher(uri: str) -> Teacher:
@@ -218,9 +254,12 @@ def build_perturbed(
         "source_card": source.card,
         "teacher": teacher_id,
         "attack": spec.attack_fields(),
+        "attack_version": ATTACK_VERSION,
         "fraction": spec.fraction,
         "seed": seed,
     }
+    if spec.clean_fraction:
+        derivation["clean_fraction"] = spec.clean_fraction
     if storage.exists(storage.join(root, shards.MANIFEST)):
         old = shards.read_manifest(root)
         if {k: old.card.get(k) for k in derivation} == json.loads(json.dumps(derivation)):
@@ -261,6 +300,7 @@ def build_perturbed(
         stats[index] = {
             "attacked": sum(r.attacked for r in results),
             "successes": sum(r.successes for r in results),
+            "clean": sum(r.clean for r in results),
             "before": np.sum([r.before for r in results] or [[0] * k], axis=0).tolist(),
             "after": np.sum([r.after for r in results] or [[0] * k], axis=0).tolist(),
         }
@@ -273,6 +313,7 @@ def build_perturbed(
 
     attacked = sum(s["attacked"] for s in stats.values())
     successes = sum(s["successes"] for s in stats.values())
+    clean = sum(s.get("clean", 0) for s in stats.values())
     before = np.sum([s["before"] for s in stats.values()], axis=0).tolist()
     after = np.sum([s["after"] for s in stats.values()], axis=0).tolist()
     count = sum(i.count for i in infos.values())
@@ -291,6 +332,7 @@ def build_perturbed(
             "attacked": attacked,
             "successes": successes,
             "success_rate": successes / max(attacked, 1),
+            "clean": clean,
             "histogram_before": before,
             "histogram_after": after,
         },
@@ -298,7 +340,7 @@ def build_perturbed(
         count=count,
         image_size=teacher.meta.image_size,
         channels=teacher.meta.channels,
-        images_per_sample=4 * source.images_per_sample,
+        images_per_sample=(5 if spec.clean_fraction else 4) * source.images_per_sample,
         labelled=False,
         classes=teacher.meta.classes,
         class_histogram=after,

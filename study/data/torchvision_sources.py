@@ -2,7 +2,8 @@
 
 Each source opens the dataset with its real torchvision class, so the on-disk layout, the integrity checks and the
 download are torchvision's. Our split names map onto the dataset's: `train`, `val` and `test` always exist, and a
-dataset's own extra splits keep their names (SVHN `extra`, STL-10 `unlabeled`, Aircraft and Pets `trainval`). A
+dataset's own extra splits keep their names (SVHN `extra`, STL-10 `unlabeled`, Aircraft and Pets `trainval`); Aircraft
+classifies the 70 families unless a card asks for `annotation_level: variant` (100 classes). A
 dataset without an official validation split gives `val` and `test` as two fixed, stratified halves of its official
 test split (the design's val/test convention: search on one half, report on the other); EuroSAT, which ships no
 splits at all, is cut 60/20/20. Labels are read before any image is decoded, so `count` picks a seeded,
@@ -76,9 +77,12 @@ def _register(
     splits: dict[str, _Split],
     opener: Callable[[Any, str], _Opened],
     options: dict[str, str] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
-    """Register source `name` over `torchvision.datasets.<cls_name>`; `options` maps card params to its kwargs."""
+    """Register source `name` over `torchvision.datasets.<cls_name>`; `options` maps card params to its kwargs,
+    `defaults` gives card params their values when a card (or a teacher, which passes none) leaves them out."""
     allowed = dict(options or {})
+    preset = dict(defaults or {})
 
     def load(
         split: str,
@@ -97,7 +101,7 @@ def _register(
             raise SourceError(f"real source '{name}': unknown params {unknown}; known: {['download', *allowed]}")
         where = default_root(name, root)
         spec = splits[split]
-        kwargs = {**spec.kwargs, **{allowed[k]: v for k, v in params.items()}}
+        kwargs = {**spec.kwargs, **{allowed[k]: v for k, v in {**preset, **params}.items()}}
         cls = getattr(torchvision.datasets, cls_name)
         try:
             dataset = cls(str(where), download=bool(download), **kwargs)
@@ -206,6 +210,8 @@ _register(
     {s: _Split({"split": s}) for s in ("train", "val", "test", "trainval")},
     _listed,
     options={"annotation_level": "annotation_level"},
+    # the paper's Aircraft teachers classify the 70 families; `annotation_level: variant` gives the 100 variants
+    defaults={"annotation_level": "family"},
 )
 _register(
     "oxford_pets",

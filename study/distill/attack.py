@@ -6,10 +6,12 @@ teacher's prediction, with a bold-driver step size per image (Vogl et al., 1988;
 
 * start at ``alpha``; each step ``x <- clip_{x0, eps}(x - step * sign(grad_x CE(teacher(norm(x)), target)))``;
 * not crossed (prediction != target): keep the step, ``step *= 1.1``;
-* crossed with max-softmax >= ``threshold``: the step overshot deep into the target class, so revert it and
-  ``step *= 0.5``;
-* crossed with max-softmax < ``threshold``: success; keep the image just after the crossing and the one just
-  before it (a pair straddling the decision boundary).
+* crossed, but the new image or its pair (the image the step started from) has max-softmax >= ``threshold``:
+  the step overshot deep into the target class, or started deep inside the source class, so revert it and
+  ``step *= 0.5`` (the authors' ``include_pair`` rule: smaller steps bring the pre-crossing image up to the
+  boundary too);
+* crossed with both the new image and its pair below ``threshold``: success; keep the image just after the
+  crossing and the one just before it (a pair straddling the decision boundary, both near it).
 
 Each kept image is then pushed deeper into its own predicted class by a second targeted walk with the same
 mechanics (target = its own class; a step that leaves the class is reverted and halved) until its max-softmax
@@ -132,6 +134,7 @@ def _cross(
     device = start.device
     cur = start.clone()
     logits, direction = teacher.step_direction(cur, target)
+    cur_conf = logits.softmax(1).max(1).values  # max-softmax of the pair candidate (the walk's current image)
     after = cur.clone()
     pred_after = logits.argmax(1)
     step = torch.full((n,), config.alpha, device=device)
@@ -145,7 +148,7 @@ def _cross(
         logits, cand_dir = teacher.step_direction(cand, target[idx])
         conf, pred = logits.softmax(1).max(1)
         crossed = pred == target[idx]
-        done = crossed & (conf < config.threshold)
+        done = crossed & (conf < config.threshold) & (cur_conf[idx] < config.threshold)
         advance = ~crossed
         factor = torch.where(advance, STEP_UP, torch.where(done, 1.0, STEP_DOWN))
         step[idx] = step[idx] * factor
@@ -153,6 +156,7 @@ def _cross(
         pred_after[idx] = pred
         keep = idx[advance]
         cur[keep] = cand[advance]
+        cur_conf[keep] = conf[advance]
         direction[keep] = cand_dir[advance]
         finished = idx[done]
         success[finished] = True

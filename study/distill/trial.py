@@ -8,14 +8,17 @@ A resumed trial replays its data stream up to the checkpoint and continues with 
 matches an uninterrupted run.
 
 Adversarial boundary perturbation (the arm's `perturbation`, `study.distill.attack`): `offline` arms read the
-derived surrogate `study.data.perturb` built for this teacher; `online` arms attack each batch before augmentation,
-as the authors' code does. Online, the perturbed images REPLACE part of the batch rather than extend it, so the
-batch size, the learning-rate schedule and the image budget mean the same thing in every arm: the first
-`ceil(fraction * B / 4)` clean images (in [0, 1], at the teacher's input size) are attacked with targets drawn
-from the trial's generator, the 4 images of each success (quantised to uint8, as offline shards store them) take
-the front of the batch, and the un-attacked clean images, then the failed ones, fill it to B. Augmentation and
-mixup then run on the whole batch, as for any surrogate. `attack_success` (successes / attacked images over the
-report interval) joins the metrics.
+derived surrogate `study.data.perturb` built for this teacher (kd-study's own variant: attacked once, augmented at
+training time). `online` arms attack every batch. Order `after_mixup` (the default) is the authors' (their training
+loop: augmentation, mixup, the bold-driver attack, the deeper attack, KD): the batch is augmented and mixed up, the
+attack runs on the mixed images in float pixel space (no uint8 rounding, which could undo a crossing smaller than
+1/255), and the student learns from the teacher's outputs on the attacked images, so boundary samples reach the
+student as the attack left them. Order `before_augment` attacks the clean uint8 batch and augments the result.
+The perturbed images REPLACE part of the batch rather than extend it (the authors' batch is the 4 images per
+success alone, of variable size), so the batch size, the learning-rate schedule and the image budget mean the same
+thing in every arm: the first `ceil(fraction * B / 4)` images are attacked with targets drawn from the trial's
+generator, the 4 images of each success take the front of the batch, and the un-attacked images, then the failed
+ones, fill it to B. `attack_success` (successes / attacked images over the report interval) joins the metrics.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from study.device import autocast_dtype, pick_device
 from study.distill.attack import boundary_attack
 from study.distill.augment import AugmentConfig, BatchAugment
 from study.distill.loss import kd_loss, onehot_kd_loss
+from study.distill.temperature import kd_temperature, student_flip
 from study.models import create_model
 from study.resources import resolve_card_path
 from study.teacher import eval_split, load_teacher, predict_classes
@@ -163,8 +167,9 @@ class KDTrial:
             self.optimizer, T_max=self.total_steps, eta_min=t.lr_min
         )
         synthetic = is_synthetic(self.card)
-        # the paper's temperatures: 2 on real images, 20 on synthetic ones, whose teacher outputs are peakier
-        self.temperature = t.temperature if t.temperature is not None else (20.0 if synthetic else 2.0)
+        # the paper's temperatures: 20 on synthetic images and for fine-grained teachers, 2 otherwise
+        self.temperature_choice = kd_temperature(t, self.card, meta, spec.teacher)
+        self.temperature = self.temperature_choice.value
         self.augment = BatchAugment(
             AugmentConfig(
                 crop_scale=(t.crop_scale_min, 1.0),
@@ -173,7 +178,7 @@ class KDTrial:
                 # the paper adds elastic warps and inversions for shader images only
                 elastic_p=0.5 if is_shader(self.card) else 0.0,
                 invert_p=0.1 if is_shader(self.card) else 0.0,
-                flip=t.flip,
+                flip=student_flip(t, meta, spec.teacher),
                 pad_fraction=t.pad_fraction,
                 mixup=t.mixup,
             ),
@@ -191,6 +196,7 @@ class KDTrial:
         self.test_teacher_pred = self.predict(self.teacher.model, self.test[0])
         online = arm.perturbation.mode == "online"
         self.attack = attack_config(arm.perturbation) if online else None
+        self.attack_after_mixup = online and arm.perturbation.online_order == "after_mixup"
         self.attacked_per_batch = math.ceil((arm.perturbation.fraction or 1.0) * t.batch_size / 4) if online else 0
         self.attack_counts = [0, 0]  # (successes, attacked) since the last report
 
@@ -246,15 +252,27 @@ class KDTrial:
         return kd_loss(student_logits, teacher_logits, self.temperature)
 
     def perturb(self, x: torch.Tensor) -> torch.Tensor:
-        """Online boundary perturbation of an adapted uint8 batch; same shape, perturbed images in front."""
+        """Online boundary perturbation of a batch; same shape, perturbed images in front.
+
+        Order `after_mixup`: `x` is the augmented, mixed-up batch as the student sees it (normalised float) and
+        so is the result. Order `before_augment`: `x` is an adapted uint8 batch and so is the result.
+        """
         meta, n = self.teacher.meta, self.attacked_per_batch
         assert self.attack is not None
-        result = boundary_attack(
-            self.teacher.model, x[:n].float() / 255.0, meta.mean, meta.std, self.attack, self.generator
-        )
-        perturbed = (result.images * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+        if self.attack_after_mixup:
+            mean = torch.tensor(meta.mean, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(meta.std, device=x.device).view(1, -1, 1, 1)
+            # mixup and the mean fill keep pixels inside [0, 1]; clamp only float rounding at the edges
+            pixels = (x.float() * std + mean).clamp_(0.0, 1.0)
+        else:
+            pixels = x[:n].float() / 255.0
+        result = boundary_attack(self.teacher.model, pixels[:n], meta.mean, meta.std, self.attack, self.generator)
         self.attack_counts[0] += int(result.success.sum())
         self.attack_counts[1] += n
+        if self.attack_after_mixup:
+            perturbed = (result.images - mean) / std
+        else:
+            perturbed = (result.images * 255.0).round_().clamp_(0, 255).to(torch.uint8)
         return torch.cat([perturbed, x[n:], x[:n][~result.success]])[: len(x)]
 
     def run(self, report: Reporter) -> dict[str, float]:
@@ -269,9 +287,11 @@ class KDTrial:
         while self.step < self.total_steps:
             batch = next(batches).to(self.device, non_blocking=True)
             x = to_teacher_input(batch, self.teacher.meta.channels, self.teacher.meta.image_size)
-            if self.attack is not None:
+            if self.attack is not None and not self.attack_after_mixup:
                 x = self.perturb(x)
             x = self.augment(x, self.generator)
+            if self.attack_after_mixup:
+                x = self.perturb(x)
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             loss = self._loss(x)
