@@ -55,6 +55,8 @@ def raw_pool(card: CardSpec, n: int, reference_stats: tuple[list[float], list[fl
         by_id = np.argsort(ids, kind="stable")
         rendered = np.stack([generator.generate(card.seed, int(i), 1, card.image_size)[0] for i in ids[by_id]])
         return rendered[np.argsort(by_id, kind="stable")]
+    if card.kind == "mixture":
+        return _mixture_pool(card, n, reference_stats, num_classes)
     if card.kind != "real" or card.source is None:
         raise ValueError(f"card '{card.name}': no raw candidate pool for kind '{card.kind}'")
     count = card.balance.candidates if card.balance else card.count
@@ -68,6 +70,28 @@ def raw_pool(card: CardSpec, n: int, reference_stats: tuple[list[float], list[fl
         params=card.source.params,
     )
     return data.images[scan_order(card, len(data.images))[:n]]
+
+
+def _mixture_pool(
+    card: CardSpec, n: int, reference_stats: tuple[list[float], list[float]], num_classes: int
+) -> np.ndarray:
+    """A mixture's raw pool: each component's raw pool in its weighted share of `n` (largest remainder),
+    interleaved as the mixture stores its images; grey components are repeated to the widest channel count."""
+    from study.data.mixture import allocate, component_cards, interleave
+
+    weights = [c.weight for c in card.components or []]
+    pools = [
+        raw_pool(part, k, reference_stats, num_classes) if k else None
+        for part, k in zip(component_cards(card), allocate(n, weights), strict=True)
+    ]
+    channels = max(p.shape[3] for p in pools if p is not None)
+    pools = [p if p is None or p.shape[3] == channels else np.repeat(p, channels, axis=3) for p in pools]
+    taken = [0] * len(pools)
+    out = []
+    for i in interleave([0 if p is None else len(p) for p in pools]):
+        out.append(pools[i][taken[i]])  # type: ignore[index]
+        taken[i] += 1
+    return np.stack(out)
 
 
 def arm_temperature(spec: StudySpec, arm: ArmSpec, card: CardSpec, meta: TeacherMeta) -> float:
