@@ -361,7 +361,9 @@ class BudgetSpec(Strict):
     @model_validator(mode="after")
     def _report_fits(self) -> BudgetSpec:
         if self.mode == "epochs":
-            wrong = sorted({"images", "report_every"} & self.model_fields_set)
+            # compared with the defaults, not `model_fields_set`: a dumped spec (the trials' copy) sets every field
+            defaults = BudgetSpec.model_fields
+            wrong = [f for f in ("images", "report_every") if getattr(self, f) != defaults[f].default]
             if wrong:
                 raise ValueError(
                     f"{wrong} apply to mode 'images'; mode 'epochs' uses 'epochs' and 'report_every_epochs'"
@@ -371,7 +373,7 @@ class BudgetSpec(Strict):
             if self.report_every_epochs > self.epochs:
                 raise ValueError("'report_every_epochs' must not exceed 'epochs'")
             return self
-        if {"epochs", "report_every_epochs"} & self.model_fields_set:
+        if self.epochs is not None or self.report_every_epochs != 1:
             raise ValueError("'epochs' and 'report_every_epochs' apply to mode 'epochs' (set mode: epochs)")
         if self.report_every > self.images:
             raise ValueError("'report_every' must not exceed 'images'")

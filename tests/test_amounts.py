@@ -94,6 +94,8 @@ class TestBudgetMode:
             BudgetSpec(mode="epochs")
         with pytest.raises(ValueError, match="apply to mode 'epochs'"):
             BudgetSpec(epochs=3)
+        for budget in (BudgetSpec(), BudgetSpec(mode="epochs", epochs=2)):  # trials receive the spec as JSON
+            assert BudgetSpec.model_validate_json(budget.model_dump_json()) == budget
 
     def test_an_epochs_trial_trains_its_amount_times_epochs(self, digits_teacher: Path, tmp_path: Path) -> None:
         build_surrogate(CardSpec(name="digits_train", kind="real", source={"name": "digits"}), str(tmp_path))
