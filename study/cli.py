@@ -48,6 +48,7 @@ def _root(
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not debug:  # MLflow and its migrations log at INFO through their own handlers
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -108,23 +109,21 @@ def _progress() -> Progress:
 def _print_ranking(outcome) -> None:
     ranking = outcome.report.ranking
     show_surrogate = bool(len(ranking)) and bool((ranking["arm"] != ranking["surrogate"]).any())
-    table = Table(title="Surrogates ranked by student test accuracy (best trial by val)")
-    columns = ["#", "arm", *(["surrogate"] if show_surrogate else []), "trials", "test acc", "val acc", "mean ± std"]
+    table = Table(title="Arms ranked by student test accuracy")
+    columns = ["#", "arm", *(["surrogate"] if show_surrogate else []), "test acc", "95% CI", "basis"]
     for col in columns:
-        table.add_column(col, justify="left" if col in ("arm", "surrogate") else "right", no_wrap=True)
+        table.add_column(col, justify="left" if col in ("arm", "surrogate", "basis") else "right", no_wrap=True)
     for rank, row in ranking.iterrows():
         cells = [str(rank), row["arm"], *([row["surrogate"]] if show_surrogate else [])]
-        cells += [
-            str(row["trials"]),
-            f"{row['test_acc']:.2%}",
-            f"{row['best_val_acc']:.2%}",
-            f"{row['test_acc_mean']:.1%} ± {row['test_acc_std']:.1%}",
-        ]
+        ci = "" if row["ci_low"] != row["ci_low"] else f"{row['ci_low']:.1%} .. {row['ci_high']:.1%}"
+        basis = "final seeds" if row["basis"].startswith("mean") else "best trial by val"
+        cells += [f"{row['test_acc']:.2%}", ci, basis]
         table.add_row(*cells)
     console.print(table)
     if outcome.teacher.test_accuracy is not None:
         console.print(f"teacher test accuracy: {outcome.teacher.test_accuracy:.2%}")
-    console.print(f"report: [bold]{outcome.report.markdown}[/]", soft_wrap=True)
+    console.print(f"finding: {outcome.report.finding}", soft_wrap=True)
+    console.print(f"report: [bold]{outcome.report.html}[/] (and report.md beside it)", soft_wrap=True)
     console.print(f"MLflow UI: [bold]mlflow ui --backend-store-uri {outcome.paths.tracking_uri}[/]", soft_wrap=True)
 
 
@@ -178,13 +177,14 @@ def run(
 def report(
     spec: Annotated[str, typer.Argument(help="Study spec (YAML path or bundled name).")],
     root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Report folder (default <root>/report).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (default <root>/report/<study name>).")] = None,
 ) -> None:
     """Rebuild the report from the MLflow store alone."""
     from study.config import load_study
     from study.pipeline import open_tracker, study_paths
     from study.report import write_report
     from study.resources import resolve_spec_path
+    from study.sweep import total_trials
     from study.teacher import load_meta
 
     with user_errors():
@@ -197,8 +197,33 @@ def report(
             out or Path(paths.report_dir),
             meta.test_accuracy,
             title=study_spec.name,
+            teacher=meta,
+            expected_trials=total_trials(study_spec),
         )
-    console.print(f"report: [bold]{result.markdown}[/] ({len(result.ranking)} arms)")
+    console.print(f"finding: {result.finding}", soft_wrap=True)
+    console.print(
+        f"report: [bold]{result.html}[/] and {result.markdown.name} ({len(result.ranking)} arms)", soft_wrap=True
+    )
+
+
+@app.command()
+def rank(
+    spec: Annotated[str, typer.Argument(help="A finished study's spec (YAML path or bundled name).")],
+    candidates: Annotated[list[str], typer.Option("--candidates", help="Candidate cards (names or YAML paths).")],
+    root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
+) -> None:
+    """Score candidate surrogates from raw-pool criteria (teacher passes only), with a model fitted on the study."""
+    from study.rank import rank_study_candidates
+
+    with user_errors():
+        scored, validation = rank_study_candidates(spec, root, candidates)  # RankError: a clear message, exit 2
+    table = Table(title="Candidate surrogates, predicted student test accuracy")
+    for col in ("#", "card", "predicted acc", "class entropy (raw pool)"):
+        table.add_column(col, justify="left" if col == "card" else "right", no_wrap=True)
+    for i, row in scored.iterrows():
+        table.add_row(str(i), row["card"], f"{row['predicted_test_acc']:.1%}", f"{row['crit_raw_class_entropy']:.3f}")
+    console.print(table)
+    console.print(validation.verdict(), soft_wrap=True)
 
 
 @app.command()
@@ -268,11 +293,13 @@ def data_build(
     """Build surrogate cards into verified WebDataset shards."""
     from study.config import load_card
     from study.data.build import build_surrogate
+    from study.data.mixture import resolve_mixture
     from study.resources import resolve_card_path
     from study.storage import resolve
 
     with user_errors():
-        specs = [load_card(resolve_card_path(c, Path.cwd())) for c in cards]
+        paths = [resolve_card_path(c, Path.cwd()) for c in cards]
+        specs = [resolve_mixture(load_card(p), p.parent) for p in paths]
         with _progress() as progress:
             for card in specs:
                 task = progress.add_task(f"surrogate {card.name}", total=None)

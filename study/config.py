@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
@@ -74,8 +75,25 @@ class BalanceSpec(Strict):
         ]
 
 
+class ComponentSpec(Strict):
+    """One source of a `mixture` card: a card by bundled name or path (relative to the mixture card's folder) and
+    its weight. `resolved` is the component's card as the driver read it (`study.data.mixture.resolve_mixture`),
+    so the mixture's snapshot, and with it the study's science hash, covers the components' contents; a card
+    file leaves it out."""
+
+    card: str
+    weight: float = Field(gt=0)
+    resolved: CardSpec | None = None
+
+
 class CardSpec(Strict):
-    """A surrogate source: a `datasets/*.yaml` card."""
+    """A surrogate source: a `datasets/*.yaml` card.
+
+    A `mixture` blends other cards (`components`, weights normalised to sum to 1) into shards of its own, so a
+    trial reads it like any surrogate; `count` is its size. `recipe` picks the training recipe (temperature,
+    RandAugment ops, the shader extras) of a mixture as a whole: `synthetic` by default when any component is
+    generated (see `study.data.mixture` for why one recipe per card, not per image).
+    """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     kind: Literal["real", "generated", "mixture", "derived"]
@@ -89,9 +107,30 @@ class CardSpec(Strict):
     images_per_sample: int = Field(default=256, gt=0)
     samples_per_shard: int = Field(default=16, gt=0)
     balance: BalanceSpec | None = None
+    components: list[ComponentSpec] | None = None
+    recipe: Literal["real", "synthetic"] | None = None
+
+    @field_validator("components")
+    @classmethod
+    def _normalised_weights(cls, components: list[ComponentSpec] | None) -> list[ComponentSpec] | None:
+        if components is None:
+            return None
+        total = sum(c.weight for c in components)
+        return [c.model_copy(update={"weight": c.weight / total}) for c in components]
 
     @model_validator(mode="after")
     def _source_matches_kind(self) -> CardSpec:
+        if self.kind == "mixture":
+            if not self.components or len(self.components) < 2:
+                raise ValueError("a 'mixture' card needs 'components' with at least two entries")
+            if self.source is not None or self.generator is not None:
+                raise ValueError("a 'mixture' card takes 'components', not 'source' or 'generator'")
+            if self.count is None:
+                raise ValueError("a 'mixture' card needs a 'count' (its size)")
+            if self.balance is not None and self.balance.mode != "balanced":
+                raise ValueError("a 'mixture' card's 'balance' supports mode 'balanced' only")
+        elif self.components is not None or self.recipe is not None:
+            raise ValueError("'components' and 'recipe' apply to 'mixture' cards only")
         if self.kind == "real" and self.source is None:
             raise ValueError("a 'real' card needs a 'source'")
         if self.kind == "generated" and self.generator is None:
@@ -99,6 +138,9 @@ class CardSpec(Strict):
         if self.kind in ("real", "generated") and self.source is not None and self.generator is not None:
             raise ValueError("a card has either 'source' or 'generator', not both")
         return self
+
+
+ComponentSpec.model_rebuild()  # its `resolved` field refers to CardSpec, defined after it
 
 
 # --------------------------------------------------------------------------------------------------- study
@@ -211,11 +253,17 @@ class PerturbationSpec(Strict):
 
 
 class ArmSpec(Strict):
-    """A unit of comparison: a surrogate plus a fixed variant. Nothing here is searched."""
+    """A unit of comparison: a surrogate plus a fixed variant. Nothing here is searched.
+
+    `count` reads the first N images of the surrogate (stored class-interleaved, so any prefix is class-fair and
+    the amounts of one surrogate are nested). `amount_of` names the arm a `counts:` list was expanded from
+    (`StudySpec._expand_counts`); the report groups amounts by it.
+    """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     card: str
     count: int | None = Field(default=None, gt=0)
+    amount_of: str | None = None
     labels: Literal["soft", "onehot"] = "soft"
     train: dict[str, Any] = Field(default_factory=dict)
     perturbation: PerturbationSpec = PerturbationSpec()
@@ -294,17 +342,57 @@ class SearchSpec(Strict):
 
 
 class BudgetSpec(Strict):
-    """Budget in images seen, so arms of different sizes get equal compute."""
+    """How long each trial trains.
 
+    `mode: images` (default): every arm sees `images` images, reporting every `report_every`, so arms of
+    different sizes get equal compute (a small surrogate is repeated more often). `mode: epochs`: every arm
+    trains `epochs` passes over its own images and reports every `report_every_epochs` passes, so arms compare
+    at equal epochs (a small amount gets less compute); every arm still reports the same number of times, which
+    keeps the per-arm early-stopping rungs comparable.
+    """
+
+    mode: Literal["images", "epochs"] = "images"
     images: int = Field(default=20_000_000, gt=0)
     report_every: int = Field(default=1_000_000, gt=0)
+    epochs: int | None = Field(default=None, gt=0)
+    report_every_epochs: int = Field(default=1, gt=0)
     eval_batch_size: int = Field(default=512, gt=0)
 
     @model_validator(mode="after")
     def _report_fits(self) -> BudgetSpec:
+        if self.mode == "epochs":
+            # compared with the defaults, not `model_fields_set`: a dumped spec (the trials' copy) sets every field
+            defaults = BudgetSpec.model_fields
+            wrong = [f for f in ("images", "report_every") if getattr(self, f) != defaults[f].default]
+            if wrong:
+                raise ValueError(
+                    f"{wrong} apply to mode 'images'; mode 'epochs' uses 'epochs' and 'report_every_epochs'"
+                )
+            if self.epochs is None:
+                raise ValueError("mode 'epochs' needs 'epochs'")
+            if self.report_every_epochs > self.epochs:
+                raise ValueError("'report_every_epochs' must not exceed 'epochs'")
+            return self
+        if self.epochs is not None or self.report_every_epochs != 1:
+            raise ValueError("'epochs' and 'report_every_epochs' apply to mode 'epochs' (set mode: epochs)")
         if self.report_every > self.images:
             raise ValueError("'report_every' must not exceed 'images'")
         return self
+
+    @property
+    def reports(self) -> int:
+        """Reports per trial, the same for every arm (the early-stopping rungs count them)."""
+        if self.mode == "epochs":
+            assert self.epochs is not None
+            return math.ceil(self.epochs / self.report_every_epochs)
+        return math.ceil(self.images / self.report_every)
+
+    def images_for(self, arm_images: int) -> tuple[int, int]:
+        """(images to train on, report interval in images) of an arm that reads `arm_images` images."""
+        if self.mode == "epochs":
+            assert self.epochs is not None
+            return self.epochs * arm_images, self.report_every_epochs * arm_images
+        return self.images, self.report_every
 
 
 class ResourcesSpec(Strict):
@@ -330,6 +418,12 @@ class TrackingSpec(Strict):
     uri: str = "sqlite:///mlflow.db"
 
 
+class CriteriaSpec(Strict):
+    """Teacher-side criteria (`study.criteria`): images per population (raw candidate pool, built set)."""
+
+    images: int = Field(default=2048, ge=64)
+
+
 class StudySpec(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     seed: int = 0
@@ -342,6 +436,34 @@ class StudySpec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     storage: StorageSpec = StorageSpec()
     tracking: TrackingSpec = TrackingSpec()
+    criteria: CriteriaSpec = CriteriaSpec()
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _expand_counts(cls, arms: Any) -> Any:
+        """`counts: [a, b, ...]` on an arm becomes one arm per amount, named `<arm>_n<count>`."""
+        if not isinstance(arms, list):
+            return arms
+        out = []
+        for i, arm in enumerate(arms):
+            if not isinstance(arm, dict) or "counts" not in arm:
+                out.append(arm)
+                continue
+            counts = arm["counts"]
+            if "count" in arm:
+                raise ValueError(f"arms.{i}.counts: arm '{arm.get('name')}' sets both 'count' and 'counts' (use one)")
+            if (
+                not isinstance(counts, list)
+                or not counts
+                or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in counts)
+            ):
+                raise ValueError(f"arms.{i}.counts: expected a non-empty list of positive integers, got {counts!r}")
+            if len(set(counts)) != len(counts):
+                raise ValueError(f"arms.{i}.counts: repeated amounts in {counts}")
+            base = {k: v for k, v in arm.items() if k != "counts"}
+            for c in sorted(counts):
+                out.append({**base, "name": f"{arm.get('name')}_n{c}", "count": c, "amount_of": arm.get("name")})
+        return out
 
     @field_validator("arms")
     @classmethod

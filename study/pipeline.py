@@ -6,31 +6,27 @@ resumes and a finished study reruns in seconds without adding MLflow runs.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 from study import storage
-from study.config import CardSpec, SpecError, StudySpec
-from study.criteria import measure
+from study.config import ArmSpec, CardSpec, SpecError, StudySpec
+from study.criteria import FeatureMoments
 from study.data import shards
 from study.data.build import BuildResult, build_surrogate
-from study.data.loader import read_all
-from study.data.preview import preview_grid
+from study.data.mixture import uses_teacher
+from study.device import pick_device
 from study.distill.trial import TrialPaths, card_for_arm, surrogate_name
+from study.populations import measure_arm, val_moments
 from study.report import Report, write_report
 from study.sweep import run_sweep, total_trials
 from study.teacher import Teacher, TeacherError, TeacherMeta, load_meta, load_teacher
 from study.tracking import OUTCOME, OUTCOMES, StudyTracker, short_http_retries
 
 log = logging.getLogger(__name__)
-
-CRITERIA_IMAGES = 2000
 
 
 class ProgressSink(Protocol):
@@ -70,7 +66,7 @@ def study_paths(spec: StudySpec, root: str | None = None) -> StudyPaths:
         tune_dir=storage.resolve(spec.storage.tune, base),
         teacher=storage.resolve(spec.teacher.uri, base),
         tracking_uri=uri,
-        report_dir=storage.resolve("report", base),
+        report_dir=storage.resolve(f"report/{spec.name}", base),  # one folder per study sharing a root
     )
 
 
@@ -92,19 +88,22 @@ class StudyOutcome:
 def load_cards(spec: StudySpec, cards_dir: str | None = None) -> dict[str, CardSpec]:
     """Every arm's card, resolved once here (relative paths against `cards_dir`, the spec file's folder) and
     validated, its generator's params checked, before anything runs; trials receive these, never paths."""
+    from study.data.generators import create_generator
+    from study.data.mixture import component_cards
+
     cards = {}
     for arm in spec.arms:
         card = card_for_arm(arm, cards_dir)
-        if card.kind == "generated":
-            from study.data.generators import create_generator
-
-            assert card.generator is not None
-            try:
-                create_generator(card.generator, card.params, reference_stats=([0.5], [0.25]))
-            except ValueError as err:
-                raise SpecError(f"card '{card.name}' (arm '{arm.name}'): {err}") from None
+        for part in component_cards(card) if card.kind == "mixture" else [card]:
+            if part.kind == "generated":
+                assert part.generator is not None
+                try:
+                    create_generator(part.generator, part.params, reference_stats=([0.5], [0.25]))
+                except ValueError as err:
+                    raise SpecError(f"card '{part.name}' (arm '{arm.name}'): {err}") from None
         if arm.count and card.count and arm.count > card.count:
-            raise SpecError(f"arm '{arm.name}': count {arm.count} exceeds card '{card.name}' count {card.count}")
+            field = f"counts of arm '{arm.amount_of}'" if arm.amount_of else "count"
+            raise SpecError(f"arm '{arm.name}': {field}: {arm.count} exceeds card '{card.name}' count {card.count}")
         cards[arm.name] = card
     return cards
 
@@ -113,13 +112,20 @@ def study_content(cards: dict[str, CardSpec], meta: TeacherMeta) -> dict[str, ob
     """What the spec names but does not contain, for the science hash: the teacher's weights, each card's
     normalised content (defaults filled in, so formatting and comments do not count) and generator version."""
     from study.data.generators import create_generator
+    from study.data.mixture import component_cards
+
+    def version(card: CardSpec) -> str | None:
+        if card.kind == "generated" and card.generator:
+            return create_generator(card.generator, card.params, reference_stats=(meta.mean, meta.std)).version
+        return None
 
     content: dict[str, object] = {"teacher_weights_sha256": meta.weights_sha256}
     for arm, card in sorted(cards.items()):
-        version = None
-        if card.kind == "generated" and card.generator:
-            version = create_generator(card.generator, card.params, reference_stats=(meta.mean, meta.std)).version
-        content[f"card.{arm}"] = {"card": card.model_dump(mode="json"), "generator_version": version}
+        # a mixture's snapshot holds its resolved components' cards; their generator versions count too
+        entry: dict[str, object] = {"card": card.model_dump(mode="json"), "generator_version": version(card)}
+        if card.kind == "mixture":
+            entry["component_generator_versions"] = [version(c) for c in component_cards(card)]
+        content[f"card.{arm}"] = entry
     return content
 
 
@@ -135,7 +141,7 @@ def build_surrogates(
             paths.shards,
             reference_stats=(meta.mean, meta.std),
             teacher_id=meta.teacher_id,
-            teacher=paths.teacher if card.balance else None,
+            teacher=paths.teacher if uses_teacher(card) else None,
             workers=workers,
             on_shard=lambda done, total, k=key: progress.update(k, done, total),
             replace_stale=True,
@@ -172,11 +178,23 @@ def build_perturbed_surrogates(
     return results
 
 
-def sample_grid_png(images: np.ndarray, n: int = 64) -> bytes:
-    """The arm's sample grid artifact: the same grid `kd-study data preview` writes."""
-    buf = io.BytesIO()
-    preview_grid(images[:n], scale=2).save(buf, format="png")
-    return buf.getvalue()
+def surrogate_points(spec: StudySpec, cards: dict[str, CardSpec]) -> dict[str, bool]:
+    """Per arm, whether it is its surrogate's point in the report's correlations (one point per image source).
+
+    Arms of one card share a raw pool, so they would enter a correlation as copies of one point; the card's point
+    is its plain arm (no perturbation, soft labels, all images), else its first arm in the spec.
+    """
+    chosen: dict[str, str] = {}
+    for arm in spec.arms:
+        plain = arm.perturbation.mode == "none" and arm.labels == "soft" and arm.count is None
+        name = cards[arm.name].name
+        if name not in chosen or (plain and not _is_plain(spec.arm(chosen[name]))):
+            chosen[name] = arm.name
+    return {arm.name: chosen[cards[arm.name].name] == arm.name for arm in spec.arms}
+
+
+def _is_plain(arm: ArmSpec) -> bool:
+    return arm.perturbation.mode == "none" and arm.labels == "soft" and arm.count is None
 
 
 def record_arms(
@@ -187,18 +205,25 @@ def record_arms(
     tracker: StudyTracker,
     progress: ProgressSink,
 ) -> None:
-    """Parent run per arm with card params, criteria and artifacts; criteria are measured once per arm."""
+    """Parent run per arm with card params, raw-pool and built-set criteria and artifacts, measured once per arm."""
     progress.task("criteria", "criteria (teacher forward passes)", len(spec.arms))
+    points = surrogate_points(spec, cards)
+    reference: list[FeatureMoments | None] = []
     for i, arm in enumerate(spec.arms):
         card = cards[arm.name]
-        build = builds[surrogate_name(spec, arm, card, teacher.meta.teacher_id)]
+        image_set = surrogate_name(spec, arm, card, teacher.meta.teacher_id)
+        build = builds[image_set]
         params = {
             "surrogate": card.name,
+            "image_set": image_set,
+            "surrogate_point": points[arm.name],
             "kind": card.kind,
             "generator": card.generator or "",
             "source": card.source.name if card.source else "",
             "card_params": card.params,
             "count": arm.count or build.manifest.count,
+            "amount_of": arm.amount_of or "",
+            "components": {r.name: r.weight for r in build.manifest.components or []},
             "labels": arm.labels,
             "teacher": teacher.meta.teacher_id,
             "arm_train": arm.train,
@@ -220,20 +245,15 @@ def record_arms(
                     ).encode()
                 },
             )
-        if "criteria.class_entropy" not in logged:
-            images, _ = read_all(build.root, build.manifest, min(arm.count or build.manifest.count, CRITERIA_IMAGES))
-            crit = measure(teacher, images)
-            tracker.log_arm_metrics(run_id, {f"criteria.{k}": v for k, v in crit.values.items()})
-            tracker.log_arm_artifacts(
-                run_id,
-                {
-                    "manifest.json": build.manifest.model_dump_json(indent=2).encode(),
-                    "class_histogram.json": json.dumps(
-                        {"teacher_predicted": crit.predicted_histogram, "classes": teacher.meta.classes}
-                    ).encode(),
-                    "samples.png": sample_grid_png(images),
-                },
-            )
+        if "criteria.raw.class_entropy" not in logged:
+            if not reference:
+                reference.append(val_moments(teacher))
+            found = measure_arm(spec, arm, card, build, teacher, reference[0])
+            tracker.log_arm_metrics(run_id, found.logged_metrics())
+            files = {"manifest.json": build.manifest.model_dump_json(indent=2).encode(), **found.artifacts}
+            if arm.perturbation.mode == "offline":
+                files.pop("perturbation_histograms.json", None)
+            tracker.log_arm_artifacts(run_id, files)
         progress.update("criteria", i + 1)
 
 
@@ -260,8 +280,9 @@ def check_arm_sizes(spec: StudySpec, builds: dict[str, BuildResult], names: dict
         if build.manifest.count == 0:
             raise SpecError(f"{where}: arms.{i} ('{arm.name}'): surrogate {build.root} holds 0 images")
         if arm.count and arm.count > build.manifest.count:
+            field = f"arms.{i}.count" if not arm.amount_of else f"counts of arm '{arm.amount_of}'"
             raise shards.ShardError(
-                f"{build.root}: arm '{arm.name}' wants {arm.count} images, it holds {build.manifest.count}"
+                f"{build.root}: {field}: arm '{arm.name}' wants {arm.count} images, it holds {build.manifest.count}"
             )
         batch = spec.train_for(arm).batch_size
         if images < batch:
@@ -294,7 +315,7 @@ def run_study(
     cards = load_cards(spec, cards_dir)
     try:
         meta = load_meta(paths.teacher)
-        teacher = load_teacher(paths.teacher)
+        teacher = load_teacher(paths.teacher, pick_device())
     except TeacherError as err:
         raise SpecError(f"{err}\n  ({where}: teacher.uri is '{spec.teacher.uri}')") from None
     outcome = StudyOutcome(paths, meta)
@@ -316,7 +337,9 @@ def run_study(
     tracker.set_arm_terminated()
     progress.update("sweep", total, total)
     outcome.trial_outcomes = trial_outcomes(tracker)
-    outcome.report = write_report(tracker, Path(paths.report_dir), meta.test_accuracy, title=spec.name)
+    outcome.report = write_report(
+        tracker, Path(paths.report_dir), meta.test_accuracy, title=spec.name, teacher=meta, expected_trials=total
+    )
     return outcome
 
 

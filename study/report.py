@@ -1,275 +1,350 @@
-"""The report: ranks arms and tells which criteria predict distillation quality.
+"""The report: ranks arms with intervals and tells which criteria predict distillation quality.
 
 Everything is read back from the MLflow store (DESIGN.md), so a report can be rebuilt anywhere the store is
-reachable. An arm's score is the `test_acc` of its best trial by `val_acc` (selection never looks at test data).
+reachable, also while a study runs (then it says how many trials are still missing). Statistics are in
+`study.stats`, plots in `study.report_plots`, the HTML page in `study.report_html`; this module collects what the
+store holds into tables and writes `report.md`, `report.html`, `results.parquet`, `ranking.json` and the PNGs.
+
+The report is a list of sections (`Section`), each a title with Markdown and HTML bodies, so that a new section is
+one function added to `sections()`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from study import report_html, report_plots
+from study.criteria import NOT_DATA_FREE
+from study.report_amounts import ARM_COLUMNS, AmountSection, amount_section, arm_fields
+from study.stats import MIN_POINTS, TOO_FEW, arm_accuracy, correlations
+from study.teacher import TeacherMeta
 from study.tracking import ARM, ERROR, OUTCOME, PHASE, TRIAL_ID, StudyTracker
 
 log = logging.getLogger(__name__)
 
-CRITERIA_PREFIX = "criteria."
+RAW, BUILT = "criteria.raw.", "criteria.built."
 RESULT_METRICS = ("val_acc", "test_acc", "teacher_agreement", "train_loss", "images_per_s")
+PAPER_CRITERION = "crit_raw_class_entropy"
 
 
 @dataclass(frozen=True)
 class Report:
     markdown: Path
+    html: Path
     parquet: Path
     plots: list[Path]
     ranking: pd.DataFrame
+    finding: str
+    amounts: AmountSection | None = None
 
 
-def collect_trials(tracker: StudyTracker) -> pd.DataFrame:
-    """One row per trial run: surrogate, arm, trial_id, phase, status, last-report metrics, hyperparameters."""
-    surrogate_of = {}
+@dataclass
+class StudyResults:
+    """Everything a report shows, read from the store."""
+
+    name: str
+    tracking_uri: str
+    spec_json: str
+    teacher: TeacherMeta | None
+    trials: pd.DataFrame
+    arms: pd.DataFrame  # one row per arm: params and crit_raw_* / crit_built_* columns
+    ranking: pd.DataFrame
+    points: pd.DataFrame  # one row per surrogate (its point arm): accuracy and criteria
+    correlations: pd.DataFrame
+    expected_trials: int | None = None
+    curves: dict[str, list[tuple[str, list[int], list[float]]]] = field(default_factory=dict)
+    artifacts: dict[str, dict[str, Path]] = field(default_factory=dict)
+    validation: object | None = None  # study.rank.Validation
+
+    @property
+    def criteria_columns(self) -> list[str]:
+        return [c for c in self.arms.columns if c.startswith(("crit_raw_", "crit_built_"))]
+
+    @property
+    def partial(self) -> str:
+        """'' for a finished study, else what is missing (the report is readable while a study runs)."""
+        finished = int((self.trials["status"] != "RUNNING").sum()) if len(self.trials) else 0
+        running = len(self.trials) - finished
+        if self.expected_trials and finished < self.expected_trials:
+            return f"partial results: {finished} of {self.expected_trials} trials ended, {running} running"
+        return f"partial results: {running} trial(s) still running" if running else ""
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def collect_arms(tracker: StudyTracker) -> pd.DataFrame:
+    """One row per arm: its parent run, surrogate, point flag and criteria as `crit_raw_*` / `crit_built_*`."""
+    rows = []
     for arm, run_id in tracker.arm_runs().items():
-        surrogate_of[arm] = tracker.run_data(run_id)[1].get("surrogate", arm)
+        metrics, params = tracker.run_data(run_id)
+        row = {
+            **arm_fields(arm, params),  # surrogate, kind, count, amount family, mixture components
+            "arm_run_id": run_id,
+            "surrogate_point": params.get("surrogate_point", ""),
+        }
+        for key, value in metrics.items():
+            if key.startswith(RAW):
+                row[f"crit_raw_{key[len(RAW) :]}"] = value
+            elif key.startswith(BUILT):
+                row[f"crit_built_{key[len(BUILT) :]}"] = value
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else [*ARM_COLUMNS, "arm_run_id", "surrogate_point"])
+
+
+def collect_trials(tracker: StudyTracker, arms: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial run: arm, surrogate, phase, seed, status, last-report metrics, params and criteria."""
+    surrogate_of = dict(zip(arms["arm"], arms["surrogate"], strict=True)) if len(arms) else {}
     rows = []
     for run in tracker.trial_runs():
-        tags, metrics = run.data.tags, run.data.metrics
+        tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+        arm = tags.get(ARM, "")
         row = {
-            "surrogate": surrogate_of.get(tags.get(ARM, ""), tags.get(ARM, "")),
-            "arm": tags.get(ARM, ""),
+            "surrogate": surrogate_of.get(arm, arm),
+            "arm": arm,
             "trial_id": tags.get(TRIAL_ID, ""),
             "phase": tags.get(PHASE, "search"),
+            "seed": pd.to_numeric(params.get("seed", tags.get("seed")), errors="coerce"),
             "status": run.info.status,
             "early_stopped": tags.get("early_stopped") == "true",
+            "diverged": tags.get("diverged") == "true" or tags.get(OUTCOME) == "diverged",
             "run_id": run.info.run_id,
             "outcome": tags.get(OUTCOME, ""),
             "error": tags.get(ERROR, ""),
         }
         row.update({m: float(metrics[m]) if m in metrics else np.nan for m in RESULT_METRICS})
-        row.update({f"param.{k}": v for k, v in run.data.params.items()})
+        row.update({f"param.{k}": v for k, v in params.items()})
         rows.append(row)
-    columns = ["surrogate", "arm", "trial_id", "phase", "status", "early_stopped", "run_id", "outcome", "error"]
-    columns += list(RESULT_METRICS)
-    df = pd.DataFrame(rows, columns=columns if not rows else None)
+    base = ["surrogate", "arm", "trial_id", "phase", "seed", "status", "early_stopped", "diverged", "run_id"]
+    df = pd.DataFrame(rows, columns=None if rows else [*base, *RESULT_METRICS])
+    if len(arms):
+        crit = arms[["arm", *[c for c in arms.columns if c.startswith("crit_")]]]
+        df = df.merge(crit, on="arm", how="left")
+        if "crit_raw_class_entropy" in df:
+            df["crit_class_entropy"] = df["crit_raw_class_entropy"]  # the paper's measure: the raw pool's
     return df.sort_values(["arm", "trial_id"]).reset_index(drop=True) if len(df) else df
 
 
-def collect_criteria(tracker: StudyTracker) -> pd.DataFrame:
-    rows = []
-    for arm, run_id in tracker.arm_runs().items():
-        metrics, _ = tracker.run_data(run_id)
-        rows.append(
-            {
-                "arm": arm,
-                **{k[len(CRITERIA_PREFIX) :]: v for k, v in metrics.items() if k.startswith(CRITERIA_PREFIX)},
-            }
-        )
-    return pd.DataFrame(rows).set_index("arm") if rows else pd.DataFrame()
+def surrogate_points(ranking: pd.DataFrame, arms: pd.DataFrame) -> pd.DataFrame:
+    """One row per surrogate: the accuracy of its point arm (the flag `record_arms` logs; else its best-ranked
+    arm) with that arm's criteria. Variants of one surrogate are not independent points."""
+    if not len(ranking):
+        return pd.DataFrame()
+    joined = ranking.merge(arms.drop(columns=["surrogate"]), on="arm", how="left")
+    joined["flag"] = joined["surrogate_point"].astype(str).str.lower() == "true"
+    joined = joined.sort_values(["flag", "test_acc"], ascending=False)
+    return joined.drop_duplicates("surrogate").drop(columns="flag").reset_index(drop=True)
 
 
-def rank_arms(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: the best-by-val trial's test accuracy, plus spread over finished trials."""
-    # a diverged trial's last metrics come from before its loss blew up: not a student worth ranking
-    done = trials[(trials["status"] == "FINISHED") & (trials["outcome"] != "diverged")]
-    done = done.dropna(subset=["val_acc", "test_acc"])
-    rows = []
-    for arm, group in done.groupby("arm"):
-        best = group.loc[group["val_acc"].idxmax()]
-        rows.append(
-            {
-                "arm": arm,
-                "surrogate": best["surrogate"],
-                "trials": len(group),
-                "best_val_acc": best["val_acc"],
-                "test_acc": best["test_acc"],
-                "test_acc_mean": group["test_acc"].mean(),
-                "test_acc_std": group["test_acc"].std(ddof=0),
-                "teacher_agreement": best["teacher_agreement"],
-                "best_trial": best["trial_id"],
-            }
-        )
-    ranking = pd.DataFrame(rows)
-    if len(ranking):
-        ranking = ranking.sort_values("test_acc", ascending=False).reset_index(drop=True)
-        ranking.index = ranking.index + 1
-    return ranking
+def learning_curves(tracker: StudyTracker, trials: pd.DataFrame) -> dict[str, list[tuple[str, list[int], list[float]]]]:
+    """Per arm: val_acc against images seen for its best search trial by val and each final seed."""
+    out: dict[str, list[tuple[str, list[int], list[float]]]] = {}
+    for arm, group in trials.groupby("arm"):
+        chosen = []
+        search = group[(group["phase"] != "final") & group["val_acc"].notna()]
+        if len(search):
+            chosen.append(("best search trial", search.loc[search["val_acc"].idxmax()]))
+        for _, row in group[group["phase"] == "final"].iterrows():
+            seed = "" if pd.isna(row["seed"]) else f" {int(row['seed'])}"
+            chosen.append((f"final seed{seed}", row))
+        for label, row in chosen:
+            history = tracker.metric_history(row["run_id"], "val_acc")
+            if history:
+                steps, values = zip(*history, strict=True)
+                out.setdefault(str(arm), []).append((label, list(steps), list(values)))
+    return out
 
 
-def criteria_correlations(ranking: pd.DataFrame, criteria: pd.DataFrame) -> pd.Series:
-    """Spearman rank correlation of each criterion with the arms' test accuracy (needs 3+ arms)."""
-    if len(ranking) < 3 or criteria.empty:
-        return pd.Series(dtype=float)
-    joined = criteria.join(ranking.set_index("arm")["test_acc"], how="inner")
-    corr = joined.corr(method="spearman")["test_acc"].drop("test_acc")
-    return corr.sort_values(key=lambda s: -s.abs())
+ARTIFACTS = ("samples.png", "class_histogram.json", "perturbation.png", "perturbation_histograms.json")
 
 
-def _bar_plot(ranking: pd.DataFrame, teacher_acc: float | None, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(ranking) + 2), 4))
-    x = np.arange(len(ranking))
-    ax.bar(x, 100 * ranking["test_acc"], color="#4C72B0", label="best trial (by val)")
-    ax.errorbar(
-        x,
-        100 * ranking["test_acc_mean"],
-        yerr=100 * ranking["test_acc_std"],
-        fmt="o",
-        color="#DD8452",
-        label="mean ± std over trials",
+def arm_artifacts(tracker: StudyTracker, arms: pd.DataFrame, dst: Path) -> dict[str, dict[str, Path]]:
+    out: dict[str, dict[str, Path]] = {}
+    for _, row in arms.iterrows():
+        folder = tracker.artifacts(row["arm_run_id"], dst / row["arm"])
+        out[row["arm"]] = {name: folder / name for name in ARTIFACTS if (folder / name).is_file()}
+    return out
+
+
+def collect(
+    tracker: StudyTracker, teacher: TeacherMeta | None, expected_trials: int | None, artifact_dir: Path
+) -> StudyResults:
+    arms = collect_arms(tracker)
+    trials = collect_trials(tracker, arms)
+    ranking = arm_accuracy(trials) if len(trials) else pd.DataFrame()
+    points = surrogate_points(ranking, arms)
+    crit_cols = [c for c in arms.columns if c.startswith(("crit_raw_", "crit_built_"))]
+    corr = correlations(points, crit_cols) if len(points) else pd.DataFrame()
+    results = StudyResults(
+        tracker.name,
+        tracker.tracking_uri,
+        tracker.spec_json,
+        teacher,
+        trials,
+        arms,
+        ranking,
+        points,
+        corr,
+        expected_trials,
     )
-    if teacher_acc is not None:
-        ax.axhline(100 * teacher_acc, color="k", ls="--", lw=1, label=f"teacher ({100 * teacher_acc:.1f}%)")
-    ax.set_xticks(x, ranking["arm"], rotation=20, ha="right")
-    ax.set_ylabel("student test accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title("Student accuracy by surrogate dataset")
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if len(trials):
+        results.curves = learning_curves(tracker, trials)
+    results.artifacts = arm_artifacts(tracker, arms, artifact_dir)
+    if len(points) >= MIN_POINTS:
+        from study.rank import validate
+
+        results.validation = validate(points)
+    return results
 
 
-def _criteria_plot(ranking: pd.DataFrame, criteria: pd.DataFrame, corr: pd.Series, path: Path) -> None:
-    names = list(corr.index)
-    cols = min(3, len(names))
-    rows = int(np.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-    joined = criteria.join(ranking.set_index("arm")["test_acc"], how="inner")
-    for ax, name in zip(axes.flat, names, strict=False):
-        ax.scatter(joined[name], 100 * joined["test_acc"], color="#55A868")
-        for arm, r in joined.iterrows():
-            ax.annotate(
-                str(arm),
-                (r[name], 100 * r["test_acc"]),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
-        ax.set_xlabel(name)
-        ax.set_ylabel("test acc (%)")
-        ax.set_title(f"Spearman ρ = {corr[name]:+.2f}", fontsize=9)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    fig.suptitle("Teacher-side criteria vs. student accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+# ------------------------------------------------------------------------------------------------ wording
+def criterion_label(column: str) -> str:
+    """`crit_raw_class_entropy` -> 'class entropy (raw pool)'; a dagger marks criteria that are not data-free."""
+    population = "raw pool" if column.startswith("crit_raw_") else "built set"
+    name = column.split("_", 2)[2]
+    return f"{name.replace('_', ' ')} ({population}){' †' if name in NOT_DATA_FREE else ''}"
 
 
-def _markdown_table(df: pd.DataFrame, float_cols: dict[str, str]) -> str:
-    header = "| " + " | ".join([str(df.index.name or "#"), *df.columns]) + " |"
-    sep = "|" + "---|" * (len(df.columns) + 1)
-    lines = [header, sep]
-    for idx, row in df.iterrows():
-        cells = [str(idx)]
-        for col in df.columns:
-            v = row[col]
-            cells.append(float_cols[col].format(v) if col in float_cols and pd.notna(v) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def finding(results: StudyResults) -> str:
+    """The report's answer in one or two plain sentences."""
+    n = len(results.points)
+    if not len(results.ranking):
+        return "No trial has finished its budget yet, so there is nothing to rank."
+    best = results.ranking.iloc[0]
+    lead = f"The best arm is {best['arm']} ({best['test_acc']:.1%} student test accuracy)."
+    if n < MIN_POINTS:
+        return (
+            f"{lead} With {n} surrogate(s) there are too few surrogates (< {MIN_POINTS}) to say which criterion "
+            "predicts distillation quality."
+        )
+    corr = results.correlations.dropna(subset=["rho"])
+    if not len(corr):
+        return f"{lead} No criterion varies across the {n} surrogates."
+    top = corr.iloc[0]
+    direction = "higher" if top["rho"] > 0 else "lower"
+    text = (
+        f"{criterion_label(top['criterion']).capitalize()} ranks the {n} surrogates best "
+        f"({direction} is better): ρ = {top['rho']:+.2f} [95% CI {top['rho_low']:+.2f}, {top['rho_high']:+.2f}], "
+        f"permutation p = {top['rho_p']:.3f}"
+    )
+    if top["rho_p"] > 0.05:
+        text += " (not significant at the 5% level)"
+    paper = corr[corr["criterion"] == PAPER_CRITERION]
+    if top["criterion"] != PAPER_CRITERION and len(paper):
+        p = paper.iloc[0]
+        text += (
+            f". The paper's measure, class entropy of the raw pool, has ρ = {p['rho']:+.2f} "
+            f"[{p['rho_low']:+.2f}, {p['rho_high']:+.2f}]"
+        )
+    return f"{text}. {lead}"
 
 
-def problem_trials_section(trials: pd.DataFrame) -> list[str]:
-    """Markdown listing each arm's failed and diverged trials (a study completes even when some do)."""
-    if not len(trials):
-        return []
-    problems = trials[trials["outcome"].isin(["failed", "diverged"])]
-    lines = ["", "## Failed and diverged trials", ""]
-    if not len(problems):
-        return [*lines, "_None: every trial completed or was early-stopped._"]
-    lines += [
-        "A diverged trial (NaN/inf loss) is a result: the search scored it 0. A failed trial raised after its "
-        "retries; its full error is the run's `error.txt` artifact.",
-        "",
-        "| arm | trial_id | outcome | error |",
-        "|---|---|---|---|",
-    ]
-    for row in problems.sort_values(["arm", "outcome", "trial_id"]).itertuples():
-        first = str(row.error).strip().splitlines()[-1:] if row.error else []
-        lines.append(f"| {row.arm} | {row.trial_id} | {row.outcome} | {(first[0] if first else '')[:160]} |")
-    return lines
+# ------------------------------------------------------------------------------------------------ writing
+def write_parquet(results: StudyResults, path: Path) -> None:
+    results.trials.to_parquet(path, index=False)
 
 
 def write_report(
-    tracker: StudyTracker, out_dir: Path, teacher_accuracy: float | None = None, title: str = ""
+    tracker: StudyTracker,
+    out_dir: Path,
+    teacher_accuracy: float | None = None,
+    title: str = "",
+    *,
+    teacher: TeacherMeta | None = None,
+    expected_trials: int | None = None,
 ) -> Report:
+    """Write the report of the tracker's study into `out_dir` (one folder per study)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    trials = collect_trials(tracker)
-    parquet = out_dir / "results.parquet"
-    trials.to_parquet(parquet, index=False)
-    ranking = rank_arms(trials)
-    criteria = collect_criteria(tracker)
-    corr = criteria_correlations(ranking, criteria)
-    plots = []
-    if len(ranking):
-        _bar_plot(ranking, teacher_accuracy, out_dir / "ranking.png")
-        plots.append(out_dir / "ranking.png")
-    if len(corr):
-        _criteria_plot(ranking, criteria, corr, out_dir / "criteria.png")
-        plots.append(out_dir / "criteria.png")
-
-    pct = "{:.2%}"
-    md = [f"# kd-study report: {title or tracker.name}", ""]
-    md.append(f"MLflow experiment `{tracker.name}` in `{tracker.tracking_uri}`; {len(trials)} trial runs.")
-    if teacher_accuracy is not None:
-        md.append(f"Teacher test accuracy: **{teacher_accuracy:.2%}**.")
-    md += [
-        "",
-        "## Ranking",
-        "",
-        "Each arm's score is the test accuracy of its best trial by validation accuracy.",
-        "",
-    ]
-    if len(ranking):
-        shown = ranking[
-            [
-                "arm",
-                "surrogate",
-                "trials",
-                "test_acc",
-                "best_val_acc",
-                "test_acc_mean",
-                "test_acc_std",
-                "teacher_agreement",
-            ]
-        ]
-        md.append(_markdown_table(shown, {c: pct for c in shown.columns if "acc" in c or "agreement" in c}))
-        md += ["", "![ranking](ranking.png)"]
-    else:
-        md.append("_No finished trials yet._")
-    if not criteria.empty:
-        md += ["", "## Criteria (teacher-side, per surrogate)", ""]
-        md.append(_markdown_table(criteria.reset_index().set_index("arm"), dict.fromkeys(criteria.columns, "{:.3f}")))
-    if len(corr):
-        md += [
-            "",
-            "## Which criteria predict distillation quality",
-            "",
-            f"Spearman rank correlation with the arms' test accuracy over {len(ranking)} arms "
-            "(with few arms, treat these as indications, not evidence).",
-            "",
-        ]
-        md.append(
-            _markdown_table(
-                corr.rename("spearman_rho").rename_axis("criterion").to_frame(), {"spearman_rho": "{:+.2f}"}
-            )
+    with tempfile.TemporaryDirectory() as tmp:
+        results = collect(tracker, teacher, expected_trials, Path(tmp))
+        plots = report_plots.write_all(results, out_dir, teacher_accuracy)
+        for arm, files in results.artifacts.items():
+            for name in ("samples.png", "perturbation.png"):
+                if name in files:
+                    target = out_dir / f"{Path(name).stem}_{arm}.png"
+                    shutil.copyfile(files[name], target)
+                    plots.append(target)
+        parquet = out_dir / "results.parquet"
+        write_parquet(results, parquet)
+        text = finding(results)
+        amounts = amount_section(
+            results.trials, results.arms, out_dir, teacher.dataset if teacher else None, teacher_accuracy
         )
-        md += ["", "![criteria](criteria.png)"]
-    md += problem_trials_section(trials)
-    md += [
-        "",
-        "## Files",
-        "",
-        "- `results.parquet`: one row per trial (metrics at the trial's last report, hyperparameters as `param.*`).",
-    ]
+        plots += amounts.plots if amounts else []
+        sections = report_sections(results, out_dir, teacher_accuracy, text, amounts)
     markdown = out_dir / "report.md"
-    markdown.write_text("\n".join(md) + "\n")
-    (out_dir / "ranking.json").write_text(json.dumps(ranking.to_dict(orient="records"), indent=2, default=str))
-    return Report(markdown, parquet, plots, ranking)
+    markdown.write_text(report_html.markdown(title or tracker.name, sections, out_dir))
+    html = out_dir / "report.html"
+    html.write_text(report_html.html(title or tracker.name, sections, out_dir))
+    records = results.ranking.to_dict(orient="records") if len(results.ranking) else []
+    (out_dir / "ranking.json").write_text(json.dumps(records, indent=2, default=_json_safe))
+    return Report(markdown, html, parquet, plots, results.ranking, text, amounts)
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def report_sections(
+    results: StudyResults,
+    out_dir: Path,
+    teacher_accuracy: float | None,
+    text: str,
+    amounts: AmountSection | None = None,
+) -> list[report_html.Section]:
+    from study import report_sections as rs
+
+    made = rs.sections(results, out_dir, teacher_accuracy, text)
+    extra = [s for s in (problem_trials_section(results.trials), amounts_sections(amounts)) if s is not None]
+    return made[:2] + extra + made[2:]  # after the finding and the ranking
+
+
+def problem_trials_section(trials: pd.DataFrame) -> report_html.Section | None:
+    """Each arm's failed and diverged trials with the last line of the error (a study completes even when some
+    do)."""
+    if not len(trials) or "outcome" not in trials:
+        return None
+    section = report_html.Section("Failed and diverged trials")
+    problems = trials[trials["outcome"].isin(["failed", "diverged"])]
+    if not len(problems):
+        section.blocks.append(report_html.Para("None: every trial completed or was early-stopped."))
+        return section
+    section.blocks.append(
+        report_html.Para(
+            "A diverged trial (NaN/inf loss) is a result: the search scored it 0. A failed trial raised after its "
+            "retries; its full error is the run's `error.txt` artifact."
+        )
+    )
+    rows = problems.sort_values(["arm", "outcome", "trial_id"])
+    last_line = rows["error"].map(lambda e: (str(e).strip().splitlines() or [""])[-1][:160] if e else "")
+    frame = pd.DataFrame(
+        {"arm": rows["arm"], "trial_id": rows["trial_id"], "outcome": rows["outcome"], "error": last_line}
+    )
+    section.blocks.append(report_html.Table(frame))
+    return section
+
+
+def amounts_sections(amounts: AmountSection | None) -> report_html.Section | None:
+    """The amounts-and-mixtures section (`study.report_amounts`) as report blocks: plot, notes, three tables."""
+    if amounts is None:
+        return None
+    from study.report_amounts import table_frames
+
+    section = report_html.Section("Amounts and mixtures")
+    section.blocks.append(report_html.Image(amounts.plots[0].name, "accuracy vs amount"))
+    section.blocks += [report_html.Note(n) for n in amounts.notes]
+    for title, frame in table_frames(amounts):
+        section.blocks += [report_html.Para(f"**{title}**"), report_html.Table(frame)]
+    return section
+
+
+__all__ = ["TOO_FEW", "Report", "StudyResults", "collect", "finding", "write_report"]

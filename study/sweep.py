@@ -355,7 +355,7 @@ def ray_address(spec: StudySpec) -> str:
 
 
 def max_reports(spec: StudySpec) -> int:
-    return math.ceil(spec.budget.images / spec.budget.report_every)
+    return spec.budget.reports
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ ROLE, ARM, TRIAL_ID, PHASE = "kd_study.role", "kd_study.arm", "trial_id", "phase
 OUTCOME, ERROR = "kd_study.outcome", "kd_study.error"
 OUTCOMES = ("completed", "early_stopped", "diverged", "failed")
 PARENT = "mlflow.parentRunId"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""Model training, so MLflow 3.17's UI opens the runs table rather than its GenAI overview."""
 MAX_PARAM_LEN = 6000
 MAX_TAG_LEN = 5000
 # MLflow's own HTTP retries wait minutes per call by default; kd-study retries whole writes itself (below), so each
@@ -177,11 +179,14 @@ class StudyTracker:
             found = self.client.get_experiment_by_name(self.name)
             if found is not None:
                 self._experiment_id = found.experiment_id
+                if not set(EXPERIMENT_KIND.items()) <= set(found.tags.items()):
+                    for key, value in EXPERIMENT_KIND.items():
+                        self.client.set_experiment_tag(self._experiment_id, key, value)
             else:
                 self._experiment_id = self.client.create_experiment(
                     self.name,
                     artifact_location=artifact_location(self.tracking_uri, self.name),
-                    tags={"kd_study.science_hash": self._science_hash, "kd_study.study": "1"},
+                    tags={"kd_study.science_hash": self._science_hash, "kd_study.study": "1", **EXPERIMENT_KIND},
                 )
                 self.client.set_experiment_tag(self._experiment_id, "kd_study.spec", self._spec_json[:MAX_PARAM_LEN])
         return self._experiment_id
@@ -224,6 +229,20 @@ class StudyTracker:
         for run_id in self.arm_runs().values():
             if self.client.get_run(run_id).info.status == "RUNNING":
                 self.client.set_terminated(run_id, "FINISHED")
+
+    # ---------------------------------------------------------------------------------------- report reads
+    @property
+    def spec_json(self) -> str:
+        return self._spec_json
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of every logged value of `key` (trials log at step = images seen), in step order."""
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
+    def artifacts(self, run_id: str, dst: Path) -> Path:
+        """Download all of the run's artifacts into folder `dst` (one call: an arm run holds a few small files)."""
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, "", str(dst)))
 
     # ---------------------------------------------------------------------------------------- trials
     def find_trial_run(self, trial_id: str, client: MlflowClient | None = None) -> Any:
@@ -331,7 +350,8 @@ class MlflowTrialCallback(tune.Callback):
         last = trial.last_result or {}
         if last.get("diverged"):
             return "diverged", str(last.get("diverged_reason", ""))
-        if float(last.get("images_seen", 0)) < self.budget_images:
+        # an arm's own budget (`budget.mode: epochs` scales it with the arm's amount), else the study's
+        if float(last.get("images_seen", 0)) < float(last.get("budget_images", self.budget_images)):
             return "early_stopped", ""
         return "completed", ""
 

@@ -19,7 +19,13 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 class TestStudySpec:
     def test_bundled_quickstart_spec_loads(self) -> None:
         spec = load_study(bundled_dir("tune_spaces") / "quickstart.yaml")
-        assert [a.name for a in spec.arms] == ["digits_train", "photo_crops", "dead_leaves", "gaussian_noise"]
+        assert [a.name for a in spec.arms] == [
+            "digits_train",
+            "photo_crops",
+            "dead_leaves",
+            "spectral_noise",
+            "gaussian_noise",
+        ]
 
     def test_unknown_key_names_file_and_field(self, tmp_path: Path) -> None:
         path = write(tmp_path, "s.yaml", "name: x\narms: [{name: a, card: digits_train}]\nbudget: {imagez: 5}\n")

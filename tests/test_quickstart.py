@@ -48,11 +48,14 @@ def test_quickstart_runs_the_whole_study_and_a_rerun_adds_nothing(tmp_path: Path
     meta = load_meta(str(tmp_path / "teacher"))
     assert meta.test_accuracy >= 0.90
 
-    # shards and manifests with the right counts
-    expected = {"digits_train": 1257, "photo_crops": 2048, "dead_leaves": 2048, "gaussian_noise": 2048}
-    for name, count in expected.items():
+    # shards and manifests with the right counts (teacher-filtered cards keep what their balanced scan selected)
+    shards = {"digits_train": 1257, "photo_crops": 2048, "dead_leaves_balanced": None,
+              "spectral_noise_balanced": None, "gaussian_noise_balanced": None}  # fmt: skip
+    for name, count in shards.items():
         manifest = read_manifest(str(tmp_path / "shards" / name))
+        count = count or manifest.selection.kept
         assert manifest.count == count == sum(s.count for s in manifest.shards)
+    expected = ["digits_train", "photo_crops", "dead_leaves", "spectral_noise", "gaussian_noise"]
 
     # MLflow: a parent run per arm, the configured number of finished child runs with both accuracies
     runs = all_runs(uri, spec, tmp_path)
@@ -66,14 +69,23 @@ def test_quickstart_runs_the_whole_study_and_a_rerun_adds_nothing(tmp_path: Path
         assert {"val_acc", "test_acc"} <= set(child.data.metrics)
         assert child.data.tags["mlflow.parentRunId"] in parent_ids and child.data.tags["phase"] == "search"
     assert all("criteria.class_entropy" in p.data.metrics for p in parents)
+    # the raw pool keeps the teacher's skew that balanced selection removes from the built set
+    gaps = [
+        p.data.metrics["criteria.built.class_entropy"] - p.data.metrics["criteria.raw.class_entropy"] for p in parents
+    ]
+    assert max(gaps) >= 0.2
 
-    # report
-    report_dir = tmp_path / "report"
+    # report: one folder per study, with correlations over its 5 surrogates
+    report_dir = tmp_path / "report" / spec.name
     text = (report_dir / "report.md").read_text()
     assert all(f"| {arm} |" in text for arm in expected)
+    assert "too few surrogates" not in text.split("## Ranking")[0] and (report_dir / "report.html").is_file()
     assert list(report_dir.glob("*.png"))
     results = pd.read_parquet(report_dir / "results.parquet")
-    assert len(results) == 8 and {"surrogate", "trial_id", "phase", "val_acc", "test_acc"} <= set(results.columns)
+    assert len(results) == 2 * len(expected) and {"surrogate", "trial_id", "phase", "val_acc", "test_acc"} <= set(
+        results.columns
+    )
+    assert {"crit_class_entropy", "crit_raw_class_entropy", "crit_built_class_entropy"} <= set(results.columns)
     assert results["test_acc"].between(0, 1).all()
 
     # the in-domain student beats the noise student by 40 points (measured gap of the worst in-domain seed over the

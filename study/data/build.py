@@ -198,6 +198,7 @@ def build_surrogate(
     `teacher` (a loaded `Teacher` or a teacher URI) is required by cards with `balance` and then also gives the
     manifest's teacher id and, unless `reference_stats` is given, the generators' reference mean/std. For a
     teacher-filtered card `count` caps the kept images (the first `count` in class-interleaved order).
+    A `mixture` card builds its components first (`study.data.mixture`).
     `ray_address` runs one Ray task per shard (the Ray runtime already initialised in this process, else
     `ray.init(address=ray_address)`); on a multi-node cluster `out_root` must be storage every node reaches (s3://).
     `on_shard(done, total)` is called as shards finish and `on_scan(scanned, kept, budget)` as the teacher scans
@@ -213,6 +214,14 @@ def build_surrogate(
     if meta is not None:
         teacher_id = meta.teacher_id
         reference_stats = reference_stats or (meta.mean, meta.std)
+    if card.kind == "mixture":
+        from study.data.mixture import build_mixture
+
+        return build_mixture(
+            card, out_root, count=count, reference_stats=reference_stats, teacher_id=teacher_id, meta=meta,
+            get_teacher=get_teacher, teacher=teacher, workers=workers, ray_address=ray_address, on_shard=on_shard,
+            replace_stale=replace_stale,
+        )  # fmt: skip
     if card.balance is not None and meta is None:
         raise shards.ShardError(
             f"card '{card.name}': 'balance' selects images through a teacher; give one (kd-study data build --teacher)"

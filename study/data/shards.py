@@ -62,6 +62,18 @@ class SelectionRecord(BaseModel):
     complete: bool
 
 
+class ComponentRecord(BaseModel):
+    """One component of a mixture surrogate: its weight (normalised), images taken from it, its own size and
+    the sha256 of its manifest (which pins its shards' sha256s), so the mixture names exactly what it blended."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    weight: float
+    count: int
+    built: int
+    manifest_sha256: str
+
+
 class Manifest(BaseModel):
     """What a surrogate holds and how it was made; enough to verify it and to reproduce it."""
 
@@ -83,6 +95,8 @@ class Manifest(BaseModel):
     reference_stats: list[list[float]] | None = None
     selection: SelectionRecord | None = None
     shards: list[ShardInfo]
+    components: list[ComponentRecord] | None = None
+    realised: dict[str, float] | None = None
     kd_study_version: str = __version__
 
     def shard_uris(self, root: str) -> list[str]:

@@ -40,11 +40,19 @@ def kd_temperature(
     else 2 (the paper's rule)."""
     if train.temperature is not None:
         return TemperatureChoice(train.temperature, "explicit")
-    if card.kind == "generated":
+    if card.kind == "generated" or (card.kind == "mixture" and _mixture_is_synthetic(card)):
         return TemperatureChoice(SYNTHETIC_TEMPERATURE, "synthetic")
     if teacher_fine_grained(meta, teacher):
         return TemperatureChoice(SYNTHETIC_TEMPERATURE, "fine_grained")
     return TemperatureChoice(REAL_TEMPERATURE, "real")
+
+
+def _mixture_is_synthetic(card: CardSpec) -> bool:
+    """A mixture takes one recipe for all its images: its `recipe`, synthetic by default when a component is
+    generated (`study.data.mixture`)."""
+    from study.data.mixture import mixture_recipe
+
+    return mixture_recipe(card) == "synthetic"
 
 
 def teacher_flip(meta: TeacherMeta, teacher: TeacherSpec | None = None) -> bool:

@@ -77,7 +77,11 @@ class TrialPaths:
 
 
 def card_for_arm(arm: ArmSpec, cards_dir: str | None) -> CardSpec:
-    return load_card(resolve_card_path(arm.card, Path(cards_dir) if cards_dir else None))
+    """The arm's card; a mixture's components are read too (relative to the mixture card's folder)."""
+    from study.data.mixture import resolve_mixture
+
+    path = resolve_card_path(arm.card, Path(cards_dir) if cards_dir else None)
+    return resolve_mixture(load_card(path), path.parent)
 
 
 def check_manifest_card(root: str, manifest: shards.Manifest, card: CardSpec) -> None:
@@ -91,10 +95,22 @@ def check_manifest_card(root: str, manifest: shards.Manifest, card: CardSpec) ->
 
 
 def is_synthetic(card: CardSpec) -> bool:
+    """The paper's synthetic recipe (T 20, 4 RandAugment ops) applies: generated cards, and mixtures whose
+    `recipe` is synthetic (the default when a component is generated: `study.data.mixture.mixture_recipe`)."""
+    if card.kind == "mixture":
+        from study.data.mixture import mixture_recipe
+
+        return mixture_recipe(card) == "synthetic"
     return card.kind == "generated"
 
 
 def is_shader(card: CardSpec) -> bool:
+    """Shader images get elastic warps and inversions (paper); so does a synthetic-recipe mixture with a shader
+    component (the extras are per batch, like the rest of the recipe)."""
+    if card.kind == "mixture":
+        return is_synthetic(card) and any(
+            c.resolved is not None and is_shader(c.resolved) for c in card.components or []
+        )
     return card.generator in ("shaders", "glsl_folder")
 
 
@@ -143,7 +159,10 @@ class KDTrial:
         self.optimizer = torch.optim.SGD(
             self.student.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
         )
-        self.total_steps = math.ceil(spec.budget.images / t.batch_size)
+        # equal images seen by default; `budget.mode: epochs` scales the budget with the arm's own amount
+        arm_images = min(arm.count or manifest.count, manifest.count)
+        self.budget_images, self.report_every = spec.budget.images_for(arm_images)
+        self.total_steps = math.ceil(self.budget_images / t.batch_size)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=self.total_steps, eta_min=t.lr_min
         )
@@ -258,7 +277,7 @@ class KDTrial:
 
     def run(self, report: Reporter) -> dict[str, float]:
         """Train to the budget, calling `report(metrics, {'trial': self})` at every report point."""
-        budget, every = self.spec.budget.images, self.spec.budget.report_every
+        budget, every = self.budget_images, self.report_every
         batches = iter(stream_loader(self.stream, self.spec.resources.loader_workers, self.device.type == "cuda"))
         for _ in range(self.step):  # replay the deterministic stream up to a restored checkpoint
             next(batches)
@@ -297,6 +316,7 @@ class KDTrial:
                     **self.evaluate(),
                     "train_loss": loss_sum / max(loss_n, 1),
                     "images_seen": float(min(self.images_seen, budget)),
+                    "budget_images": float(budget),
                     "images_per_s": (self.images_seen - seen0) / max(elapsed, 1e-9),
                     "lr": self.optimizer.param_groups[0]["lr"],
                 }

@@ -1,0 +1,194 @@
+"""Predict before you distill: score candidate surrogates from their raw-pool criteria alone.
+
+A finished study gives, per surrogate, the raw-pool criteria (teacher forward passes) and the student accuracy KD
+reached on it. A ridge regression on the standardised criteria, fitted on those surrogates, then scores new
+candidate cards from teacher passes only, with no student training. Ridge because a study holds a handful of
+surrogates and a dozen correlated criteria: unregularised least squares would interpolate them.
+
+Whether that is worth anything is measured, not assumed: leave-one-surrogate-out (fit on all surrogates but one,
+predict the one left out) gives a rank correlation of predicted with achieved accuracy, set beside the same
+procedure on class entropy alone (the paper's criterion). The report and `kd-study rank` say plainly when the
+model does not beat class entropy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from study.criteria import NOT_DATA_FREE
+from study.stats import MIN_POINTS, rank_correlation
+
+ALPHA = 1.0
+TARGET = "test_acc"
+ENTROPY = "crit_raw_class_entropy"
+UNMEASURABLE_BEFORE_BUILD = {"acceptance_rate", "attack_success"}
+"""Raw-pool numbers that need a build (the balanced scan, the attack), so a candidate card has none yet."""
+
+
+class RankError(ValueError):
+    """The study cannot support a ranking model (too few surrogates, no criteria); the message says why."""
+
+
+def model_features(points: pd.DataFrame) -> list[str]:
+    """Raw-pool criteria that are data-free, measurable on a candidate card, known and not constant."""
+    out = []
+    for col in points.columns:
+        if not col.startswith("crit_raw_"):
+            continue
+        name = col[len("crit_raw_") :]
+        values = pd.to_numeric(points[col], errors="coerce")
+        if name in NOT_DATA_FREE or name in UNMEASURABLE_BEFORE_BUILD or values.isna().any():
+            continue
+        if np.ptp(values.to_numpy()) > 0:
+            out.append(col)
+    return out
+
+
+@dataclass
+class RidgeRanker:
+    """y ~ b + sum_j w_j (x_j - mean_j) / sd_j, w = argmin |y - b - Zw|^2 + alpha |w|^2, b = mean(y)."""
+
+    features: list[str]
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+
+    @classmethod
+    def fit(cls, points: pd.DataFrame, features: list[str], alpha: float = ALPHA) -> RidgeRanker:
+        x = points[features].to_numpy(dtype=np.float64)
+        y = points[TARGET].to_numpy(dtype=np.float64)
+        mean, scale = x.mean(0), x.std(0)
+        scale = np.where(scale > 0, scale, 1.0)
+        z = (x - mean) / scale
+        coef = np.linalg.solve(z.T @ z + alpha * np.eye(len(features)), z.T @ (y - y.mean()))
+        return cls(features, mean, scale, coef, float(y.mean()))
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        z = (frame[self.features].to_numpy(dtype=np.float64) - self.mean) / self.scale
+        return self.intercept + z @ self.coef
+
+
+def leave_one_out(points: pd.DataFrame, features: list[str], alpha: float = ALPHA) -> np.ndarray:
+    """Prediction for each surrogate from a model fitted on all the others."""
+    out = np.empty(len(points))
+    for i in range(len(points)):
+        rest = points.drop(index=points.index[i])
+        out[i] = RidgeRanker.fit(rest, features, alpha).predict(points.iloc[[i]])[0]
+    return out
+
+
+@dataclass
+class Validation:
+    n: int
+    features: list[str]
+    model_rho: float
+    entropy_rho: float
+    model_mae: float
+    entropy_mae: float
+    predictions: pd.DataFrame  # surrogate, achieved, model LOSO prediction, entropy-only LOSO prediction
+
+    @property
+    def beats_entropy(self) -> bool:
+        return math.isfinite(self.model_rho) and (
+            not math.isfinite(self.entropy_rho) or self.model_rho > self.entropy_rho
+        )
+
+    def verdict(self) -> str:
+        m, e = f"{self.model_rho:+.2f}", f"{self.entropy_rho:+.2f}"
+        head = (
+            f"Leave-one-surrogate-out over {self.n} surrogates: the ridge model on {len(self.features)} raw-pool "
+            f"criteria ranks the held-out surrogates with Spearman ρ = {m} (mean absolute error "
+            f"{100 * self.model_mae:.1f} points); class entropy alone, fitted the same way, ρ = {e} "
+            f"(error {100 * self.entropy_mae:.1f} points)."
+        )
+        if self.beats_entropy:
+            return f"{head} The model beats class entropy alone on this study."
+        return f"{head} The model does NOT beat class entropy alone: rank candidates by class entropy instead."
+
+
+def validate(points: pd.DataFrame, alpha: float = ALPHA) -> Validation:
+    """Leave-one-surrogate-out validation of the ridge model next to class entropy alone."""
+    points = points.reset_index(drop=True)
+    if len(points) < MIN_POINTS:
+        raise RankError(f"{len(points)} surrogate(s) with results: the ranking model needs at least {MIN_POINTS}")
+    features = model_features(points)
+    if not features:
+        raise RankError("no raw-pool criterion varies across the study's surrogates")
+    y = points[TARGET].to_numpy(dtype=np.float64)
+    model = leave_one_out(points, features, alpha)
+    entropy = leave_one_out(points, [ENTROPY], alpha) if ENTROPY in features else np.full(len(points), y.mean())
+    table = pd.DataFrame(
+        {"surrogate": points["surrogate"], "achieved": y, "model (LOSO)": model, "class entropy (LOSO)": entropy}
+    )
+    return Validation(
+        n=len(points),
+        features=features,
+        model_rho=rank_correlation(model, y, "spearman"),
+        entropy_rho=rank_correlation(entropy, y, "spearman"),
+        model_mae=float(np.abs(model - y).mean()),
+        entropy_mae=float(np.abs(entropy - y).mean()),
+        predictions=table,
+    )
+
+
+def score_candidates(points: pd.DataFrame, candidates: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """Candidates (one row each, `crit_raw_*` columns) with their predicted accuracy, best first."""
+    points = points.reset_index(drop=True)
+    if len(points) < MIN_POINTS:
+        raise RankError(
+            f"the study has {len(points)} surrogate(s) with results; ranking candidates needs at least "
+            f"{MIN_POINTS} to fit and validate a model (add surrogates to the study and run it)"
+        )
+    features = [f for f in model_features(points) if f in candidates]
+    if not features:
+        raise RankError("no raw-pool criterion is shared by the study's surrogates and the candidates")
+    model = RidgeRanker.fit(points, features, alpha)
+    out = candidates.copy()
+    out["predicted_test_acc"] = model.predict(candidates)
+    out = out.sort_values("predicted_test_acc", ascending=False).reset_index(drop=True)
+    out.index = out.index + 1
+    return out
+
+
+def rank_study_candidates(
+    spec_path: str, root: str | None, candidates: list[str], cards_dir: Path | None = None
+) -> tuple[pd.DataFrame, Validation]:
+    """`kd-study rank`: the finished study's surrogates fit the model, candidate cards get teacher passes only."""
+    from study.config import load_card, load_study
+    from study.criteria import batched, measure
+    from study.device import pick_device
+    from study.pipeline import study_paths
+    from study.populations import arm_temperature, raw_pool
+    from study.report import collect_arms, collect_trials, surrogate_points
+    from study.resources import resolve_card_path, resolve_spec_path
+    from study.stats import arm_accuracy
+    from study.teacher import load_teacher
+    from study.tracking import StudyTracker
+
+    spec = load_study(resolve_spec_path(spec_path))
+    paths = study_paths(spec, root)
+    tracker = StudyTracker(paths.tracking_uri, spec)
+    arms = collect_arms(tracker)
+    trials = collect_trials(tracker, arms)
+    points = surrogate_points(arm_accuracy(trials), arms) if len(trials) else pd.DataFrame()
+    if len(points) < MIN_POINTS:
+        raise RankError(
+            f"study '{spec.name}' has {len(points)} surrogate(s) with finished results in {paths.tracking_uri}; "
+            f"`kd-study rank` needs at least {MIN_POINTS} to fit and validate its model"
+        )
+    validation = validate(points)
+    cards = [load_card(resolve_card_path(name, cards_dir)) for name in candidates]  # all validated before any pass
+    teacher = load_teacher(paths.teacher, pick_device())
+    rows = []
+    for card in cards:
+        arm = spec.arms[0].model_copy(update={"name": card.name, "card": card.name, "train": {}})
+        pool = raw_pool(card, spec.criteria.images, (teacher.meta.mean, teacher.meta.std), teacher.meta.num_classes)
+        found = measure(teacher, batched(pool), arm_temperature(spec, arm, card, teacher.meta))
+        rows.append({"card": card.name, **{f"crit_raw_{k}": v for k, v in found.values.items()}})
+    return score_candidates(points, pd.DataFrame(rows)), validation

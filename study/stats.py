@@ -1,0 +1,213 @@
+"""The report's statistics: an accuracy per arm with its interval, and rank correlations with their uncertainty.
+
+An arm's accuracy is the mean `test_acc` over its final phase's seeds with a Student-t 95% interval (the paper
+reports means over seeds). Without a final phase it is the `test_acc` of the best search trial by `val_acc` among
+those that ran their full budget, labelled so, since one trial has no interval. Early-stopped trials never enter
+a mean: ASHA stops the weak ones, so they would bias it down.
+
+Correlations are computed over surrogates, one point per distinct image source (DESIGN.md): arms that share a
+source are variants, not independent evidence. Each comes with a bootstrap 95% interval (pairs resampled with
+replacement, percentile interval) and a two-sided permutation p-value (exact over all orderings up to
+`EXACT_PERMUTATIONS_UP_TO` points). Below `MIN_POINTS` points no number is given.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+MIN_POINTS = 5
+TOO_FEW = "too few surrogates"
+EXACT_PERMUTATIONS_UP_TO = 7
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def mean_interval(values: np.ndarray | list[float], level: float = LEVEL) -> Interval:
+    """Mean and its Student-t interval: mean +- t_{(1+level)/2, n-1} * s / sqrt(n) (NaN bounds for n < 2)."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    m = float(x.mean())
+    if n < 2:
+        return Interval(m, math.nan, math.nan, n)
+    half = float(sps.t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return Interval(m, m - half, m + half, n)
+
+
+def full_budget(trials: pd.DataFrame) -> pd.Series:
+    """Trials that finished their whole budget: FINISHED, not early-stopped, not diverged."""
+    ok = (trials["status"] == "FINISHED") & ~trials["early_stopped"].astype(bool)
+    if "diverged" in trials:
+        ok &= ~trials["diverged"].astype(bool)
+    return ok & trials["test_acc"].notna()
+
+
+def arm_accuracy(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: accuracy, its interval, where it comes from (`basis`) and trial counts by outcome."""
+    rows = []
+    for arm, group in trials.groupby("arm", sort=False):
+        ok = full_budget(group)
+        final = group[ok & (group["phase"] == "final")]
+        search = group[ok & (group["phase"] != "final")]
+        row: dict = {"arm": arm, "surrogate": group["surrogate"].iloc[0]}
+        if len(final):
+            iv = mean_interval(final["test_acc"].to_numpy())
+            row |= {"test_acc": iv.mean, "ci_low": iv.low, "ci_high": iv.high, "n": iv.n}
+            row |= {"basis": f"mean of {iv.n} final seed(s)", "best_val_acc": final["val_acc"].mean()}
+        elif len(search):
+            best = search.loc[search["val_acc"].idxmax()]
+            row |= {"test_acc": best["test_acc"], "ci_low": math.nan, "ci_high": math.nan, "n": 1}
+            row |= {"basis": "best search trial by val (no final phase)", "best_val_acc": best["val_acc"]}
+        else:
+            continue
+        row |= outcome_counts(group)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if len(out):
+        out = out.sort_values("test_acc", ascending=False).reset_index(drop=True)
+        out.index = out.index + 1
+    return out
+
+
+def outcome_counts(group: pd.DataFrame) -> dict[str, int]:
+    """How an arm's trials ended: finished at full budget, early-stopped, failed, diverged, still running."""
+    diverged = group["diverged"].astype(bool) if "diverged" in group else pd.Series(False, index=group.index)
+    return {
+        "trials": len(group),
+        "full_budget": int(full_budget(group).sum()),
+        "early_stopped": int(((group["status"] == "FINISHED") & group["early_stopped"].astype(bool)).sum()),
+        "failed": int(((group["status"] == "FAILED") & ~diverged).sum()),
+        "diverged": int(diverged.sum()),
+        "running": int((group["status"] == "RUNNING").sum()),
+    }
+
+
+def rank_correlation_rows(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
+    """Row-wise Spearman rho (Pearson on average ranks) or Kendall tau-b (sum s_x s_y / sqrt(sum s_x^2 sum s_y^2)
+    over pairs i < j, s = sign of the difference) of (R, n) arrays; NaN where a row is constant. Vectorised so
+    that thousands of bootstrap and permutation resamples cost milliseconds."""
+    x, y = np.atleast_2d(np.asarray(x, dtype=np.float64)), np.atleast_2d(np.asarray(y, dtype=np.float64))
+    if method == "spearman":
+        rx, ry = sps.rankdata(x, axis=1), sps.rankdata(y, axis=1)
+        rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
+        num, den = (rx * ry).sum(1), np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
+    elif method == "kendall":
+        i, j = np.triu_indices(x.shape[1], 1)
+        sx, sy = np.sign(x[:, i] - x[:, j]), np.sign(y[:, i] - y[:, j])
+        num, den = (sx * sy).sum(1), np.sqrt((sx * sx).sum(1) * (sy * sy).sum(1))
+    else:
+        raise ValueError(f"unknown correlation '{method}' (spearman or kendall)")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def rank_correlation(x: np.ndarray, y: np.ndarray, method: str) -> float:
+    """Spearman's rho or Kendall's tau-b of two samples (NaN when either is constant)."""
+    if len(x) < 2:
+        return math.nan
+    return float(rank_correlation_rows(x, y, method)[0])
+
+
+@dataclass(frozen=True)
+class Correlation:
+    method: str
+    value: float
+    low: float
+    high: float
+    p_value: float
+    n: int
+
+    def text(self) -> str:
+        if self.n < MIN_POINTS:
+            return TOO_FEW
+        if not math.isfinite(self.value):
+            return "undefined (a constant)"
+        return f"{self.value:+.2f} [{self.low:+.2f}, {self.high:+.2f}], p = {self.p_value:.3f}"
+
+
+def bootstrap_interval(
+    x: np.ndarray, y: np.ndarray, method: str, resamples: int = 2000, seed: int = 0, level: float = LEVEL
+) -> tuple[float, float]:
+    """Percentile interval of the correlation over `resamples` resamplings of the (x, y) pairs with replacement;
+    resamples where a side is constant (correlation undefined) are skipped."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), (resamples, len(x)))
+    values = rank_correlation_rows(x[idx], y[idx], method)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return math.nan, math.nan
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def permutation_p(x: np.ndarray, y: np.ndarray, method: str, permutations: int = 5000, seed: int = 0) -> float:
+    """Two-sided p-value of no association: the share of orderings of y whose |correlation| >= the observed one;
+    all n! orderings up to `EXACT_PERMUTATIONS_UP_TO` points, else (1 + hits) / (1 + permutations) random ones."""
+    observed = abs(rank_correlation(x, y, method))
+    if not math.isfinite(observed):
+        return math.nan
+    n = len(y)
+    if n <= EXACT_PERMUTATIONS_UP_TO:
+        orders = np.array(list(itertools.permutations(range(n))))
+        values = np.abs(rank_correlation_rows(np.broadcast_to(x, orders.shape), y[orders], method))
+        return float(np.mean(values >= observed - 1e-12))
+    rng = np.random.default_rng(seed)
+    orders = np.argsort(rng.random((permutations, n)), axis=1)
+    values = np.abs(rank_correlation_rows(np.broadcast_to(x, orders.shape), y[orders], method))
+    return float((1 + np.sum(values >= observed - 1e-12)) / (1 + permutations))
+
+
+def correlate(x: np.ndarray, y: np.ndarray, method: str, seed: int = 0, resamples: int = 2000) -> Correlation:
+    """Correlation with interval and p-value; NaNs everywhere below `MIN_POINTS` points (say `TOO_FEW`)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = len(x)
+    if n < MIN_POINTS:
+        return Correlation(method, math.nan, math.nan, math.nan, math.nan, n)
+    lo, hi = bootstrap_interval(x, y, method, resamples, seed)
+    return Correlation(method, rank_correlation(x, y, method), lo, hi, permutation_p(x, y, method, seed=seed), n)
+
+
+def correlations(points: pd.DataFrame, criteria: list[str], target: str = "test_acc") -> pd.DataFrame:
+    """Spearman and Kendall of each criterion column of `points` (one row per surrogate) with `target`,
+    sorted by |rho| (strongest first)."""
+    rows = []
+    for name in criteria:
+        rho = correlate(points[name].to_numpy(), points[target].to_numpy(), "spearman")
+        tau = correlate(points[name].to_numpy(), points[target].to_numpy(), "kendall")
+        rows.append(
+            {
+                "criterion": name,
+                "n": rho.n,
+                "rho": rho.value,
+                "rho_low": rho.low,
+                "rho_high": rho.high,
+                "rho_p": rho.p_value,
+                "tau": tau.value,
+                "tau_low": tau.low,
+                "tau_high": tau.high,
+                "tau_p": tau.p_value,
+                "rho_text": rho.text(),
+                "tau_text": tau.text(),
+            }
+        )
+    out = pd.DataFrame(rows)
+    if len(out):
+        out = out.sort_values("rho", key=lambda s: -s.abs(), na_position="last").reset_index(drop=True)
+    return out
