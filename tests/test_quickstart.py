@@ -19,11 +19,13 @@ pytestmark = pytest.mark.slow
 
 def tiny_spec() -> StudySpec:
     data = quickstart_spec().model_dump()
-    data["teacher"].update(arch="resnet8", epochs=10, batch_size=64)
-    data["budget"].update(images=3072, report_every=1024)
-    # a budget this small needs many small steps and light augmentation to learn anything (measured: 97% vs 25%
-    # for the paper's full recipe at 4k images); the full recipe runs in the real quickstart
-    data["train"].update(batch_size=16, randaugment_ops=0, crop_scale_min=0.8, mixup=False)
+    # The spec's DEFAULT recipe (RandAugment, crop, mixup, flips as the teacher's) at a small scale: 16 px inputs
+    # make every step 4x cheaper than 32 px, so 8,192 images fit the budget. Measured with resnet8 -> resnet8, batch
+    # 32, lr 0.1, T 4, seeds 0-2: digits_train 0.83 (0.79-0.86), gaussian_noise 0.14 (0.12-0.18); at 4,096 images
+    # digits_train reaches only 0.51.
+    data["teacher"].update(arch="resnet8", epochs=10, batch_size=64, image_size=16)
+    data["budget"].update(images=8192, report_every=4096)
+    data["train"].update(batch_size=32)
     data["search"]["trials_per_arm"] = 2
     return StudySpec.model_validate(data)
 
@@ -36,6 +38,8 @@ def all_runs(tracking_uri: str, spec: StudySpec) -> list:
 
 def test_quickstart_runs_the_whole_study_and_a_rerun_adds_nothing(tmp_path: Path, ray_session) -> None:
     spec = tiny_spec()
+    train = spec.train_for(spec.arms[0])
+    assert train.mixup and train.randaugment_ops is None and train.crop_scale_min == 0.35  # the default recipe
     outcome = quickstart(tmp_path, spec)
     uri = outcome.paths.tracking_uri
     assert (tmp_path / "mlflow.db").is_file()
@@ -84,9 +88,10 @@ def test_quickstart_runs_the_whole_study_and_a_rerun_adds_nothing(tmp_path: Path
     assert {"crit_class_entropy", "crit_raw_class_entropy", "crit_built_class_entropy"} <= set(results.columns)
     assert results["test_acc"].between(0, 1).all()
 
-    # the in-domain student beats the noise student by 20 points
+    # the in-domain student beats the noise student by 40 points (measured gap of the worst in-domain seed over the
+    # best noise seed: 61 points; the search's lr range adds some spread)
     ranking = outcome.report.ranking.set_index("arm")
-    assert ranking.loc["digits_train", "test_acc"] >= ranking.loc["gaussian_noise", "test_acc"] + 0.20
+    assert ranking.loc["digits_train", "test_acc"] >= ranking.loc["gaussian_noise", "test_acc"] + 0.40
 
     # rerun with the same folder: reuses everything, adds no MLflow runs
     again = quickstart(tmp_path, spec)
