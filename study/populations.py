@@ -52,8 +52,9 @@ def raw_pool(card: CardSpec, n: int, reference_stats: tuple[list[float], list[fl
         else:
             total = max(card.count or n, n)
         ids = scan_order(card, total)[:n]
-        by_id = np.argsort(ids, kind="stable")
-        rendered = np.stack([generator.generate(card.seed, int(i), 1, card.image_size)[0] for i in ids[by_id]])
+        by_id = np.argsort(ids, kind="stable")  # render in index order, consecutive runs in one call, then unsort
+        runs = np.split(ids[by_id], np.flatnonzero(np.diff(ids[by_id]) != 1) + 1)
+        rendered = np.concatenate([generator.generate(card.seed, int(r[0]), len(r), card.image_size) for r in runs])
         return rendered[np.argsort(by_id, kind="stable")]
     if card.kind == "mixture":
         return _mixture_pool(card, n, reference_stats, num_classes)

@@ -75,9 +75,9 @@ def criteria_plot(results: StudyResults, population: str, path: Path) -> Path | 
     names = [c for c in names if c in points and points[c].notna().any()]
     if not names or not len(points):
         return None
-    cols = 4
+    cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3.6 * cols, 6), 3.0 * rows), squeeze=False)
     by_name = corr.set_index("criterion")
     for ax, name in zip(axes.flat, names, strict=False):
         ax.scatter(points[name], 100 * points["test_acc"], color=GREEN, zorder=3)
@@ -112,8 +112,12 @@ def curves_plot(results: StudyResults, path: Path) -> Path | None:
     rows = math.ceil(len(arms) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True)
     for ax, arm in zip(axes.flat, arms, strict=False):
+        finals = 0
         for label, steps, values in curves[arm]:
             style = dict(color=BLUE, lw=2) if label.startswith("best") else dict(color=ORANGE, lw=1, alpha=0.8)
+            if label.startswith("final"):
+                finals += 1
+                label = "final seeds" if finals == 1 else "_nolegend_"
             ax.plot(steps, 100 * np.asarray(values), marker="o", ms=3, label=label, **style)
         ax.set_title(arm, fontsize=9)
         ax.set_xlabel("images seen", fontsize=8)

@@ -29,8 +29,12 @@ class SkewedDigits(Generator):
     name: ClassVar[str] = "skewed_digits_test"
     version: ClassVar[str] = "1"
 
+    def __init__(self, params: Generator.Params, reference_stats: object = None) -> None:
+        super().__init__(params, reference_stats)
+        self.data = load_source("digits", "train", 32)
+
     def generate(self, seed: int, start: int, count: int, image_size: int) -> np.ndarray:
-        data = load_source("digits", "train", image_size)
+        data = self.data
         by_class = [np.flatnonzero(data.labels == c) for c in range(10)]
         p = SKEW ** np.arange(10)
         p /= p.sum()
@@ -53,7 +57,9 @@ def test_raw_pool_is_skewed_while_the_balanced_build_is_flat(digits_teacher: Pat
     )
     build = build_surrogate(card, str(tmp_path / "shards"), teacher=str(digits_teacher))
     assert build.manifest.selection is not None and build.manifest.selection.complete
-    spec = StudySpec.model_validate({"name": "pop", "arms": [{"name": "skewed", "card": "skewed"}]})
+    spec = StudySpec.model_validate(
+        {"name": "pop", "arms": [{"name": "skewed", "card": "skewed"}], "criteria": {"images": 512}}
+    )
     tracker = StudyTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", spec)
     teacher = load_teacher(str(digits_teacher))
     record_arms(spec, {"skewed": card}, {"skewed": build}, teacher, tracker, NoProgress())
