@@ -41,7 +41,6 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
     _DEBUG["on"] = debug
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Tune forces a state snapshot at every checkpoint when num_to_keep is set; that is intended here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -423,6 +422,12 @@ def data_ls(root: Annotated[str, typer.Argument(help="A shard root (folder or s3
                     m.teacher or "",
                 )
     console.print(table)
+
+
+# `kd-study submit / jobs / logs / stop` live in their own module.
+from study.cli_jobs import register as register_job_commands  # noqa: E402
+
+register_job_commands(app, console, user_errors, _DEBUG)
 
 
 def main() -> None:
