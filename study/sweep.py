@@ -23,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from study import storage
 from study.config import ParamSpace, StudySpec
 from study.distill.trial import TrialPaths, tune_trainable
 from study.tracking import MlflowTrialCallback, StudyTracker
@@ -186,10 +187,15 @@ def run_sweep(
     )
     callbacks = [MlflowTrialCallback(tracker, spec.budget.images), TrialProgress(on_update, total)]
     name = tracker.name
-    experiment_dir = str(Path(tune_dir) / name)
-    if tune.Tuner.can_restore(experiment_dir):
-        log.info("resuming Tune experiment %s", experiment_dir)
-        tuner = tune.Tuner.restore(experiment_dir, trainable=trainable, resume_errored=True)
+    # On S3 Tune gets a pyarrow filesystem and a bucket/key path, so state and checkpoints live in the bucket and
+    # a study resumes from any machine (Ray refuses a head-local storage_path on a multi-node cluster).
+    filesystem, storage_path = storage.arrow_filesystem(tune_dir)
+    experiment_dir = f"{storage_path.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(experiment_dir, storage_filesystem=filesystem):
+        log.info("resuming Tune experiment %s", tune_dir)
+        tuner = tune.Tuner.restore(
+            experiment_dir, trainable=trainable, resume_errored=True, storage_filesystem=filesystem
+        )
         # Tune restores callbacks from its pickle; give it live ones (UI, MLflow client) instead.
         tuner._local_tuner.get_run_config().callbacks = callbacks
     else:
@@ -213,7 +219,8 @@ def run_sweep(
             ),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=tune_dir,
+                storage_path=storage_path,
+                storage_filesystem=filesystem,
                 callbacks=callbacks,
                 verbose=0,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

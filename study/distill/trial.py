@@ -33,15 +33,17 @@ import torch
 
 from study.config import ArmSpec, CardSpec, StudySpec, TrainSpec, load_card
 from study.data import shards
+from study.data.eval_shards import read_eval_split
 from study.data.loader import ShardStream, stream_loader, to_teacher_input
 from study.data.perturb import attack_config, derived_name
+from study.data.shard_cache import ShardCacheSpec
 from study.device import autocast_dtype, pick_device
 from study.distill.attack import boundary_attack
 from study.distill.augment import AugmentConfig, BatchAugment
 from study.distill.loss import kd_loss, onehot_kd_loss
 from study.models import create_model
 from study.resources import resolve_card_path
-from study.teacher import eval_tensors, load_teacher, predict
+from study.teacher import eval_tensors, load_teacher, normalise, predict
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class TrialPaths:
     teacher: str
     shards_root: str
     cards_dir: str | None = None
+    eval_root: str | None = None  # <root>/eval: the teacher's val/test splits as shards (None: from meta.dataset)
+    cache: ShardCacheSpec | None = None  # node-local copies of S3 shards
 
 
 def card_for_arm(arm: ArmSpec, cards_dir: str | None) -> CardSpec:
@@ -140,17 +144,27 @@ class KDTrial:
             std=meta.std,
         )
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.stream = ShardStream(root, manifest, t.batch_size, seed=self.seed, limit=arm.count)
+        cache = paths.cache.open() if paths.cache else None
+        self.stream = ShardStream(root, manifest, t.batch_size, seed=self.seed, limit=arm.count, cache=cache)
         self.step = 0
         self.amp_dtype = autocast_dtype(self.device, spec.resources.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.val = eval_tensors(meta, meta.val_split, self.device)
-        self.test = eval_tensors(meta, meta.test_split, self.device)
+        self.val = self._eval_split(meta.val_split)
+        self.test = self._eval_split(meta.test_split)
         self.test_teacher_pred = predict(self.teacher.model, self.test[0]).argmax(1)
         online = arm.perturbation.mode == "online"
         self.attack = attack_config(arm.perturbation) if online else None
         self.attacked_per_batch = math.ceil((arm.perturbation.fraction or 1.0) * t.batch_size / 4) if online else 0
         self.attack_counts = [0, 0]  # (successes, attacked) since the last report
+
+    def _eval_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """An eval split from the study's eval shards (they travel to every node), else from the teacher's dataset."""
+        meta = self.teacher.meta
+        if self.paths.eval_root is None:
+            return eval_tensors(meta, split, self.device)
+        images, labels = read_eval_split(self.paths.eval_root, meta.teacher_id, split)
+        x = normalise(torch.from_numpy(images).permute(0, 3, 1, 2), meta.mean, meta.std)
+        return x.to(self.device), torch.from_numpy(labels).to(self.device)
 
     @property
     def images_seen(self) -> int:
