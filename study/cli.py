@@ -163,8 +163,11 @@ def _load_spec(spec: str, storage: str | None, root: str | None, tracking_uri: s
 
     if storage is not None and root is not None:
         raise SpecError("give --storage or its alias --root, not both")
-    study_spec = load_study(resolve_spec_path(spec))
-    return apply_overrides(study_spec, storage=storage or root, tracking_uri=tracking_uri, ray_address=ray_address)
+    spec_path = resolve_spec_path(spec)
+    study_spec = apply_overrides(
+        load_study(spec_path), storage=storage or root, tracking_uri=tracking_uri, ray_address=ray_address
+    )
+    return spec_path, study_spec
 
 
 @app.command()
@@ -177,14 +180,28 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Also copy the report to this local folder.")] = None,
     build_workers: Annotated[int, typer.Option(help="Processes for generating surrogates.")] = 1,
 ) -> None:
-    """Build what is missing, then run (or resume) the Ray Tune study and write the report."""
+    """Build what is missing, then run (or resume) the Ray Tune study and write the report.
+
+    Exits 0 when every trial reached a result (diverged trials are results), 3 when trials failed (after the
+    report is written; they are listed there), 2 on a user error found before anything ran.
+    """
     from study.pipeline import run_study
 
     with user_errors():
-        study_spec = _load_spec(spec, storage, root, tracking_uri, ray_address)
+        spec_path, study_spec = _load_spec(spec, storage, root, tracking_uri, ray_address)
         with _progress() as progress:
-            outcome = run_study(study_spec, None, RichProgress(progress), build_workers=build_workers, report_out=out)
+            outcome = run_study(
+                study_spec,
+                None,
+                RichProgress(progress),
+                build_workers=build_workers,
+                spec_path=str(spec_path),
+                report_out=out,
+            )
     _print_ranking(outcome)
+    if outcome.failed:
+        console.print(f"[bold red]{outcome.failed} trial(s) failed[/] after their retries (listed in the report)")
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -197,15 +214,14 @@ def report(
     out: Annotated[Path | None, typer.Option(help="Also copy the report to this local folder.")] = None,
 ) -> None:
     """Rebuild the report (to <root>/report) from the MLflow store alone."""
-    from study.pipeline import publish_report, study_paths
+    from study.pipeline import open_tracker, publish_report, study_paths
     from study.teacher import load_meta
-    from study.tracking import StudyTracker
 
     with user_errors():
-        study_spec = _load_spec(spec, storage, root, tracking_uri, ray_address)
+        spec_path, study_spec = _load_spec(spec, storage, root, tracking_uri, ray_address)
         paths = study_paths(study_spec)
         meta = load_meta(paths.teacher)
-        tracker = StudyTracker(paths.tracking_uri, study_spec)
+        tracker = open_tracker(study_spec, paths, str(spec_path.resolve().parent))
         result, uri = publish_report(tracker, paths, meta.test_accuracy, study_spec.name, out)
     console.print(f"report: [bold]{uri}[/] ({len(result.ranking)} arms)" + (f", copy in {out}" if out else ""))
 
@@ -219,14 +235,13 @@ def status(
     ray_address: RayAddressOption = None,
 ) -> None:
     """Per arm and phase: trials done / running / failed / pending and the best val_acc so far (from MLflow)."""
-    from study.pipeline import study_paths
+    from study.pipeline import open_tracker, study_paths
     from study.status import study_status
-    from study.tracking import StudyTracker
 
     with user_errors():
-        study_spec = _load_spec(spec, storage, root, tracking_uri, ray_address)
+        spec_path, study_spec = _load_spec(spec, storage, root, tracking_uri, ray_address)
         paths = study_paths(study_spec)
-        tracker = StudyTracker(paths.tracking_uri, study_spec)
+        tracker = open_tracker(study_spec, paths, str(spec_path.resolve().parent))
         rows = study_status(study_spec, tracker)
     if rows is None:
         console.print(f"study {tracker.name}: not started (no experiment in {paths.tracking_uri})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -19,10 +20,11 @@ from typer.testing import CliRunner
 from study import storage
 from study.cli import app
 from study.config import SpecError, StudySpec, apply_overrides
-from study.pipeline import study_paths
+from study.pipeline import open_tracker, study_paths
 from study.status import study_status
+from study.sweep import PerArmSearch, total_trials, trial_seed
 from study.teacher import load_meta
-from study.tracking import StudyTracker, experiment_name
+from study.tracking import experiment_name
 from tests.s3_servers import S3Server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +54,9 @@ def test_overrides_leave_the_experiment_name_and_science_hash_unchanged() -> Non
         "http://10.0.0.1:5000",
         "auto",
     )
-    assert moved.science_hash() == spec.science_hash() and experiment_name(moved) == experiment_name(spec)
+    content = {"teacher_weights_sha256": "ab" * 32}
+    assert moved.science_hash(content) == spec.science_hash(content)
+    assert experiment_name(moved, content) == experiment_name(spec, content)
     assert apply_overrides(spec) is spec
 
 
@@ -82,6 +86,46 @@ def test_arrow_filesystem_points_at_the_endpoint_with_path_style(s3_env: S3Serve
     assert storage.arrow_filesystem("relative/tune")[0] is None
 
 
+# ---------------------------------------------------------------------------------------------- seeds, final phase
+def complete(searcher: PerArmSearch, trial_id: str, val: float, images: int, **extra) -> None:
+    searcher.on_trial_complete(trial_id, {"val_acc": val, "images_seen": images, **extra})
+
+
+def test_every_search_trial_gets_its_own_seed_from_study_seed_arm_and_index() -> None:
+    searcher = PerArmSearch(["a", "b"], {}, trials_per_arm=3, seed=5)
+    configs = [searcher.suggest(f"t{i}") for i in range(6)]
+    seeds = [c["seed"] for c in configs]
+    assert len(set(seeds)) == 6
+    again = PerArmSearch(["a", "b"], {}, trials_per_arm=3, seed=5)
+    assert seeds == [again.suggest(f"x{i}")["seed"] for i in range(6)]
+    assert configs[0]["seed"] == trial_seed(5, "a", "search", 0) != trial_seed(6, "a", "search", 0)
+
+
+def test_final_phase_reruns_the_best_full_budget_config_with_distinct_seeds() -> None:
+    from study.config import FinalSpec, ParamSpace
+
+    space = {"lr": ParamSpace(type="loguniform", low=0.01, high=0.3)}
+    searcher = PerArmSearch(["a"], space, 4, seed=0, final=FinalSpec(top_k=1, seeds=3), budget_images=1000)
+    configs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(4)}
+    assert searcher.suggest("t4") is None  # the search has not ended: the final phase waits for it
+    complete(searcher, "t0", 0.9, 500)  # early-stopped: not eligible, whatever its value
+    complete(searcher, "t1", 0.95, 1000, diverged=1.0)  # diverged: not eligible
+    complete(searcher, "t2", 0.6, 1000)
+    state = json.loads(json.dumps(searcher.state()))  # as saved with the experiment
+    complete(searcher, "t3", 0.7, 1000)  # the arm's last search trial: its final phase is queued now
+    finals = [searcher.suggest(f"f{i}") for i in range(3)]
+    assert searcher.suggest("f3") == PerArmSearch.FINISHED
+    assert {f["phase"] for f in finals} == {"final"} and {f["lr"] for f in finals} == {configs["t3"]["lr"]}
+    assert len({f["seed"] for f in finals} | {c["seed"] for c in configs.values()}) == 7
+
+    resumed = PerArmSearch(["a"], space, 4, seed=0, final=FinalSpec(top_k=1, seeds=3), budget_images=1000)
+    resumed.load_state(state)  # a study killed before its last search trial ended queues the same final phase
+    complete(resumed, "t3", 0.7, 1000)
+    assert [resumed.suggest(f"f{i}") for i in range(3)] == finals
+    spec = StudySpec.model_validate(spec_data(final={"top_k": 2, "seeds": 3}, search={"trials_per_arm": 4}))
+    assert total_trials(spec) == 4 + 6
+
+
 # ---------------------------------------------------------------------------------------------- a study on S3
 def study_yaml(path: Path) -> Path:
     data = spec_data(
@@ -94,6 +138,7 @@ def study_yaml(path: Path) -> Path:
         },
         budget={"images": 1536, "report_every": 512, "eval_batch_size": 256},
         resources={"cpu": 1, "max_concurrent": 2},
+        final={"top_k": 1, "seeds": 2},
     )
     path.write_text(yaml.safe_dump(data))
     return path
@@ -132,7 +177,7 @@ def test_study_on_s3_lands_in_the_bucket_and_resumes_from_a_fresh_directory(
     args = ["run", str(spec_file), "--storage", root, "--tracking-uri", tracking]
     env = {**os.environ, "PYTHONPATH": str(REPO), "KD_STUDY_SHARD_CACHE": str(tmp_path / "cache")}
     spec = apply_overrides(StudySpec.model_validate(yaml.safe_load(spec_file.read_text())), root, tracking)
-    tracker = StudyTracker(tracking, spec)
+    tracker = open_tracker(spec, study_paths(spec))
     first_cwd, second_cwd = tmp_path / "first", tmp_path / "second"
     first_cwd.mkdir()
     second_cwd.mkdir()
@@ -147,8 +192,14 @@ def test_study_on_s3_lands_in_the_bucket_and_resumes_from_a_fresh_directory(
     mid = study_status(spec, tracker)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert mid is not None and [(r.arm, r.phase) for r in mid] == [("digits", "search"), ("noise", "search")]
+    assert mid is not None and [(r.arm, r.phase) for r in mid] == [
+        ("digits", "search"),
+        ("digits", "final"),
+        ("noise", "search"),
+        ("noise", "final"),
+    ]
     assert all(r.expected == 2 for r in mid) and sum(r.running + r.done for r in mid) >= 1
+    assert all(r.done == 0 and r.pending == 2 for r in mid if r.phase == "final")
 
     # second driver, from another directory: resumes from the bucket and finishes, final phase included
     done = subprocess.run(
@@ -159,7 +210,7 @@ def test_study_on_s3_lands_in_the_bucket_and_resumes_from_a_fresh_directory(
 
     listed = keys(moto_server, bucket)
     teacher_id = load_meta(f"{root}/teacher").teacher_id
-    exp = experiment_name(spec)
+    exp = tracker.name
     for expected in (
         "study/shards/digits_train/manifest.json",
         "study/shards/gaussian_noise/shard-000000.tar",
@@ -178,7 +229,14 @@ def test_study_on_s3_lands_in_the_bucket_and_resumes_from_a_fresh_directory(
     assert len({r.data.tags["trial_id"] for r in runs}) == len(runs)
     for arm in ("digits", "noise"):
         search = [r for r in runs if r.data.tags["kd_study.arm"] == arm and r.data.tags["phase"] == "search"]
-        assert len(search) == 2
+        final = [r for r in runs if r.data.tags["kd_study.arm"] == arm and r.data.tags["phase"] == "final"]
+        assert len(search) == 2 and len(final) == 2
+        assert len({r.data.params["seed"] for r in search + final}) == 4  # every trial its own seed
+        assert all(r.info.status == "FINISHED" and r.data.tags["early_stopped"] == "false" for r in final)
+        full = [r for r in search if r.data.tags.get("early_stopped") == "false"]
+        top = max(r.data.metrics["val_acc"] for r in full)
+        best = {r.data.params["lr"] for r in full if r.data.metrics["val_acc"] == top}  # ties: either is right
+        assert len({r.data.params["lr"] for r in final}) == 1 and {r.data.params["lr"] for r in final} <= best
 
     after = study_status(spec, tracker)
     assert all((r.done, r.running, r.failed, r.pending) == (2, 0, 0, 0) for r in after)
@@ -187,4 +245,4 @@ def test_study_on_s3_lands_in_the_bucket_and_resumes_from_a_fresh_directory(
     assert shown.exit_code == 0 and "final" in shown.output and "digits" in shown.output
 
     results = pd.read_parquet(io.BytesIO(storage.read_bytes(f"{root}/report/results.parquet")))
-    assert {"arm", "phase"} <= set(results.columns) and len(results) == 4
+    assert {"arm", "seed", "phase"} <= set(results.columns) and len(results) == 8

@@ -105,15 +105,18 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker = 0 if info is None else info.id
         epoch = self.epoch
+        # one filler across epochs: an epoch's last partial batch is completed by the next epoch's images, so a
+        # surrogate smaller than one batch wraps around (its batches repeat images) instead of never filling one
+        batches = _BatchFiller(self.batch_size)
         while True:
             rng = np.random.default_rng([self.seed, epoch, worker])
             urls = self._my_urls(epoch)
             if not urls:
                 return
-            yield from self._epoch(urls, rng)
+            yield from self._epoch(urls, rng, batches)
             epoch += 1
 
-    def _epoch(self, urls: list[str], rng: np.random.Generator) -> Iterator[torch.Tensor]:
+    def _epoch(self, urls: list[str], rng: np.random.Generator, batches: _BatchFiller) -> Iterator[torch.Tensor]:
         """One pass over `urls` as shuffled batches, through a fixed random-replacement buffer.
 
         The buffer fills with the first `shuffle_buffer` images; then each arriving block of m images evicts m
@@ -121,12 +124,11 @@ class ShardStream(IterableDataset):
         the rest leaves in a random permutation (the shuffle buffer of TensorFlow's `Dataset.shuffle` and
         webdataset's `shuffle`, done a block at a time). Every image is copied twice, into the buffer and into its
         batch: re-concatenating and permuting a whole pool per block cost ~30 copies per image. The last partial
-        batch of an epoch is dropped; the next epoch reshuffles everything.
+        batch of an epoch is filled from the next epoch, which reshuffles everything.
         """
         capacity = self.shuffle_buffer
         buffer: np.ndarray | None = None
         filled = 0
-        batches = _BatchFiller(self.batch_size)
         local = self._cached if self.cache is not None else None
         for images, meta in iter_blocks(urls, {u: self.expected[u] for u in urls}, local):
             start = int(meta["start"])
