@@ -123,7 +123,7 @@ def _print_ranking(outcome) -> None:
     console.print(table)
     if outcome.teacher.test_accuracy is not None:
         console.print(f"teacher test accuracy: {outcome.teacher.test_accuracy:.2%}")
-    console.print(f"report: [bold]{outcome.report.markdown}[/]", soft_wrap=True)
+    console.print(f"report: [bold]{outcome.report_uri or outcome.report.markdown}[/]", soft_wrap=True)
     console.print(f"MLflow UI: [bold]mlflow ui --backend-store-uri {outcome.paths.tracking_uri}[/]", soft_wrap=True)
 
 
@@ -145,49 +145,114 @@ def quickstart(
     console.print(f"done in {time.perf_counter() - start:.0f} s")
 
 
+StorageOption = Annotated[
+    str | None, typer.Option("--storage", help="Study root: a folder or s3://bucket/prefix (sets storage.root).")
+]
+RootOption = Annotated[str | None, typer.Option("--root", help="Alias of --storage.")]
+TrackingOption = Annotated[
+    str | None, typer.Option("--tracking-uri", help="MLflow store: sqlite:////abs/path.db or http://host:5000.")
+]
+RayAddressOption = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (e.g. auto).")]
+
+
+def _load_spec(spec: str, storage: str | None, root: str | None, tracking_uri: str | None, ray_address: str | None):
+    """The spec with the where-it-runs overrides applied (never its science: the study keeps its identity)."""
+    from study.config import SpecError, apply_overrides, load_study
+    from study.resources import resolve_spec_path
+
+    if storage is not None and root is not None:
+        raise SpecError("give --storage or its alias --root, not both")
+    spec_path = resolve_spec_path(spec)
+    study_spec = apply_overrides(
+        load_study(spec_path), storage=storage or root, tracking_uri=tracking_uri, ray_address=ray_address
+    )
+    return spec_path, study_spec
+
+
 @app.command()
 def run(
     spec: Annotated[str, typer.Argument(help="Study spec: a YAML path or a bundled name (e.g. quickstart).")],
-    root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
+    storage: StorageOption = None,
+    root: RootOption = None,
+    tracking_uri: TrackingOption = None,
+    ray_address: RayAddressOption = None,
+    out: Annotated[Path | None, typer.Option(help="Also copy the report to this local folder.")] = None,
     build_workers: Annotated[int, typer.Option(help="Processes for generating surrogates.")] = 1,
 ) -> None:
-    """Build what is missing, then run (or resume) the Ray Tune study and write the report."""
-    from study.config import load_study
+    """Build what is missing, then run (or resume) the Ray Tune study and write the report.
+
+    Exits 0 when every trial reached a result (diverged trials are results), 3 when trials failed (after the
+    report is written; they are listed there), 2 on a user error found before anything ran.
+    """
     from study.pipeline import run_study
-    from study.resources import resolve_spec_path
 
     with user_errors():
-        study_spec = load_study(resolve_spec_path(spec))
+        spec_path, study_spec = _load_spec(spec, storage, root, tracking_uri, ray_address)
         with _progress() as progress:
-            outcome = run_study(study_spec, root, RichProgress(progress), build_workers=build_workers)
+            outcome = run_study(
+                study_spec,
+                None,
+                RichProgress(progress),
+                build_workers=build_workers,
+                spec_path=str(spec_path),
+                report_out=out,
+            )
     _print_ranking(outcome)
+    if outcome.failed:
+        console.print(f"[bold red]{outcome.failed} trial(s) failed[/] after their retries (listed in the report)")
+        raise typer.Exit(3)
 
 
 @app.command()
 def report(
     spec: Annotated[str, typer.Argument(help="Study spec (YAML path or bundled name).")],
-    root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Report folder (default <root>/report).")] = None,
+    storage: StorageOption = None,
+    root: RootOption = None,
+    tracking_uri: TrackingOption = None,
+    ray_address: RayAddressOption = None,
+    out: Annotated[Path | None, typer.Option(help="Also copy the report to this local folder.")] = None,
 ) -> None:
-    """Rebuild the report from the MLflow store alone."""
-    from study.config import load_study
-    from study.pipeline import study_paths
-    from study.report import write_report
-    from study.resources import resolve_spec_path
+    """Rebuild the report (to <root>/report) from the MLflow store alone."""
+    from study.pipeline import open_tracker, publish_report, study_paths
     from study.teacher import load_meta
-    from study.tracking import StudyTracker
 
     with user_errors():
-        study_spec = load_study(resolve_spec_path(spec))
-        paths = study_paths(study_spec, root)
+        spec_path, study_spec = _load_spec(spec, storage, root, tracking_uri, ray_address)
+        paths = study_paths(study_spec)
         meta = load_meta(paths.teacher)
-        result = write_report(
-            StudyTracker(paths.tracking_uri, study_spec),
-            out or Path(paths.report_dir),
-            meta.test_accuracy,
-            title=study_spec.name,
-        )
-    console.print(f"report: [bold]{result.markdown}[/] ({len(result.ranking)} arms)")
+        tracker = open_tracker(study_spec, paths, str(spec_path.resolve().parent))
+        result, uri = publish_report(tracker, paths, meta.test_accuracy, study_spec.name, out)
+    console.print(f"report: [bold]{uri}[/] ({len(result.ranking)} arms)" + (f", copy in {out}" if out else ""))
+
+
+@app.command()
+def status(
+    spec: Annotated[str, typer.Argument(help="Study spec (YAML path or bundled name).")],
+    storage: StorageOption = None,
+    root: RootOption = None,
+    tracking_uri: TrackingOption = None,
+    ray_address: RayAddressOption = None,
+) -> None:
+    """Per arm and phase: trials done / running / failed / pending and the best val_acc so far (from MLflow)."""
+    from study.pipeline import open_tracker, study_paths
+    from study.status import study_status
+
+    with user_errors():
+        spec_path, study_spec = _load_spec(spec, storage, root, tracking_uri, ray_address)
+        paths = study_paths(study_spec)
+        tracker = open_tracker(study_spec, paths, str(spec_path.resolve().parent))
+        rows = study_status(study_spec, tracker)
+    if rows is None:
+        console.print(f"study {tracker.name}: not started (no experiment in {paths.tracking_uri})")
+        raise typer.Exit(1)
+    table = Table(title=f"study {tracker.name}")
+    for col in ("arm", "phase", "done", "running", "failed", "pending", "early-stopped", "best val acc"):
+        table.add_column(col, justify="left" if col in ("arm", "phase") else "right", no_wrap=True)
+    for r in rows:
+        best = f"{r.best_val_acc:.2%}" if r.best_val_acc is not None else "-"
+        cells = (r.done, r.running, r.failed, r.pending, r.stopped_early)
+        table.add_row(r.arm, r.phase, *(str(c) for c in cells), best)
+    console.print(table)
 
 
 @app.command()
@@ -432,3 +497,7 @@ register_job_commands(app, console, user_errors, _DEBUG)
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

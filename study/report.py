@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from study.tracking import ARM, PHASE, TRIAL_ID, StudyTracker
+from study.tracking import ARM, ERROR, OUTCOME, PHASE, TRIAL_ID, StudyTracker
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,18 @@ def collect_trials(tracker: StudyTracker) -> pd.DataFrame:
             "arm": tags.get(ARM, ""),
             "trial_id": tags.get(TRIAL_ID, ""),
             "phase": tags.get(PHASE, "search"),
+            "seed": int(run.data.params["seed"]) if "seed" in run.data.params else None,
             "status": run.info.status,
             "early_stopped": tags.get("early_stopped") == "true",
             "run_id": run.info.run_id,
+            "outcome": tags.get(OUTCOME, ""),
+            "error": tags.get(ERROR, ""),
         }
         row.update({m: float(metrics[m]) if m in metrics else np.nan for m in RESULT_METRICS})
         row.update({f"param.{k}": v for k, v in run.data.params.items()})
         rows.append(row)
-    columns = ["surrogate", "arm", "trial_id", "phase", "status", "early_stopped", "run_id", *RESULT_METRICS]
+    columns = ["surrogate", "arm", "trial_id", "phase", "seed", "status", "early_stopped", "run_id", "outcome", "error"]
+    columns += list(RESULT_METRICS)
     df = pd.DataFrame(rows, columns=columns if not rows else None)
     return df.sort_values(["arm", "trial_id"]).reset_index(drop=True) if len(df) else df
 
@@ -74,7 +78,9 @@ def collect_criteria(tracker: StudyTracker) -> pd.DataFrame:
 
 def rank_arms(trials: pd.DataFrame) -> pd.DataFrame:
     """Per arm: the best-by-val trial's test accuracy, plus spread over finished trials."""
-    done = trials[trials["status"] == "FINISHED"].dropna(subset=["val_acc", "test_acc"])
+    # a diverged trial's last metrics come from before its loss blew up: not a student worth ranking
+    done = trials[(trials["status"] == "FINISHED") & (trials["outcome"] != "diverged")]
+    done = done.dropna(subset=["val_acc", "test_acc"])
     rows = []
     for arm, group in done.groupby("arm"):
         best = group.loc[group["val_acc"].idxmax()]
@@ -171,6 +177,27 @@ def _markdown_table(df: pd.DataFrame, float_cols: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def problem_trials_section(trials: pd.DataFrame) -> list[str]:
+    """Markdown listing each arm's failed and diverged trials (a study completes even when some do)."""
+    if not len(trials):
+        return []
+    problems = trials[trials["outcome"].isin(["failed", "diverged"])]
+    lines = ["", "## Failed and diverged trials", ""]
+    if not len(problems):
+        return [*lines, "_None: every trial completed or was early-stopped._"]
+    lines += [
+        "A diverged trial (NaN/inf loss) is a result: the search scored it 0. A failed trial raised after its "
+        "retries; its full error is the run's `error.txt` artifact.",
+        "",
+        "| arm | trial_id | outcome | error |",
+        "|---|---|---|---|",
+    ]
+    for row in problems.sort_values(["arm", "outcome", "trial_id"]).itertuples():
+        first = str(row.error).strip().splitlines()[-1:] if row.error else []
+        lines.append(f"| {row.arm} | {row.trial_id} | {row.outcome} | {(first[0] if first else '')[:160]} |")
+    return lines
+
+
 def write_report(
     tracker: StudyTracker, out_dir: Path, teacher_accuracy: float | None = None, title: str = ""
 ) -> Report:
@@ -236,6 +263,7 @@ def write_report(
             )
         )
         md += ["", "![criteria](criteria.png)"]
+    md += problem_trials_section(trials)
     md += [
         "",
         "## Files",

@@ -88,6 +88,40 @@ def eval_tensors(meta: TeacherMeta, split: str, device: torch.device) -> tuple[t
     return normalise(x, meta.mean, meta.std).to(device), torch.from_numpy(data.labels).to(device)
 
 
+def eval_split(meta: TeacherMeta, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split of the teacher's original data as uint8 (N, C, H, W) images and int64 labels, on the host.
+
+    Kept uint8 on the host (4x smaller than float, nothing on the device): `predict_classes` normalises and moves
+    one `eval_batch_size` batch at a time, so concurrent trials on a GPU do not each hold whole splits there.
+    """
+    data = load_source(meta.dataset, split, meta.image_size, root=meta.dataset_root)
+    if data.labels is None:
+        raise TeacherError(f"dataset '{meta.dataset}' split '{split}' has no labels to evaluate on")
+    return torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(data.labels).long()
+
+
+@torch.no_grad()
+def predict_classes(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Predicted classes (int64, host) of uint8 (N, C, H, W) host images, streamed in `batch_size` batches."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        batch = normalise(images[i : i + batch_size].to(device, non_blocking=True), mean, std)
+        if device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        out.append(model(batch).argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits of `model` on normalised inputs, in eval mode, batched."""
