@@ -347,7 +347,7 @@ def run_study(
         meta = load_meta(paths.teacher)
         teacher = load_teacher(paths.teacher)
     except TeacherError as err:
-        raise SpecError(f"{err}\n  (the spec's teacher.uri is '{spec.teacher.uri}')") from None
+        raise SpecError(f"{err}\n  ({where}: teacher.uri is '{spec.teacher.uri}')") from None
     outcome = StudyOutcome(paths, meta)
     outcome.builds = build_surrogates(cards, paths, meta, progress, build_workers)
     outcome.builds.update(build_perturbed_surrogates(spec, cards, paths, meta, progress))
