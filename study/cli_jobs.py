@@ -76,7 +76,7 @@ def submit(
     with job_errors():
         sub = submit_study(resolve_spec_path(spec), address, storage, tracking_uri)
         state = f"resuming after {sub.earlier_jobs} earlier job(s)" if sub.earlier_jobs else "first job of this study"
-        _console().print(f"submitted {sub.experiment} ({state})", soft_wrap=True)
+        _console().print(f"submitted {sub.study_key} ({state})", soft_wrap=True)
         print(sub.job_id, flush=True)
         if follow:
             _follow(address, sub.job_id)

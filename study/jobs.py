@@ -6,8 +6,8 @@ in its image (cluster/Dockerfile), so a submission never uploads the submitter's
 a multi-GB virtualenv and shards.
 
 Why submission ids are derived from the study: a study submitted twice must resume, never run twice. Each study
-(its MLflow experiment name: spec name + science hash, so storage/tracking/resources overrides do not change it)
-gets ids `kd-study-<experiment>-<n>`, n counting its earlier jobs on this cluster. A submission is refused while
+(its key: spec name + the spec's science hash, so storage/tracking/resources overrides do not change it) gets ids
+`kd-study-<key>-<n>`, n counting its earlier jobs on this cluster. A submission is refused while
 a job of the same study is pending or running; two racing submissions pick the same id and Ray accepts only one.
 The study itself resumes from its storage (Tune state and checkpoints under the study root, runs in MLflow).
 
@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from study.config import SpecError, StudySpec, load_model, load_study
-from study.tracking import experiment_name
+from study.config import SpecError, StudySpec, apply_overrides, load_model, load_study
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 SPEC_ENV = "KD_STUDY_SPEC_YAML"
 STORAGE_ENV, TRACKING_ENV = "KD_STUDY_STORAGE", "MLFLOW_TRACKING_URI"
 DRIVER_MODULE = "study.jobs"
-META_EXPERIMENT, META_STUDY = "kd_study.experiment", "kd_study.study"
+META_KEY, META_STUDY = "kd_study.study_key", "kd_study.study"
 ACTIVE = ("PENDING", "RUNNING")
 # Ray's job client prefers these environment variables over an explicit address (ray.dashboard.utils).
 ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
@@ -56,8 +55,14 @@ class JobError(RuntimeError):
 @dataclass(frozen=True)
 class Submission:
     job_id: str
-    experiment: str
+    study_key: str
     earlier_jobs: int
+
+
+def study_key(spec: StudySpec) -> str:
+    """`<name>-<science hash>` of the spec alone. The MLflow experiment's hash also covers the teacher's weights and
+    the cards' contents, but those live in the study's storage, which the submitting machine may not reach."""
+    return f"{spec.name}-{spec.science_hash()[:8]}"
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ def job_payload(spec: StudySpec, spec_yaml: str, storage: str | None, tracking_u
     return JobPayload(
         entrypoint=shlex.join(args),
         runtime_env={"env_vars": {SPEC_ENV: spec_yaml}},
-        metadata={META_EXPERIMENT: experiment_name(spec), META_STUDY: spec.name},
+        metadata={META_KEY: study_key(spec), META_STUDY: spec.name},
     )
 
 
@@ -136,9 +141,9 @@ def _call(address: str, request: Callable[[], object]) -> object:
         raise JobError(_explain(address, err)) from None
 
 
-def study_jobs(client: JobSubmissionClient, experiment: str) -> list[JobDetails]:
+def study_jobs(client: JobSubmissionClient, key: str) -> list[JobDetails]:
     """This study's submitted jobs on the cluster, oldest first."""
-    jobs = [j for j in client.list_jobs() if (j.metadata or {}).get(META_EXPERIMENT) == experiment]
+    jobs = [j for j in client.list_jobs() if (j.metadata or {}).get(META_KEY) == key]
     return sorted(jobs, key=lambda j: (j.start_time or 0, j.submission_id or ""))
 
 
@@ -150,18 +155,18 @@ def submit_study(
     spec = load_study(spec_path)
     check_submittable(spec, spec_path)
     payload = job_payload(spec, spec_yaml, storage, tracking_uri)
-    experiment = payload.metadata[META_EXPERIMENT]
+    key = payload.metadata[META_KEY]
     client = connect(address)
-    earlier = _call(address, lambda: study_jobs(client, experiment))
+    earlier = _call(address, lambda: study_jobs(client, key))
     assert isinstance(earlier, list)
     active = [j for j in earlier if str(j.status) in ACTIVE]
     if active:
         job = active[-1].submission_id
         raise JobError(
-            f"study '{spec.name}' ({experiment}) is already {active[-1].status} as job {job}: "
+            f"study '{spec.name}' ({key}) is already {active[-1].status} as job {job}: "
             f"follow it with `kd-study logs {job} --follow` or stop it with `kd-study stop {job}`"
         )
-    submission_id = f"kd-study-{experiment}-{len(earlier) + 1}"
+    submission_id = f"kd-study-{key}-{len(earlier) + 1}"
     job_id = _call(
         address,
         lambda: client.submit_job(
@@ -172,7 +177,7 @@ def submit_study(
         ),
     )
     assert isinstance(job_id, str)
-    return Submission(job_id, experiment, len(earlier))
+    return Submission(job_id, key, len(earlier))
 
 
 def list_jobs(address: str) -> list[JobDetails]:
@@ -226,15 +231,6 @@ class LogProgress:
             print(f"trials finished: {completed}/{total}", flush=True)
 
 
-def apply_submitted_overrides(spec: StudySpec, storage: str | None, tracking_uri: str | None) -> StudySpec:
-    update: dict[str, object] = {}
-    if storage:
-        update["storage"] = spec.storage.model_copy(update={"root": storage})
-    if tracking_uri:
-        update["tracking"] = spec.tracking.model_copy(update={"uri": tracking_uri})
-    return spec.model_copy(update=update)
-
-
 def driver_main(argv: list[str] | None = None) -> int:
     """Entry point of a submitted study (`python -m study.jobs`): the spec from $KD_STUDY_SPEC_YAML."""
     from study.pipeline import run_study
@@ -263,7 +259,7 @@ def driver_main(argv: list[str] | None = None) -> int:
     except (SpecError, yaml.YAMLError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    spec = apply_submitted_overrides(spec, args.storage, args.tracking_uri)
+    spec = apply_overrides(spec, storage=args.storage, tracking_uri=args.tracking_uri)
     outcome = run_study(spec, progress=LogProgress())
     print(f"study {spec.name} done: report {outcome.report.markdown if outcome.report else '-'}", flush=True)
     return 0

@@ -83,10 +83,11 @@ def _count(name: str, n: int = 1) -> None:
 
 
 def s3_counters() -> dict[str, int]:
-    """Process-wide totals since import: `retries` (botocore re-sent a request) and `range_resumes` (a broken
-    GetObject body continued with a Range request). Monotonic; callers diff two snapshots."""
+    """Process-wide totals since import: `retries` (botocore re-sent a request), `range_resumes` (a broken
+    GetObject body continued with a Range request) and `bytes_read` (object bytes streamed from S3).
+    Monotonic; callers diff two snapshots."""
     with _counters_lock:
-        return {"retries": _counters["retries"], "range_resumes": _counters["range_resumes"]}
+        return {name: _counters[name] for name in ("retries", "range_resumes", "bytes_read")}
 
 
 def _env_number(name: str, default: float) -> float:
@@ -285,6 +286,7 @@ class S3RangeReader(io.RawIOBase):
                 self._resume(stalls, "body ended early")
                 continue
             self.pos += len(chunk)
+            _count("bytes_read", len(chunk))
             if self.pos >= self.size:
                 self._finish()
             return chunk

@@ -108,6 +108,14 @@ class RayNode:
                 return pid
         raise RuntimeError(f"node {self.name}: no raylet process under {self.temp_dir}")
 
+    def node_id(self) -> str:
+        """The Ray node id, as `ray.get_runtime_context().get_node_id()` gives it (from the raylet's flags)."""
+        args = Path(f"/proc/{self.raylet_pid()}/cmdline").read_bytes().decode().split("\0")
+        for arg in args:
+            if arg.startswith("--node_id="):
+                return arg.split("=", 1)[1]
+        raise RuntimeError(f"node {self.name}: its raylet has no --node_id flag ({args[:3]}...)")
+
     def stop(self) -> None:
         stop_pids(self.pids())
 
@@ -144,7 +152,8 @@ class LocalRayCluster:
         with node.log.open("ab") as log:
             proc = subprocess.run(
                 [ray_executable(), "start", f"--temp-dir={node.temp_dir}", *args],
-                env=self.client_env(**{NODE_MARKER: node.marker}),
+                # each node its own kd-study shard cache, as on a real cluster
+                env=self.client_env(**{NODE_MARKER: node.marker, "KD_STUDY_SHARD_CACHE": str(node.temp_dir / "cache")}),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 timeout=START_TIMEOUT_S,
@@ -235,3 +244,51 @@ def local_ray_cluster(worker_cpus: list[int], head_cpus: int = 1, **env: str) ->
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 (one worker, no job execution: ~9 s to healthy); yields its URI."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = folder / "mlflow-server.log"
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        "--workers=1",
+        f"--backend-store-uri=sqlite:///{folder / 'mlflow.db'}",
+        f"--artifacts-destination={folder / 'artifacts'}",
+    ]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server did not start:\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.3)
+        yield uri
+    finally:
+        # the server forks its workers into the session started above: stop them all by that group's PIDs
+        stop_pids([proc.pid, *_session_members(proc.pid)])
+        proc.wait(timeout=10)
+
+
+def _session_members(sid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == sid and int(entry.name) != sid:  # field 6 of stat: session id
+                members.append(int(entry.name))
+    return members

@@ -14,16 +14,16 @@ import yaml
 from study.config import SpecError, StudySpec, load_study
 from study.jobs import (
     DRIVER_MODULE,
-    META_EXPERIMENT,
+    META_KEY,
     SPEC_ENV,
     JobError,
     check_submittable,
     connect,
     driver_main,
     job_payload,
+    study_key,
 )
 from study.resources import resolve_spec_path
-from study.tracking import experiment_name
 
 
 @pytest.fixture
@@ -50,13 +50,15 @@ class TestPayload:
             "http://mlflow:5000",
         ]
 
-    def test_jobs_are_labelled_with_the_experiment_overrides_do_not_change(
+    def test_jobs_are_labelled_with_a_study_key_overrides_do_not_change(
         self, quickstart: tuple[StudySpec, str]
     ) -> None:
         spec, text = quickstart
-        here = job_payload(spec, text, None, None).metadata[META_EXPERIMENT]
-        there = job_payload(spec, text, "s3://b/x", "http://m:5000").metadata[META_EXPERIMENT]
-        assert here == there == experiment_name(spec)
+        here = job_payload(spec, text, None, None).metadata[META_KEY]
+        there = job_payload(spec, text, "s3://b/x", "http://m:5000").metadata[META_KEY]
+        assert here == there == study_key(spec)
+        other = spec.model_copy(update={"seed": spec.seed + 1})
+        assert study_key(other) != here
 
 
 class TestRefusedBeforeSending:

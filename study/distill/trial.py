@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from study import storage
 from study.config import ArmSpec, CardSpec, StudySpec, TrainSpec, load_card
 from study.data import shards
 from study.data.eval_shards import read_eval_split
@@ -304,12 +305,31 @@ class KDTrial:
 
 
 # ---------------------------------------------------------------------------------------------- Ray Tune
+class TrialPlacement:
+    """Where a trial runs and what it read from S3, reported with its metrics (the MLflow run's `node_id` tag and
+    `s3_bytes_read` metric): on a cluster they show which node ran it and that its data came from the bucket.
+
+    `s3_bytes_read` counts this process's reads since the trial (or its resumption) started: DataLoader worker
+    processes (`resources.loader_workers` > 0) read in processes of their own, which it does not see.
+    """
+
+    def __init__(self) -> None:
+        import ray
+
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.start = storage.s3_counters()["bytes_read"]
+
+    def result(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "s3_bytes_read": float(storage.s3_counters()["bytes_read"] - self.start)}
+
+
 def tune_trainable(config: dict[str, Any], spec_json: str, paths: TrialPaths) -> None:
     """Function trainable: `config` holds `arm`, `seed` and the searched hyperparameters."""
     from ray import tune
 
     spec = StudySpec.model_validate_json(spec_json)
     torch.set_num_threads(spec.resources.threads_per_trial)
+    placement = TrialPlacement()  # before the trial reads its eval splits and shards
     overrides = {k: v for k, v in config.items() if k not in ("arm", "seed", "phase")}
     trial = KDTrial(spec, spec.arm(config["arm"]), paths, overrides, seed=int(config.get("seed", spec.seed)))
     checkpoint = tune.get_checkpoint()
@@ -320,7 +340,7 @@ def tune_trainable(config: dict[str, Any], spec_json: str, paths: TrialPaths) ->
     def report(metrics: dict[str, float], _: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="kd-ckpt-") as directory:
             trial.save(Path(directory))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report({**metrics, **placement.result()}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:
         trial.run(report)
