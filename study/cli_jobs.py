@@ -87,7 +87,10 @@ def jobs(address: Annotated[str, typer.Option(help=ADDRESS_HELP, envvar="RAY_API
     from study.jobs import META_STUDY, list_jobs
 
     with job_errors():
-        table = Table("job", "status", "study", "started", "entrypoint")
+        table = Table()
+        table.add_column("job", no_wrap=True)  # ids are what the other commands take: never broken across lines
+        for name in ("status", "study", "started", "entrypoint"):
+            table.add_column(name)
         for job in list_jobs(address):
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.start_time / 1000)) if job.start_time else ""
             study = (job.metadata or {}).get(META_STUDY, "")

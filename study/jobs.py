@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import yaml
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SPEC_ENV = "KD_STUDY_SPEC_YAML"
 STORAGE_ENV, TRACKING_ENV = "KD_STUDY_STORAGE", "MLFLOW_TRACKING_URI"
@@ -113,6 +114,7 @@ def _explicit_address() -> Iterator[None]:
 
 def connect(address: str) -> JobSubmissionClient:
     """A job client for the dashboard at `address` (http://HEAD:8265); a clear error if it is not reachable."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     if not re.match(r"^https?://", address):
@@ -120,13 +122,15 @@ def connect(address: str) -> JobSubmissionClient:
     try:
         with _explicit_address():
             return JobSubmissionClient(address)
-    except (ConnectionError, RuntimeError) as err:
+    except (ConnectionError, RuntimeError, AuthenticationError) as err:
         raise JobError(_explain(address, err)) from None
 
 
 def _explain(address: str, err: Exception) -> str:
+    from ray.exceptions import AuthenticationError
+
     text = str(err)
-    if "401" in text or "403" in text or "uthentication" in text:
+    if isinstance(err, AuthenticationError) or "401" in text or "403" in text:
         return (
             f"{address}: the cluster refused the request ({text.splitlines()[0]}). It requires Ray's token: "
             "export RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN (or ~/.ray/auth_token)."
@@ -134,10 +138,12 @@ def _explain(address: str, err: Exception) -> str:
     return f"{address}: {text.splitlines()[0] if text else type(err).__name__}"
 
 
-def _call(address: str, request: Callable[[], object]) -> object:
+def _call(address: str, request: Callable[[], T]) -> T:
+    from ray.exceptions import AuthenticationError
+
     try:
         return request()
-    except RuntimeError as err:
+    except (RuntimeError, AuthenticationError) as err:
         raise JobError(_explain(address, err)) from None
 
 
@@ -151,14 +157,13 @@ def submit_study(
     spec_path: Path, address: str, storage: str | None = None, tracking_uri: str | None = None
 ) -> Submission:
     """Submit the study in `spec_path` as a Ray Job; resumes (a new job on the same storage), never duplicates."""
-    spec_yaml = spec_path.read_text() if spec_path.is_file() else ""
     spec = load_study(spec_path)
+    spec_yaml = spec_path.read_text()
     check_submittable(spec, spec_path)
     payload = job_payload(spec, spec_yaml, storage, tracking_uri)
     key = payload.metadata[META_KEY]
     client = connect(address)
     earlier = _call(address, lambda: study_jobs(client, key))
-    assert isinstance(earlier, list)
     active = [j for j in earlier if str(j.status) in ACTIVE]
     if active:
         job = active[-1].submission_id
@@ -166,7 +171,9 @@ def submit_study(
             f"study '{spec.name}' ({key}) is already {active[-1].status} as job {job}: "
             f"follow it with `kd-study logs {job} --follow` or stop it with `kd-study stop {job}`"
         )
-    submission_id = f"kd-study-{key}-{len(earlier) + 1}"
+    prefix = f"kd-study-{key}-"
+    numbers = [int(n) for j in earlier if (n := (j.submission_id or "").removeprefix(prefix)).isdigit()]
+    submission_id = f"{prefix}{max(numbers, default=0) + 1}"
     job_id = _call(
         address,
         lambda: client.submit_job(
@@ -176,14 +183,12 @@ def submit_study(
             submission_id=submission_id,
         ),
     )
-    assert isinstance(job_id, str)
     return Submission(job_id, key, len(earlier))
 
 
 def list_jobs(address: str) -> list[JobDetails]:
     client = connect(address)
     jobs = _call(address, client.list_jobs)
-    assert isinstance(jobs, list)
     return sorted(jobs, key=lambda j: j.start_time or 0)
 
 
@@ -194,9 +199,7 @@ def job_status(address: str, job_id: str) -> str:
 
 def job_logs(address: str, job_id: str) -> str:
     client = connect(address)
-    logs = _call(address, lambda: client.get_job_logs(job_id))
-    assert isinstance(logs, str)
-    return logs
+    return _call(address, lambda: client.get_job_logs(job_id))
 
 
 def follow_logs(address: str, job_id: str, write: Callable[[str], None]) -> str:
@@ -215,8 +218,7 @@ def follow_logs(address: str, job_id: str, write: Callable[[str], None]) -> str:
 def stop_job(address: str, job_id: str) -> bool:
     """Ask the cluster to stop a job; False if it had already ended."""
     client = connect(address)
-    stopped = _call(address, lambda: client.stop_job(job_id))
-    return bool(stopped)
+    return _call(address, lambda: client.stop_job(job_id))
 
 
 # ------------------------------------------------------------------------------------------- the job's driver

@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from study import storage
@@ -67,7 +67,10 @@ class ShardCacheSpec:
         return cls(folder=folder, max_bytes=int(gb * (1 << 30)))
 
     def open(self) -> ShardCache:
-        return ShardCache(self)
+        """The cache on the node this runs on: the spec is made on the driver, but a node's own
+        KD_STUDY_SHARD_CACHE (its fast local disk) wins where the trial runs."""
+        node_folder = os.environ.get(ENV_FOLDER)
+        return ShardCache(replace(self, folder=node_folder) if node_folder else self)
 
 
 # process-wide tallies, for benchmarks and tests: fills (downloads), hits (local reads), evictions, verify_failures
