@@ -41,7 +41,6 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
     _DEBUG["on"] = debug
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Tune forces a state snapshot at every checkpoint when num_to_keep is set; that is intended here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -123,7 +122,8 @@ def _print_ranking(outcome) -> None:
     if outcome.teacher.test_accuracy is not None:
         console.print(f"teacher test accuracy: {outcome.teacher.test_accuracy:.2%}")
     console.print(f"finding: {outcome.report.finding}", soft_wrap=True)
-    console.print(f"report: [bold]{outcome.report.html}[/] (and report.md beside it)", soft_wrap=True)
+    report_at = outcome.report_uri or str(outcome.report.html.parent)
+    console.print(f"report: [bold]{report_at}[/] (report.html, report.md, results.parquet)", soft_wrap=True)
     console.print(f"MLflow UI: [bold]mlflow ui --backend-store-uri {outcome.paths.tracking_uri}[/]", soft_wrap=True)
 
 
@@ -145,10 +145,38 @@ def quickstart(
     console.print(f"done in {time.perf_counter() - start:.0f} s")
 
 
+StorageOption = Annotated[
+    str | None, typer.Option("--storage", help="Study root: a folder or s3://bucket/prefix (sets storage.root).")
+]
+RootOption = Annotated[str | None, typer.Option("--root", help="Alias of --storage.")]
+TrackingOption = Annotated[
+    str | None, typer.Option("--tracking-uri", help="MLflow store: sqlite:////abs/path.db or http://host:5000.")
+]
+RayAddressOption = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster address (e.g. auto).")]
+
+
+def _load_spec(spec: str, storage: str | None, root: str | None, tracking_uri: str | None, ray_address: str | None):
+    """The spec with the where-it-runs overrides applied (never its science: the study keeps its identity)."""
+    from study.config import SpecError, apply_overrides, load_study
+    from study.resources import resolve_spec_path
+
+    if storage is not None and root is not None:
+        raise SpecError("give --storage or its alias --root, not both")
+    spec_path = resolve_spec_path(spec)
+    study_spec = apply_overrides(
+        load_study(spec_path), storage=storage or root, tracking_uri=tracking_uri, ray_address=ray_address
+    )
+    return spec_path, study_spec
+
+
 @app.command()
 def run(
     spec: Annotated[str, typer.Argument(help="Study spec: a YAML path or a bundled name (e.g. quickstart).")],
-    root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
+    storage: StorageOption = None,
+    root: RootOption = None,
+    tracking_uri: TrackingOption = None,
+    ray_address: RayAddressOption = None,
+    out: Annotated[Path | None, typer.Option(help="Also copy the report to this local folder.")] = None,
     build_workers: Annotated[int, typer.Option(help="Processes for generating surrogates.")] = 1,
 ) -> None:
     """Build what is missing, then run (or resume) the Ray Tune study and write the report.
@@ -156,16 +184,18 @@ def run(
     Exits 0 when every trial reached a result (diverged trials are results), 3 when trials failed (after the
     report is written; they are listed there), 2 on a user error found before anything ran.
     """
-    from study.config import load_study
     from study.pipeline import run_study
-    from study.resources import resolve_spec_path
 
     with user_errors():
-        spec_path = resolve_spec_path(spec)
-        study_spec = load_study(spec_path)
+        spec_path, study_spec = _load_spec(spec, storage, root, tracking_uri, ray_address)
         with _progress() as progress:
             outcome = run_study(
-                study_spec, root, RichProgress(progress), build_workers=build_workers, spec_path=str(spec_path)
+                study_spec,
+                None,
+                RichProgress(progress),
+                build_workers=build_workers,
+                spec_path=str(spec_path),
+                report_out=out,
             )
     _print_ranking(outcome)
     if outcome.failed:
@@ -176,33 +206,28 @@ def run(
 @app.command()
 def report(
     spec: Annotated[str, typer.Argument(help="Study spec (YAML path or bundled name).")],
-    root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Report folder (default <root>/report/<study name>).")] = None,
+    storage: StorageOption = None,
+    root: RootOption = None,
+    tracking_uri: TrackingOption = None,
+    ray_address: RayAddressOption = None,
+    out: Annotated[Path | None, typer.Option(help="Also copy the report to this local folder.")] = None,
 ) -> None:
-    """Rebuild the report from the MLflow store alone."""
-    from study.config import load_study
-    from study.pipeline import open_tracker, study_paths
-    from study.report import write_report
-    from study.resources import resolve_spec_path
+    """Rebuild the report (to <root>/report/<study name>) from the MLflow store alone."""
+    from study.pipeline import open_tracker, publish_report, study_paths
     from study.sweep import total_trials
     from study.teacher import load_meta
 
     with user_errors():
-        spec_path = resolve_spec_path(spec)
-        study_spec = load_study(spec_path)
-        paths = study_paths(study_spec, root)
+        spec_path, study_spec = _load_spec(spec, storage, root, tracking_uri, ray_address)
+        paths = study_paths(study_spec)
         meta = load_meta(paths.teacher)
-        result = write_report(
-            open_tracker(study_spec, paths, str(spec_path.resolve().parent)),
-            out or Path(paths.report_dir),
-            meta.test_accuracy,
-            title=study_spec.name,
-            teacher=meta,
-            expected_trials=total_trials(study_spec),
-        )
+        tracker = open_tracker(study_spec, paths, str(spec_path.resolve().parent))
+        result, uri = publish_report(tracker, paths, meta, study_spec.name, out, total_trials(study_spec))
     console.print(f"finding: {result.finding}", soft_wrap=True)
     console.print(
-        f"report: [bold]{result.html}[/] and {result.markdown.name} ({len(result.ranking)} arms)", soft_wrap=True
+        f"report: [bold]{uri}[/] (report.html, report.md; {len(result.ranking)} arms)"
+        + (f", copy in {out}" if out else ""),
+        soft_wrap=True,
     )
 
 
@@ -224,6 +249,36 @@ def rank(
         table.add_row(str(i), row["card"], f"{row['predicted_test_acc']:.1%}", f"{row['crit_raw_class_entropy']:.3f}")
     console.print(table)
     console.print(validation.verdict(), soft_wrap=True)
+
+
+@app.command()
+def status(
+    spec: Annotated[str, typer.Argument(help="Study spec (YAML path or bundled name).")],
+    storage: StorageOption = None,
+    root: RootOption = None,
+    tracking_uri: TrackingOption = None,
+    ray_address: RayAddressOption = None,
+) -> None:
+    """Per arm and phase: trials done / running / failed / pending and the best val_acc so far (from MLflow)."""
+    from study.pipeline import open_tracker, study_paths
+    from study.status import study_status
+
+    with user_errors():
+        spec_path, study_spec = _load_spec(spec, storage, root, tracking_uri, ray_address)
+        paths = study_paths(study_spec)
+        tracker = open_tracker(study_spec, paths, str(spec_path.resolve().parent))
+        rows = study_status(study_spec, tracker)
+    if rows is None:
+        console.print(f"study {tracker.name}: not started (no experiment in {paths.tracking_uri})")
+        raise typer.Exit(1)
+    table = Table(title=f"study {tracker.name}")
+    for col in ("arm", "phase", "done", "running", "failed", "pending", "early-stopped", "best val acc"):
+        table.add_column(col, justify="left" if col in ("arm", "phase") else "right", no_wrap=True)
+    for r in rows:
+        best = f"{r.best_val_acc:.2%}" if r.best_val_acc is not None else "-"
+        cells = (r.done, r.running, r.failed, r.pending, r.stopped_early)
+        table.add_row(r.arm, r.phase, *(str(c) for c in cells), best)
+    console.print(table)
 
 
 @app.command()
@@ -464,5 +519,15 @@ def data_ls(root: Annotated[str, typer.Argument(help="A shard root (folder or s3
     console.print(table)
 
 
+# `kd-study submit / jobs / logs / stop` live in their own module.
+from study.cli_jobs import register as register_job_commands  # noqa: E402
+
+register_job_commands(app, console, user_errors, _DEBUG)
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -407,11 +407,19 @@ class ResourcesSpec(Strict):
 
 
 class StorageSpec(Strict):
-    """Where things live. Relative paths are resolved against `root`; `root` against the working directory."""
+    """Where things live. `root` is a folder or `s3://bucket/prefix`; relative parts join onto it as URIs, and a
+    relative local `root` resolves against the working directory.
+
+    `cache` is a node-local folder where trials keep verified copies of S3 shards (shared by the trials of a node,
+    at most `cache_max_gb`; 0 turns it off); `KD_STUDY_SHARD_CACHE` on a node overrides it, since the fast local
+    disk is a property of the node, not of the study.
+    """
 
     root: str = "."
     shards: str = "shards"
     tune: str = "tune"
+    cache: str | None = None
+    cache_max_gb: float = Field(default=20.0, ge=0)
 
 
 class TrackingSpec(Strict):
@@ -422,6 +430,15 @@ class CriteriaSpec(Strict):
     """Teacher-side criteria (`study.criteria`): images per population (raw candidate pool, built set)."""
 
     images: int = Field(default=2048, ge=64)
+
+
+class FinalSpec(Strict):
+    """The final phase: after an arm's search, its `top_k` configs (by the search metric, among search trials that
+    reached the full budget and did not diverge) rerun at the full budget with `seeds` distinct seeds each, exempt
+    from early stopping, so the report can average over seeds instead of over configs and early-stopped trials."""
+
+    top_k: int = Field(default=1, gt=0)
+    seeds: int = Field(default=3, gt=0)
 
 
 class StudySpec(Strict):
@@ -437,6 +454,7 @@ class StudySpec(Strict):
     storage: StorageSpec = StorageSpec()
     tracking: TrackingSpec = TrackingSpec()
     criteria: CriteriaSpec = CriteriaSpec()
+    final: FinalSpec | None = None
 
     @field_validator("arms", mode="before")
     @classmethod
@@ -508,6 +526,27 @@ class StudySpec(Strict):
 
     def train_for(self, arm: ArmSpec, overrides: dict[str, Any] | None = None) -> TrainSpec:
         return TrainSpec.model_validate({**self.train.model_dump(), **arm.train, **(overrides or {})})
+
+
+def apply_overrides(
+    spec: StudySpec,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    ray_address: str | None = None,
+) -> StudySpec:
+    """The spec with where-it-runs settings replaced (`storage.root`, `tracking.uri`, `resources.ray_address`).
+
+    One spec serves a laptop and a cluster: only these change between them, and none is part of the science hash,
+    so the study (its MLflow experiment, its Tune experiment) keeps its identity. `None` keeps the spec's value.
+    """
+    update: dict[str, Any] = {}
+    if storage is not None:
+        update["storage"] = spec.storage.model_copy(update={"root": storage})
+    if tracking_uri is not None:
+        update["tracking"] = spec.tracking.model_copy(update={"uri": tracking_uri})
+    if ray_address is not None:
+        update["resources"] = spec.resources.model_copy(update={"ray_address": ray_address})
+    return spec.model_copy(update=update) if update else spec
 
 
 # --------------------------------------------------------------------------------------------------- loading

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -17,7 +19,9 @@ from study.config import ArmSpec, CardSpec, SpecError, StudySpec
 from study.criteria import FeatureMoments
 from study.data import shards
 from study.data.build import BuildResult, build_surrogate
+from study.data.eval_shards import build_eval_shards
 from study.data.mixture import uses_teacher
+from study.data.shard_cache import ShardCacheSpec
 from study.device import pick_device
 from study.distill.trial import TrialPaths, card_for_arm, surrogate_name
 from study.populations import measure_arm, val_moments
@@ -46,20 +50,34 @@ class NoProgress:
 
 @dataclass(frozen=True)
 class StudyPaths:
+    """Every location of a study as an absolute URI (a folder or `s3://...`), resolved once on the driver."""
+
     root: str
     shards: str
     tune_dir: str
     teacher: str
     tracking_uri: str
     report_dir: str
+    eval_root: str = ""
 
 
 def study_paths(spec: StudySpec, root: str | None = None) -> StudyPaths:
-    """Resolve the spec's storage against `root` (or its own `storage.root`)."""
+    """Resolve the spec's storage against `root` (or its own `storage.root`, which may be `s3://bucket/prefix`).
+
+    Relative parts join onto the root as URIs. A relative `sqlite:///` tracking URI resolves beside a local root;
+    under an S3 root it is an error, since a sqlite file cannot live in a bucket.
+    """
     base = storage.resolve(root or spec.storage.root)
     uri = spec.tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + storage.resolve(uri[len("sqlite:///") :], base)
+        relative = uri[len("sqlite:///") :]
+        if storage.is_s3(base):
+            raise SpecError(
+                f"tracking.uri '{uri}' is a sqlite file relative to storage.root '{base}', which is on S3 where a "
+                "sqlite file cannot live: give --tracking-uri (an absolute sqlite:////path/mlflow.db on this "
+                "machine, or the http:// address of an MLflow server that every node reaches)"
+            )
+        uri = "sqlite:///" + storage.resolve(relative, base)
     return StudyPaths(
         root=base,
         shards=storage.resolve(spec.storage.shards, base),
@@ -67,6 +85,7 @@ def study_paths(spec: StudySpec, root: str | None = None) -> StudyPaths:
         teacher=storage.resolve(spec.teacher.uri, base),
         tracking_uri=uri,
         report_dir=storage.resolve(f"report/{spec.name}", base),  # one folder per study sharing a root
+        eval_root=storage.resolve("eval", base),
     )
 
 
@@ -77,6 +96,7 @@ class StudyOutcome:
     builds: dict[str, BuildResult] = field(default_factory=dict)
     sweep_ran: bool = False
     report: Report | None = None
+    report_uri: str = ""
     trial_outcomes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -257,6 +277,48 @@ def record_arms(
         progress.update("criteria", i + 1)
 
 
+def publish_report(
+    tracker: StudyTracker,
+    paths: StudyPaths,
+    teacher: TeacherMeta | None,
+    title: str,
+    out: Path | None = None,
+    expected_trials: int | None = None,
+) -> tuple[Report, str]:
+    """Write the report to `<root>/report` and return it with that URI; with `out`, also a local copy there.
+
+    With an S3 root the files are written in a temporary folder and uploaded, so nothing stays on the machine
+    that ran the driver (a batch job's disk goes away); `out` is the way to keep a local copy.
+    """
+    kwargs = {
+        "teacher_accuracy": teacher.test_accuracy if teacher else None,
+        "title": title,
+        "teacher": teacher,
+        "expected_trials": expected_trials,
+    }
+    if not storage.is_s3(paths.report_dir):
+        report = write_report(tracker, Path(paths.report_dir), **kwargs)
+        if out is not None and Path(out).resolve() != Path(paths.report_dir).resolve():
+            shutil.copytree(paths.report_dir, out, dirs_exist_ok=True)
+        return report, paths.report_dir
+    with tempfile.TemporaryDirectory(prefix="kd-report-") as tmp:
+        report = write_report(tracker, Path(tmp), **kwargs)
+        for file in sorted(Path(tmp).rglob("*")):
+            if file.is_file():
+                storage.upload_file(file, storage.join(paths.report_dir, file.relative_to(tmp).as_posix()))
+        if out is not None:
+            shutil.copytree(tmp, out, dirs_exist_ok=True)
+            local = Path(out)
+            report = replace(
+                report,
+                markdown=local / report.markdown.name,
+                html=local / report.html.name,
+                parquet=local / report.parquet.name,
+                plots=[local / p.name for p in report.plots],
+            )
+    return report, paths.report_dir
+
+
 def trial_outcomes(tracker: StudyTracker) -> dict[str, int]:
     """How many trial runs ended with each `kd_study.outcome` (runs without one have not ended)."""
     counts: dict[str, int] = {}
@@ -297,6 +359,7 @@ def run_study(
     progress: ProgressSink | None = None,
     cards_dir: str | None = None,
     build_workers: int = 1,
+    report_out: Path | None = None,
     spec_path: str | None = None,
 ) -> StudyOutcome:
     """Everything after the teacher: build what is missing, criteria, sweep (resumed if interrupted), report.
@@ -323,6 +386,7 @@ def run_study(
     outcome.builds.update(build_perturbed_surrogates(spec, cards, paths, meta, progress))
     names = {a.name: surrogate_name(spec, a, cards[a.name], meta.teacher_id) for a in spec.arms}
     check_arm_sizes(spec, outcome.builds, names, where)
+    build_eval_shards(meta, paths.eval_root)
     short_http_retries()
     tracker = StudyTracker(paths.tracking_uri, spec, content=study_content(cards, meta))
     record_arms(spec, cards, outcome.builds, teacher, tracker, progress)
@@ -331,15 +395,19 @@ def run_study(
     if not sweep_complete(spec, tracker):
         if not storage.is_s3(paths.tune_dir):
             Path(paths.tune_dir).mkdir(parents=True, exist_ok=True)
-        trial_paths = TrialPaths(teacher=paths.teacher, shards_root=paths.shards, cards=cards)
+        trial_paths = TrialPaths(
+            teacher=paths.teacher,
+            shards_root=paths.shards,
+            cards=cards,
+            eval_root=paths.eval_root,
+            cache=ShardCacheSpec.from_settings(spec.storage.cache, spec.storage.cache_max_gb),
+        )
         run_sweep(spec, trial_paths, paths.tune_dir, tracker, lambda done, t: progress.update("sweep", done, t))
         outcome.sweep_ran = True
     tracker.set_arm_terminated()
     progress.update("sweep", total, total)
     outcome.trial_outcomes = trial_outcomes(tracker)
-    outcome.report = write_report(
-        tracker, Path(paths.report_dir), meta.test_accuracy, title=spec.name, teacher=meta, expected_trials=total
-    )
+    outcome.report, outcome.report_uri = publish_report(tracker, paths, meta, spec.name, report_out, total)
     return outcome
 
 

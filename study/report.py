@@ -123,6 +123,7 @@ def collect_trials(tracker: StudyTracker, arms: pd.DataFrame) -> pd.DataFrame:
         row.update({f"param.{k}": v for k, v in params.items()})
         rows.append(row)
     base = ["surrogate", "arm", "trial_id", "phase", "seed", "status", "early_stopped", "diverged", "run_id"]
+    base += ["outcome", "error"]
     df = pd.DataFrame(rows, columns=None if rows else [*base, *RESULT_METRICS])
     if len(arms):
         crit = arms[["arm", *[c for c in arms.columns if c.startswith("crit_")]]]

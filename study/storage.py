@@ -47,18 +47,22 @@ def is_s3(uri: str) -> bool:
 
 
 def resolve(uri: str, root: str | Path = ".") -> str:
-    """Absolute form of `uri`: s3 URIs unchanged, local paths made absolute against `root`."""
+    """Absolute form of `uri`: s3 URIs unchanged, absolute local paths unchanged, relative parts joined onto
+    `root` (itself a folder or an `s3://` URI, so a study rooted on S3 keeps every relative location on S3)."""
     if is_s3(uri):
         return uri.rstrip("/")
     path = Path(uri).expanduser()
-    if not path.is_absolute():
-        path = Path(root).expanduser().resolve() / path
-    return str(path)
+    if path.is_absolute():
+        return str(path)
+    if is_s3(str(root)):
+        return join(str(root), uri) if uri not in ("", ".") else str(root).rstrip("/")
+    return str(Path(root).expanduser().resolve() / path)
 
 
 def join(uri: str, *parts: str) -> str:
     if is_s3(uri):
-        return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+        kept = [p.strip("/") for p in parts if p.strip("/") not in ("", ".")]
+        return "/".join([uri.rstrip("/"), *kept])
     return str(Path(uri, *parts))
 
 
@@ -79,10 +83,11 @@ def _count(name: str, n: int = 1) -> None:
 
 
 def s3_counters() -> dict[str, int]:
-    """Process-wide totals since import: `retries` (botocore re-sent a request) and `range_resumes` (a broken
-    GetObject body continued with a Range request). Monotonic; callers diff two snapshots."""
+    """Process-wide totals since import: `retries` (botocore re-sent a request), `range_resumes` (a broken
+    GetObject body continued with a Range request) and `bytes_read` (object bytes streamed from S3).
+    Monotonic; callers diff two snapshots."""
     with _counters_lock:
-        return {"retries": _counters["retries"], "range_resumes": _counters["range_resumes"]}
+        return {name: _counters[name] for name in ("retries", "range_resumes", "bytes_read")}
 
 
 def _env_number(name: str, default: float) -> float:
@@ -281,6 +286,7 @@ class S3RangeReader(io.RawIOBase):
                 self._resume(stalls, "body ended early")
                 continue
             self.pos += len(chunk)
+            _count("bytes_read", len(chunk))
             if self.pos >= self.size:
                 self._finish()
             return chunk
@@ -493,3 +499,32 @@ def remove(uri: str) -> None:
         s3_client().delete_object(Bucket=bucket, Key=key)
     except Exception as err:
         raise _s3_error(uri, err) from err
+
+
+def arrow_filesystem(uri: str) -> tuple[Any, str]:
+    """`(pyarrow filesystem, path)` for `uri`, for libraries that take one (Ray Tune's `storage_filesystem`).
+
+    Local URIs give `(None, absolute path)`: the library then uses the local disk. S3 URIs give a
+    `pyarrow.fs.S3FileSystem` with path-style addressing on the endpoint of `AWS_ENDPOINT_URL(_S3)` when set
+    (SeaweedFS, MinIO) and `bucket/key` as the path. Credentials are left to the AWS SDK's own chain on each
+    process that uses the filesystem, so none is pickled into state that Tune writes to storage.
+    """
+    if not is_s3(uri):
+        return None, resolve(uri)
+    from urllib.parse import urlparse
+
+    from pyarrow import fs
+
+    bucket, key = split_s3(uri.rstrip("/"))
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    options: dict[str, Any] = {
+        "region": region,
+        "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=int(_env_number("KD_STUDY_S3_MAX_ATTEMPTS", 8))),
+        "connect_timeout": _env_number("KD_STUDY_S3_CONNECT_TIMEOUT", 10),
+        "request_timeout": _env_number("KD_STUDY_S3_READ_TIMEOUT", 60),
+    }
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https", force_virtual_addressing=False)
+    return fs.S3FileSystem(**options), f"{bucket}/{key}".rstrip("/")

@@ -19,6 +19,7 @@ in `LIVE`, keyed by experiment name, which `run_sweep` fills before every `fit`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -36,7 +37,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from study import storage
-from study.config import ParamSpace, StudySpec
+from study.config import FinalSpec, ParamSpace, StudySpec
 from study.distill.trial import TrialPaths, tune_trainable
 from study.tracking import MlflowTrialCallback, StudyTracker
 
@@ -98,9 +99,19 @@ class PerArmSearch(Searcher):
     """
 
     def __init__(
-        self, arms: list[str], space: dict[str, ParamSpace], trials_per_arm: int, seed: int, metric: str = METRIC
+        self,
+        arms: list[str],
+        space: dict[str, ParamSpace],
+        trials_per_arm: int,
+        seed: int,
+        metric: str = METRIC,
+        final: FinalSpec | None = None,
+        budget_images: int = 0,
     ) -> None:
         super().__init__(metric=metric, mode=MODE)
+        self.final, self.budget_images = final, budget_images
+        self.search_results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+        self.final_queued: list[str] = []  # arms whose final phase has been queued
         self.arms, self.trials_per_arm, self.seed, self.objective = list(arms), trials_per_arm, seed, metric
         self.space = optuna_space(space)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per arm is noise
@@ -126,8 +137,11 @@ class PerArmSearch(Searcher):
             return config
         open_arms = [a for a in self.arms if self.started[a] < self.trials_per_arm]
         if not open_arms:
+            if self.final is not None and len(self.final_queued) < len(self.arms):
+                return None  # an arm's search is still running: its final phase comes after it
             return Searcher.FINISHED
         arm = min(open_arms, key=lambda a: (self.started[a], self.arms.index(a)))
+        seed = trial_seed(self.seed, arm, "search", self.started[arm])
         config: dict[str, Any] = {}
         number = None
         if self.space:
@@ -136,12 +150,16 @@ class PerArmSearch(Searcher):
             study.sampler = optuna.samplers.TPESampler(seed=self.seed + 1000 * self.arms.index(arm) + 7919 * number)
             config.update(study.ask(self.space).params)
         self.started[arm] += 1
-        self.trials[trial_id] = {"arm": arm, "phase": "search", "number": number}
-        return {**config, "arm": arm, "seed": self.seed, "phase": "search"}
+        self.trials[trial_id] = {"arm": arm, "phase": "search", "number": number, "params": config}
+        return {**config, "arm": arm, "seed": seed, "phase": "search"}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         info = self.trials.get(trial_id)
-        if info is None or info["number"] is None:
+        if info is None:
+            return
+        if info["phase"] == "search" and self.final is not None:
+            self._record_search_result(trial_id, info, result, error)
+        if info["number"] is None:
             return
         study = self.studies[info["arm"]]
         if study.trials[info["number"]].state.is_finished():
@@ -152,6 +170,33 @@ class PerArmSearch(Searcher):
             study.tell(info["number"], state=optuna.trial.TrialState.FAIL)
         else:
             study.tell(info["number"], value)
+
+    # -------------------------------------------------------------------------------------- final phase
+    def _record_search_result(self, trial_id: str, info: dict[str, Any], result: dict | None, error: bool) -> None:
+        arm = info["arm"]
+        if any(r["trial_id"] == trial_id for r in self.search_results[arm]):
+            return
+        value = None if error else objective_value(result, self.objective)
+        full = bool(result) and not error and not (result or {}).get("diverged")
+        full = full and float((result or {}).get("images_seen", 0)) >= self.budget_images
+        self.search_results[arm].append(
+            {"trial_id": trial_id, "params": info.get("params", {}), "value": value, "full": full}
+        )
+        if len(self.search_results[arm]) >= self.trials_per_arm and arm not in self.final_queued:
+            self._queue_final(arm)
+
+    def _queue_final(self, arm: str) -> None:
+        """Queue the arm's top-k configs (by the search metric, among search trials that reached the full budget
+        and did not diverge) with `seeds` distinct seeds each; ties keep the earlier trial."""
+        assert self.final is not None
+        eligible = [r for r in self.search_results[arm] if r["full"] and r["value"] is not None]
+        best = sorted(eligible, key=lambda r: -r["value"])[: self.final.top_k]
+        for rank, record in enumerate(best):
+            for k in range(self.final.seeds):
+                seed = trial_seed(self.seed, arm, "final", rank * self.final.seeds + k)
+                self.enqueue({**record["params"], "arm": arm, "seed": seed, "phase": "final"})
+        self.final_queued.append(arm)
+        log.info("arm %s: final phase queued for %d config(s) x %d seeds", arm, len(best), self.final.seeds)
 
     # -------------------------------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
@@ -169,6 +214,8 @@ class PerArmSearch(Searcher):
             "started": self.started,
             "trials": self.trials,
             "queued": self.queued,
+            "search_results": self.search_results,
+            "final_queued": self.final_queued,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -189,6 +236,8 @@ class PerArmSearch(Searcher):
         self.started = dict(state["started"])
         self.trials = dict(state["trials"])
         self.queued = list(state["queued"])
+        self.search_results = {arm: list(r) for arm, r in state.get("search_results", {}).items()}
+        self.final_queued = list(state.get("final_queued", []))
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps(self.state()))
@@ -346,7 +395,22 @@ class TrialProgress(tune.Callback):
 
 # ------------------------------------------------------------------------------------------------ the sweep
 def total_trials(spec: StudySpec) -> int:
-    return spec.search.trials_per_arm * len(spec.arms)
+    """Search trials plus the final phase's reruns (top_k x seeds per arm, when the spec asks for one)."""
+    final = spec.final.top_k * spec.final.seeds if spec.final is not None else 0
+    return (spec.search.trials_per_arm + final) * len(spec.arms)
+
+
+def trial_resources(spec: StudySpec) -> dict[str, float]:
+    """Ray resources of one trial. Fractions pack trials: `gpu: 0.25` runs four trials on each GPU (small
+    students leave most of a GPU idle; Ray sets CUDA_VISIBLE_DEVICES so the four share the same device)."""
+    return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+
+
+def trial_seed(study_seed: int, arm: str, phase: str, index: int) -> int:
+    """A trial's own seed, derived from (study seed, arm, phase, index): reproducible, distinct across trials and
+    arms (so an empty search space still gives an arm independent runs), independent of scheduling order."""
+    digest = hashlib.sha256(f"{study_seed}/{arm}/{phase}/{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def ray_address(spec: StudySpec) -> str:
@@ -373,8 +437,12 @@ def run_sweep(
     tune_dir: str,
     tracker: StudyTracker,
     on_update: Callable[[int, int], None] | None = None,
+    trainable_fn: Callable[..., None] | None = None,
 ) -> SweepResult:
-    """Run (or resume) the study's trials in one Tuner. Failed trials do not raise: they are outcomes."""
+    """Run (or resume) the study's trials in one Tuner. Failed trials do not raise: they are outcomes.
+
+    `trainable_fn` replaces the KD trial (same signature as `tune_trainable`): benchmarks measure the plumbing
+    around a stand-in trial with it."""
     import ray
 
     if not ray.is_initialized():
@@ -386,19 +454,24 @@ def run_sweep(
             configure_logging=False,
         )
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, spec_json=spec.model_dump_json(), paths=paths),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        tune.with_parameters(trainable_fn or tune_trainable, spec_json=spec.model_dump_json(), paths=paths),
+        trial_resources(spec),
     )
     name = tracker.name
     experiment_dir = storage.join(tune_dir, name)
     LIVE[name] = LiveContext(on_update=on_update, rungs_uri=rungs_location(tune_dir, name))
     tracker.make_live()
-    restored = tune.Tuner.can_restore(experiment_dir)
+    # On S3 Tune gets a pyarrow filesystem and a bucket/key path, so state and checkpoints live in the bucket and
+    # a study resumes from any machine (Ray refuses a head-local storage_path on a multi-node cluster).
+    filesystem, fs_experiment_dir = storage.arrow_filesystem(experiment_dir)
+    restored = tune.Tuner.can_restore(fs_experiment_dir, storage_filesystem=filesystem)
     try:
         if restored:
             log.info("resuming Tune experiment %s", experiment_dir)
             # errored trials already used their retries (search.max_failures): they stay failed outcomes
-            tuner = tune.Tuner.restore(experiment_dir, trainable=trainable, resume_errored=False)
+            tuner = tune.Tuner.restore(
+                fs_experiment_dir, trainable=trainable, resume_errored=False, storage_filesystem=filesystem
+            )
         else:
             tuner = new_tuner(spec, trainable, tune_dir, tracker)
         grid = tuner.fit()
@@ -410,6 +483,7 @@ def run_sweep(
 
 def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTracker) -> tune.Tuner:
     name = tracker.name
+    filesystem, storage_path = storage.arrow_filesystem(tune_dir)
     sched = spec.search.scheduler
     scheduler: TrialScheduler = (
         PerArmASHA(
@@ -426,7 +500,12 @@ def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTrac
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=PerArmSearch(
-                [a.name for a in spec.arms], spec.search.space, spec.search.trials_per_arm, spec.seed
+                [a.name for a in spec.arms],
+                spec.search.space,
+                spec.search.trials_per_arm,
+                spec.seed,
+                final=spec.final,
+                budget_images=spec.budget.images,
             ),
             scheduler=scheduler,
             num_samples=total_trials(spec),
@@ -435,7 +514,8 @@ def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTrac
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=tune_dir,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             callbacks=[MlflowTrialCallback(tracker, spec.budget.images), TrialProgress(name, total_trials(spec))],
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

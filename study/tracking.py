@@ -292,6 +292,7 @@ class MlflowTrialCallback(tune.Callback):
         "images_per_s",
         "lr",
         "attack_success",
+        "s3_bytes_read",
     )
 
     def __init__(self, tracker: StudyTracker, budget_images: int) -> None:
@@ -344,7 +345,9 @@ class MlflowTrialCallback(tune.Callback):
         step = int(result.get("images_seen", result.get("training_iteration", 0)))
         ts = int(result.get("timestamp", 0)) * 1000
         metrics = [Metric(k, float(result[k]), ts, step) for k in self.METRICS if k in result]
-        self._submit(trial, "metrics", lambda client, run_id: client.log_batch(run_id, metrics=metrics))
+        # the node of the latest report: a trial resumed elsewhere after a node failure shows its new node
+        tags = [RunTag("node_id", str(result["node_id"]))] if "node_id" in result else []
+        self._submit(trial, "metrics", lambda client, run_id: client.log_batch(run_id, metrics=metrics, tags=tags))
 
     def outcome(self, trial: Any) -> tuple[str, str]:
         last = trial.last_result or {}

@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+def _isolated_home() -> str:
+    """A HOME of the suite's own, set before anything imports Ray.
+
+    Ray 2.60 keeps token authentication on: `ray.init` starts its cluster in token mode and writes the token to
+    ~/.ray/auth_token. The suite's token lives under this temporary HOME (never the developer's), every
+    subprocess the tests start inherits it through the environment, and it is removed when the session ends.
+    Caches stay where they were (XDG_CACHE_HOME), so matplotlib and torch do not rebuild theirs every session.
+    """
+    real_home = Path.home()
+    home = tempfile.mkdtemp(prefix="kd-study-test-home-")
+    os.environ.setdefault("XDG_CACHE_HOME", str(real_home / ".cache"))
+    os.environ["HOME"] = home
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    return home
+
+
+TEST_HOME = _isolated_home()
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-from pathlib import Path
-
-import pytest
-import torch
+import pytest  # noqa: E402  (after HOME is set: nothing below may see the developer's)
+import torch  # noqa: E402
 
 torch.set_num_threads(2)
 

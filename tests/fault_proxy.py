@@ -13,6 +13,7 @@ fraction of requests it injects one fault, the kinds a real object store or load
   (the client's read timeout fires first).
 - `corrupt_body`: a GET's body is relayed whole with one byte flipped (what a checksum must catch).
 - `latency_s`: added to every request, faulty or not.
+- `bandwidth_bps`: responses are paced to this many bytes/s per connection (one S3 stream's share).
 
 `force(kind, method)` makes the next matching request fail, for deterministic tests. `counts` tallies
 requests, each injected fault kind and requests that carried a Range header (`range_headers` keeps them).
@@ -50,6 +51,7 @@ class FaultRates:
     corrupt_body: float = 0.0
     latency_s: float = 0.0
     stall_s: float = 2.0
+    bandwidth_bps: float = 0.0  # per-connection cap on response bytes/s (0: none), as one S3 stream gets
 
 
 class _Message:
@@ -291,7 +293,20 @@ class FaultProxy:
             middle = len(reply_body) // 2
             reply_body = reply_body[:middle] + bytes([reply_body[middle] ^ 0xFF]) + reply_body[middle + 1 :]
         if to_eof:
-            client.sendall(reply.with_header("Connection", "close").encode() + reply_body)
+            self._send(client, reply.with_header("Connection", "close").encode() + reply_body)
             return False
-        client.sendall(reply.without("Connection").encode() + reply_body)
+        self._send(client, reply.without("Connection").encode() + reply_body)
         return True
+
+    def _send(self, client: socket.socket, data: bytes) -> None:
+        """Send a response, paced to `bandwidth_bps` when set (64 KiB at a time)."""
+        rate = self.rates.bandwidth_bps
+        if not rate:
+            client.sendall(data)
+            return
+        start, chunk = time.perf_counter(), 1 << 16
+        for offset in range(0, len(data), chunk):
+            client.sendall(data[offset : offset + chunk])
+            ahead = (offset + chunk) / rate - (time.perf_counter() - start)
+            if ahead > 0:
+                time.sleep(ahead)

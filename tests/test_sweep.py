@@ -29,7 +29,7 @@ class TestPerArmSearch:
         assert [c["arm"] for c in configs] == ["a", "b", "c", "a", "b", "c"]
         assert searcher.suggest("t6") == Searcher.FINISHED
         assert all(0.01 <= c["lr"] <= 0.3 and c["temperature"] in (2, 4, 8) for c in configs)
-        assert all(c["phase"] == "search" and c["seed"] == 0 for c in configs)
+        assert all(c["phase"] == "search" for c in configs) and len({c["seed"] for c in configs}) == 6
 
     def test_same_seed_gives_the_same_suggestions_and_arms_search_independently(self) -> None:
         first = deal(PerArmSearch(["a", "b"], SPACE, 3, seed=7), 6)
@@ -78,7 +78,9 @@ class TestPerArmSearch:
 
     def test_empty_space_still_deals_trials(self) -> None:
         searcher = PerArmSearch(["a"], {}, 2, seed=0)
-        assert deal(searcher, 2) == [{"arm": "a", "seed": 0, "phase": "search"}] * 2
+        dealt = deal(searcher, 2)
+        assert [{k: v for k, v in c.items() if k != "seed"} for c in dealt] == [{"arm": "a", "phase": "search"}] * 2
+        assert dealt[0]["seed"] != dealt[1]["seed"]  # each trial its own seed: an empty space still gives two runs
 
 
 class TestPerArmASHA:

@@ -9,7 +9,7 @@ the image budget needs, each epoch with its own seeded shard order.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from study import storage
 from study.data import shards
+from study.data.shard_cache import ShardCache
 from study.data.shards import Manifest, ShardError
 
 log = logging.getLogger(__name__)
@@ -29,22 +30,26 @@ def every_shard(urls: Any) -> Any:
     return urls
 
 
-def iter_blocks(urls: list[str], expected: dict[str, int] | None = None) -> Iterator[tuple[np.ndarray, dict]]:
+def iter_blocks(
+    urls: list[str], expected: dict[str, int] | None = None, local: Callable[[str], str] | None = None
+) -> Iterator[tuple[np.ndarray, dict]]:
     """Decoded (images, meta) blocks of the given shards in order; a bad shard raises ShardError naming it.
 
     One pipeline per shard, so an error is pinned on the shard that raised it: a single pipeline over all URLs
     only says which shard its last *good* sample came from, and would blame the previous shard for a missing one.
+    `local(url)` may give a node-local copy to read instead (the shard cache); errors still name `url`.
     """
     if any(storage.is_s3(u) for u in urls):
         from study.data.s3_stream import register_webdataset_s3
 
         register_webdataset_s3()
     for url in urls:
-        pipeline = wds.WebDataset(
-            [url], shardshuffle=False, nodesplitter=every_shard, workersplitter=None, empty_check=False
-        )
         seen = 0
         try:
+            source = local(url) if local is not None else url
+            pipeline = wds.WebDataset(
+                [source], shardshuffle=False, nodesplitter=every_shard, workersplitter=None, empty_check=False
+            )
             for sample in pipeline:
                 images, meta = shards.decode_block(sample)
                 seen += len(images)
@@ -68,8 +73,11 @@ class ShardStream(IterableDataset):
         seed: int,
         limit: int | None = None,
         shuffle_buffer: int = 4096,
+        cache: ShardCache | None = None,
     ) -> None:
         self.root, self.manifest, self.batch_size, self.seed = root, manifest, batch_size, seed
+        self.cache = cache
+        self.infos = dict(zip(manifest.shard_uris(root), manifest.shards, strict=True))
         self.limit = min(limit or manifest.count, manifest.count)
         self.shuffle_buffer = max(shuffle_buffer, batch_size)
         # only the shards that hold the first `limit` images
@@ -121,7 +129,8 @@ class ShardStream(IterableDataset):
         capacity = self.shuffle_buffer
         buffer: np.ndarray | None = None
         filled = 0
-        for images, meta in iter_blocks(urls, {u: self.expected[u] for u in urls}):
+        local = self._cached if self.cache is not None else None
+        for images, meta in iter_blocks(urls, {u: self.expected[u] for u in urls}, local):
             start = int(meta["start"])
             if start >= self.limit:
                 continue
@@ -138,6 +147,11 @@ class ShardStream(IterableDataset):
                 buffer[slots] = rest
         if buffer is not None and filled:
             yield from batches.take(buffer, rng.permutation(filled))
+
+    def _cached(self, url: str) -> str:
+        assert self.cache is not None
+        info = self.infos[url]
+        return self.cache.local_path(url, info.sha256, info.bytes)
 
 
 class _BatchFiller:

@@ -35,10 +35,13 @@ from typing import Any
 
 import torch
 
+from study import storage
 from study.config import ArmSpec, CardSpec, StudySpec, TrainSpec, load_card
 from study.data import shards
+from study.data.eval_shards import read_eval_split
 from study.data.loader import ShardStream, stream_loader, to_teacher_input
 from study.data.perturb import attack_config, derived_name
+from study.data.shard_cache import ShardCacheSpec
 from study.device import autocast_dtype, pick_device
 from study.distill.attack import boundary_attack
 from study.distill.augment import AugmentConfig, BatchAugment
@@ -71,6 +74,8 @@ class TrialPaths:
     shards_root: str
     cards_dir: str | None = None
     cards: dict[str, CardSpec] = field(default_factory=dict)
+    eval_root: str | None = None  # <root>/eval: the teacher's val/test splits as shards (None: from meta.dataset)
+    cache: ShardCacheSpec | None = None  # node-local copies of S3 shards
 
     def card(self, arm: ArmSpec) -> CardSpec:
         return self.cards[arm.name] if arm.name in self.cards else card_for_arm(arm, self.cards_dir)
@@ -186,19 +191,29 @@ class KDTrial:
             std=meta.std,
         )
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.stream = ShardStream(root, manifest, t.batch_size, seed=self.seed, limit=arm.count)
+        cache = paths.cache.open() if paths.cache else None
+        self.stream = ShardStream(root, manifest, t.batch_size, seed=self.seed, limit=arm.count, cache=cache)
         self.step = 0
         self.images_seen = 0  # images trained on, counted per batch (a small surrogate's batches repeat images)
         self.amp_dtype = autocast_dtype(self.device, spec.resources.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.val = eval_split(meta, meta.val_split)
-        self.test = eval_split(meta, meta.test_split)
+        self.val = self._eval_split(meta.val_split)
+        self.test = self._eval_split(meta.test_split)
         self.test_teacher_pred = self.predict(self.teacher.model, self.test[0])
         online = arm.perturbation.mode == "online"
         self.attack = attack_config(arm.perturbation) if online else None
         self.attack_after_mixup = online and arm.perturbation.online_order == "after_mixup"
         self.attacked_per_batch = math.ceil((arm.perturbation.fraction or 1.0) * t.batch_size / 4) if online else 0
         self.attack_counts = [0, 0]  # (successes, attacked) since the last report
+
+    def _eval_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (N, C, H, W) host images and labels of an eval split: from the study's eval shards, which travel to
+        every node, else from the teacher's dataset at its local path."""
+        meta = self.teacher.meta
+        if self.paths.eval_root is None:
+            return eval_split(meta, split)
+        images, labels = read_eval_split(self.paths.eval_root, meta.teacher_id, split)
+        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels).long()
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -330,12 +345,31 @@ class KDTrial:
 
 
 # ---------------------------------------------------------------------------------------------- Ray Tune
+class TrialPlacement:
+    """Where a trial runs and what it read from S3, reported with its metrics (the MLflow run's `node_id` tag and
+    `s3_bytes_read` metric): on a cluster they show which node ran it and that its data came from the bucket.
+
+    `s3_bytes_read` counts this process's reads since the trial (or its resumption) started: DataLoader worker
+    processes (`resources.loader_workers` > 0) read in processes of their own, which it does not see.
+    """
+
+    def __init__(self) -> None:
+        import ray
+
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.start = storage.s3_counters()["bytes_read"]
+
+    def result(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "s3_bytes_read": float(storage.s3_counters()["bytes_read"] - self.start)}
+
+
 def tune_trainable(config: dict[str, Any], spec_json: str, paths: TrialPaths) -> None:
     """Function trainable: `config` holds `arm`, `seed` and the searched hyperparameters."""
     from ray import tune
 
     spec = StudySpec.model_validate_json(spec_json)
     torch.set_num_threads(spec.resources.threads_per_trial)
+    placement = TrialPlacement()  # before the trial reads its eval splits and shards
     overrides = {k: v for k, v in config.items() if k not in ("arm", "seed", "phase")}
     trial = KDTrial(spec, spec.arm(config["arm"]), paths, overrides, seed=int(config.get("seed", spec.seed)))
     checkpoint = tune.get_checkpoint()
@@ -346,7 +380,7 @@ def tune_trainable(config: dict[str, Any], spec_json: str, paths: TrialPaths) ->
     def report(metrics: dict[str, float], _: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="kd-ckpt-") as directory:
             trial.save(Path(directory))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report({**metrics, **placement.result()}, checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:
         trial.run(report)

@@ -1,0 +1,55 @@
+"""The teacher's val and test splits as shards under the study root, so evaluation data travels with the study.
+
+Trials evaluate on the teacher's original val/test splits. Loading them from `meta.dataset` at a local path would
+need that dataset at the same path on every worker node; instead the driver writes each split once, in the
+surrogate shard format (blocks of uint8 images with their labels, `manifest.json` with a sha256 per shard), under
+`<root>/eval/<teacher_id>/<split>/`, and trials read them from there like any surrogate. A rerun keeps them after
+the same presence check a surrogate gets; `kd-study data verify` checks their hashes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from study import storage
+from study.config import CardSpec, RealSource
+from study.data import shards
+from study.data.build import BuildResult, build_surrogate
+from study.data.loader import read_all
+
+
+def teacher_eval_root(eval_root: str, teacher_id: str) -> str:
+    return storage.join(eval_root, teacher_id)
+
+
+def eval_card(dataset: str, split: str, image_size: int, dataset_root: str | None = None) -> CardSpec:
+    """The card of one eval split: the teacher's own dataset, stored as is (no teacher filter, no generator)."""
+    return CardSpec(
+        name=split,
+        kind="real",
+        description=f"evaluation split '{split}' of the teacher's dataset '{dataset}'",
+        source=RealSource(name=dataset, split=split, root=dataset_root),
+        image_size=image_size,
+    )
+
+
+def build_eval_shards(meta, eval_root: str) -> dict[str, BuildResult]:  # meta: study.teacher.TeacherMeta
+    """Write (or reuse) the teacher's val and test splits under `<eval_root>/<teacher_id>/`."""
+    root = teacher_eval_root(eval_root, meta.teacher_id)
+    results = {}
+    for split in dict.fromkeys((meta.val_split, meta.test_split)):
+        results[split] = build_surrogate(eval_card(meta.dataset, split, meta.image_size, meta.dataset_root), root)
+        if not results[split].manifest.labelled:
+            raise shards.ShardError(f"{results[split].root}: eval split '{split}' has no labels to evaluate on")
+    return results
+
+
+def read_eval_split(eval_root: str, teacher_id: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, H, W, C) images and int64 labels of one eval split, read from its shards."""
+    root = storage.join(teacher_eval_root(eval_root, teacher_id), split)
+    manifest = shards.read_manifest(root)
+    shards.check_present(root, manifest)
+    images, labels = read_all(root, manifest, field="labels")
+    if labels is None:
+        raise shards.ShardError(f"{root}: eval shards hold no labels")
+    return images, labels
