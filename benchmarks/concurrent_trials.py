@@ -10,7 +10,7 @@ node's gain from packing; K is the ideal on K free devices), then per-trial img/
 trial (processes mode).
 
 Run: `python benchmarks/concurrent_trials.py [--mode ray|processes] [--trials 1,2,4] [--teacher resnet8]
-[--student resnet8] [--images 6144] [--threads 1] [--precision auto]`.
+[--student resnet8] [--images 3072] [--threads 1] [--precision auto]`.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--student", default="resnet8")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--images", type=int, default=6144)
+    parser.add_argument("--images", type=int, default=3072)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per trial")
     parser.add_argument("--cpus", type=float, default=float(os.cpu_count() or 2), help="CPUs the node offers")
     parser.add_argument("--loader-workers", type=int, default=0)

@@ -8,7 +8,8 @@ with `KDTrial.run`, one after another, with the same threads. Ray start-up is ex
 
 `tune_overhead: ratio=X` with X = Tune wall time / in-process wall time - 1 (goal X <= 0.05).
 
-Run: `python benchmarks/tune_overhead.py [--trials 8] [--images 16384] [--threads 2]` (~30 s per trial here).
+Run: `python benchmarks/tune_overhead.py [--trials 8] [--images 8192] [--threads 2]`
+(~30 s per trial on a quiet machine).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def study_setup(root: Path, args: argparse.Namespace) -> tuple[StudySpec, TrialP
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--images", type=int, default=16384)
+    parser.add_argument("--images", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     import ray
