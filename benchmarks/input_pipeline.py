@@ -8,6 +8,8 @@ Figures (one line each, ``NAME: ratio=X`` then raw numbers):
   trial runs it); intra-op threading (``torch.set_num_threads(2)`` on one batch) is printed as a raw number:
   on a shared, oversubscribed machine its per-op barriers make it far slower than one thread.
 * ``input_pipeline_1thread``: the same on one thread vs 10,000 img/s.
+* ``input_pipeline_vs_step``: the 2-thread pipeline against what the bare KD step (``kd_step.bare_loop``)
+  consumes on this machine, measured in the same run (>= 1: the pipeline keeps the step fed).
 * ``input_vs_torchvision``: ours (2 threads) / the pipeline most KD code uses: per-image torchvision v2
   transforms (RandomResizedCrop, RandAugment(2, 14), flip, pad-crop, ToDtype, Normalize) in a DataLoader with
   2 workers over an in-memory uint8 dataset, plus the same mixup on each batch.
@@ -192,6 +194,25 @@ def main() -> None:
         f"input_vs_torchvision: ratio={two / baseline:.2f} ours={two:.0f} img/s "
         f"torchvision={baseline:.0f} img/s workers=2 (both) {common}"
     )
+    step = bare_kd_step_rate()
+    print(
+        f"input_pipeline_vs_step: ratio={two / step:.1f} pipeline={two:.0f} img/s kd_step_bare={step:.1f} img/s "
+        f"(what the bare KD step consumes on this machine, measured in this run: {STEP_DESCRIPTION})"
+    )
+
+
+STEP_DESCRIPTION = "resnet8x4 <- resnet32x4, 32 px, batch 64, 8 steps after 2 warm-up, 2 threads"
+
+
+def bare_kd_step_rate() -> float:
+    """img/s the bare KD step (teacher + student + loss on a tensor in memory) consumes here: the demand that
+    the input pipeline must meet, measured on the machine at hand (the 20k img/s target is one GPU's appetite)."""
+    from kd_step import bare_loop
+
+    from study.device import pick_device
+
+    torch.set_num_threads(2)
+    return bare_loop("resnet32x4", "resnet8x4", batch=64, steps=8, warmup=2, size=SIZE, device=pick_device())
 
 
 if __name__ == "__main__":

@@ -102,28 +102,50 @@ def kd_study_loop(
     warmup: int,
     size: int,
     device: torch.device,
-) -> float:
+) -> tuple[float, int]:
+    """kd-study's trial loop: img/s over all `steps` measured steps, and how many shard blocks it read in them.
+
+    The surrogate is larger than the trial's shuffle buffer (4,096 images) plus everything the run consumes, so
+    the loop keeps reading and decoding shard blocks inside the measured window, as a long trial does.
+    """
+    from study.data import loader
+
+    count = 4096 + batch * (warmup + steps) + 4096
     card = CardSpec(
-        name="bench_leaves", kind="generated", generator="dead_leaves", count=batch * 16, image_size=size, seed=0
+        name="bench_noise", kind="generated", generator="uniform_noise", count=count, image_size=size, seed=0
     )
     build_surrogate(card, str(root / "shards"))
     (root / "cards").mkdir(exist_ok=True)
-    (root / "cards" / "bench_leaves.yaml").write_text(card.model_dump_json())
+    (root / "cards" / "bench_noise.yaml").write_text(card.model_dump_json())
     spec = StudySpec.model_validate(
         {
             "name": "bench",
             "student": {"arch": student_arch},
-            "arms": [{"name": "leaves", "card": "bench_leaves.yaml"}],
+            "arms": [{"name": "noise", "card": "bench_noise.yaml"}],
             "train": {"batch_size": batch},
+            # a report (eval on the 16-image folder, no checkpoint here) every `warmup` steps: the first one ends
+            # the warm-up, the last one ends the run; the window between them covers every measured step
             "budget": {"images": batch * (warmup + steps), "report_every": batch * warmup, "eval_batch_size": 64},
         }
     )
     trial = KDTrial(
-        spec, spec.arm("leaves"), TrialPaths(teacher_uri, str(root / "shards"), str(root / "cards")), device=device
+        spec, spec.arm("noise"), TrialPaths(teacher_uri, str(root / "shards"), str(root / "cards")), device=device
     )
-    rates: list[float] = []
-    trial.run(lambda metrics, _: rates.append(metrics["images_per_s"]))
-    return rates[-1]  # the report after warm-up covers exactly the measured steps
+    marks: list[tuple[float, float, int]] = []
+    blocks = [0]
+    decode = loader.shards.decode_block
+
+    def counting_decode(sample):  # counts the shard blocks decoded (the trial's loader runs in this process)
+        blocks[0] += 1
+        return decode(sample)
+
+    loader.shards.decode_block = counting_decode
+    try:
+        trial.run(lambda metrics, _: marks.append((time.perf_counter(), metrics["images_seen"], blocks[0])))
+    finally:
+        loader.shards.decode_block = decode
+    (t0, seen0, blocks0), (t1, seen1, blocks1) = marks[0], marks[-1]
+    return (seen1 - seen0) / (t1 - t0), blocks1 - blocks0
 
 
 def main() -> None:
@@ -132,21 +154,26 @@ def main() -> None:
     parser.add_argument("--student", default="resnet8x4")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2)  # also the report interval (steps % warmup == 0)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.steps % args.warmup:
+        parser.error("--steps must be a multiple of --warmup (reports fall every --warmup steps)")
     torch.set_num_threads(args.threads)
     device = pick_device()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         teacher_uri = make_teacher(root, args.teacher, args.size)
         bare = bare_loop(args.teacher, args.student, args.batch, args.steps, args.warmup, args.size, device)
-        ours = kd_study_loop(root, teacher_uri, args.student, args.batch, args.steps, args.warmup, args.size, device)
+        ours, blocks = kd_study_loop(
+            root, teacher_uri, args.student, args.batch, args.steps, args.warmup, args.size, device
+        )
     print(
         f"kd_step: ratio={ours / bare:.2f} kd={ours:.1f} img/s bare={bare:.1f} img/s "
         f"({args.student} <- {args.teacher}, {args.size}px, batch {args.batch}, {device.type}, "
-        f"{args.threads} threads)"
+        f"{args.threads} threads, {args.steps} measured steps, {blocks} shard blocks read inside the window)"
+        + (f" peak_mem={torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if device.type == "cuda" else "")
     )
 
 

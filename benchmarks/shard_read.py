@@ -6,6 +6,9 @@ ratio is images/s / 20,000: what one modern GPU consumes in the resnet8x4 <- res
 Baselines measured in the same run, single process: `np.load` of the blocks already in memory (the decode
 ceiling) and stdlib `tarfile` + `np.load` over the local shards (the cheapest way to read them).
 
+`shard_read_vs_step` compares the slower of the two readers with what the bare KD step (`kd_step.bare_loop`)
+consumes on this machine, measured in the same run.
+
 Each figure is the median of `--repeats` measurements (the machine is shared; single runs swing ~2x).
 Run: `python benchmarks/shard_read.py [--images 32768] [--epochs 2] [--workers 2] [--repeats 3]`.
 """
@@ -135,6 +138,7 @@ def main() -> None:
         np_rate = median(lambda: np_load_baseline(local, manifest), args.repeats)
         tar_rate = median(lambda: tarfile_baseline(local, manifest), args.repeats)
         rate, n = median_reader(local, manifest, args, workers)
+        local_rate = rate
         in_process, _ = median_reader(local, manifest, args, 0)
         print(
             f"shard_read_local: ratio={rate / GPU_APPETITE:.2f} imgs={n} reader={rate:.0f} img/s "
@@ -161,6 +165,19 @@ def main() -> None:
                     f"np_load={np_rate:.0f} img/s tarfile={tar_rate:.0f} img/s "
                     f"in_process={in_process:.0f} img/s latency={args.latency_ms:.0f} ms requests/run={requests:.0f}"
                 )
+                s3_rate = rate
+        import torch
+        from kd_step import bare_loop
+
+        from study.device import pick_device
+
+        torch.set_num_threads(2)
+        step = bare_loop("resnet32x4", "resnet8x4", batch=64, steps=8, warmup=2, size=32, device=pick_device())
+        print(
+            f"shard_read_vs_step: ratio={min(local_rate, s3_rate) / step:.1f} local={local_rate:.0f} img/s "
+            f"s3={s3_rate:.0f} img/s kd_step_bare={step:.1f} img/s (the slower reader against what the bare KD "
+            "step, resnet8x4 <- resnet32x4 at 32 px, batch 64, 2 threads, consumes here, measured in this run)"
+        )
 
 
 if __name__ == "__main__":

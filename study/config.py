@@ -396,7 +396,7 @@ class BudgetSpec(Strict):
 
 
 class ResourcesSpec(Strict):
-    cpu: float = Field(default=1.0, gt=0)
+    cpu: float = Field(default=1.0, ge=0)  # 0: a GPU trial that reserves no CPU slot (the GPU is its limit)
     gpu: float = Field(default=0.0, ge=0)
     max_concurrent: int = Field(default=0, ge=0)
     loader_workers: int = Field(default=0, ge=0)

@@ -27,6 +27,7 @@ def tiny_spec() -> StudySpec:
     data["budget"].update(images=8192, report_every=4096)
     data["train"].update(batch_size=32)
     data["search"]["trials_per_arm"] = 2
+    data["final"] = None  # the final phase has its own end-to-end test (tests/test_scale.py); this one stays fast
     return StudySpec.model_validate(data)
 
 
