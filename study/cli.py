@@ -272,7 +272,7 @@ def status(
         console.print(f"study {tracker.name}: not started (no experiment in {paths.tracking_uri})")
         raise typer.Exit(1)
     table = Table(title=f"study {tracker.name}")
-    for col in ("arm", "phase", "done", "running", "failed", "pending", "early-stopped", "best val acc"):
+    for col in ("arm", "phase", "done", "running", "failed", "pending", "stopped", "best val"):  # fits 80 columns
         table.add_column(col, justify="left" if col in ("arm", "phase") else "right", no_wrap=True)
     for r in rows:
         best = f"{r.best_val_acc:.2%}" if r.best_val_acc is not None else "-"

@@ -11,7 +11,7 @@ import pytest
 from study.config import BalanceSpec, CardSpec, StudySpec
 from study.data.balance import scan_order
 from study.data.build import build_surrogate
-from study.data.generators import Generator, image_rng, register_generator
+from study.data.generators import Generator, image_rng, register_generator, unregister_generator
 from study.data.real import load_source
 from study.pipeline import NoProgress, record_arms
 from study.populations import raw_pool
@@ -21,7 +21,6 @@ from study.tracking import StudyTracker
 SKEW = 0.6  # class c is drawn with probability proportional to SKEW**c
 
 
-@register_generator
 class SkewedDigits(Generator):
     """Digits-train images whose class is drawn with geometrically decaying probability: a teacher sees a skewed
     pool, and balanced selection has to dig for the rare classes."""
@@ -46,7 +45,17 @@ class SkewedDigits(Generator):
         return out
 
 
-def test_raw_pool_is_skewed_while_the_balanced_build_is_flat(digits_teacher: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def skewed_generator():
+    """Registered for this test only, so the contract tests of the shipped generators never see it."""
+    register_generator(SkewedDigits)
+    yield SkewedDigits
+    unregister_generator(SkewedDigits.name)
+
+
+def test_raw_pool_is_skewed_while_the_balanced_build_is_flat(
+    digits_teacher: Path, tmp_path: Path, skewed_generator: type
+) -> None:
     card = CardSpec(
         name="skewed",
         kind="generated",

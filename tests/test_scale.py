@@ -41,7 +41,7 @@ def test_relative_parts_join_onto_an_s3_root_as_uris() -> None:
     paths = study_paths(apply_overrides(spec, storage="s3://lab/studies/one/"))
     assert paths.root == "s3://lab/studies/one"
     assert paths.shards == "s3://lab/studies/one/shards" and paths.tune_dir == "s3://lab/studies/one/tune"
-    assert paths.teacher == "s3://lab/studies/one/teacher" and paths.report_dir == "s3://lab/studies/one/report"
+    assert paths.teacher == "s3://lab/studies/one/teacher" and paths.report_dir == "s3://lab/studies/one/report/scale"
     assert paths.eval_root == "s3://lab/studies/one/eval"
     assert storage.resolve("/data/shards", "s3://lab/x") == "/data/shards"  # an absolute path stays local
 
@@ -216,8 +216,8 @@ def test_study_on_s3_lands_in_the_bucket_and_resumes_from_a_fresh_directory(
         "study/shards/gaussian_noise/shard-000000.tar",
         f"study/eval/{teacher_id}/val/manifest.json",
         f"study/eval/{teacher_id}/test/shard-000000.tar",
-        "study/report/report.md",
-        "study/report/results.parquet",
+        f"study/report/{spec.name}/report.md",
+        f"study/report/{spec.name}/results.parquet",
     ):
         assert expected in listed, f"{expected} not in the bucket"
     assert any(k.startswith(f"study/tune/{exp}/") and "experiment_state" in k for k in listed)
@@ -244,5 +244,5 @@ def test_study_on_s3_lands_in_the_bucket_and_resumes_from_a_fresh_directory(
     shown = runner.invoke(app, ["status", str(spec_file), "--storage", root, "--tracking-uri", tracking])
     assert shown.exit_code == 0 and "final" in shown.output and "digits" in shown.output
 
-    results = pd.read_parquet(io.BytesIO(storage.read_bytes(f"{root}/report/results.parquet")))
+    results = pd.read_parquet(io.BytesIO(storage.read_bytes(f"{root}/report/{spec.name}/results.parquet")))
     assert {"arm", "seed", "phase"} <= set(results.columns) and len(results) == 8

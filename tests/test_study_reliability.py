@@ -184,7 +184,7 @@ def test_a_killed_study_resumes_and_always_finishes_with_its_report(digits_teach
     second = kd_study(*args, cwd=elsewhere)
     out, _ = second.communicate(timeout=400)
     assert second.returncode == 3, out  # the broken arm's trials failed; the report is written first
-    report = (root / "report" / "report.md").read_text()
+    report = (root / "report" / "reliability" / "report.md").read_text()
 
     runs = trial_runs(client, experiment)
     ids = [r.data.tags["trial_id"] for r in runs]

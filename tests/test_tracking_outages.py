@@ -67,6 +67,19 @@ def assert_everything_arrived(tracker: StudyTracker, grid: tune.ResultGrid, retr
         assert tracker.writer.failures > 0
 
 
+def wait_for_first_report(uri: str, experiment: str, timeout: float = 90.0) -> None:
+    """Block until a trial run of `experiment` holds a metric, so the outage overlaps the trials' reports."""
+    client, deadline = MlflowClient(uri), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            runs = client.search_runs([found.experiment_id], filter_string="metrics.val_acc >= 0")
+            if runs:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"no trial of {experiment} reported within {timeout} s")
+
+
 def spec() -> StudySpec:
     return StudySpec.model_validate({"name": "outage", "arms": [{"name": "a", "card": "digits_train"}]})
 
@@ -120,14 +133,19 @@ def test_a_tracking_server_stopped_and_restarted_loses_nothing(
     try:
 
         def stop_then_restart() -> None:
-            time.sleep(3)
+            wait_for_first_report(f"http://127.0.0.1:{port}", tracker.name)  # trial workers take ~10 s to start
             server["proc"].kill()
             server["proc"].wait()
+            server["down_at"] = time.time()
             time.sleep(6)  # down for 15 reports of each trial, then ~9 s more while it starts
             server["proc"] = start_server(db, port, tmp_path / "artifacts")
+            server["up_at"] = time.time()
 
         grid = run_trials(tracker, tmp_path / "tune", threading.Thread(target=stop_then_restart))
-        assert_everything_arrived(tracker, grid, retried=True)
+        assert_everything_arrived(tracker, grid, retried=False)
+        # the outage overlapped the trials: they kept reporting while the server was down
+        reported = [t for r in grid for t in r.metrics_dataframe["reported_at"].tolist()]
+        assert any(server["down_at"] < t < server["up_at"] for t in reported)
         assert MlflowClient(f"http://127.0.0.1:{port}").get_experiment_by_name(tracker.name) is not None
     finally:
         server["proc"].kill()

@@ -96,6 +96,11 @@ def register_generator(cls: G) -> G:
     return cls
 
 
+def unregister_generator(name: str) -> None:
+    """Remove a registered generator (a plugin or test that registered one for a while cleans up after itself)."""
+    _REGISTRY.pop(name, None)
+
+
 def list_generators() -> list[str]:
     """Names of all registered generators, sorted."""
     return sorted(_REGISTRY)
