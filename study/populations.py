@@ -22,7 +22,7 @@ import numpy as np
 from study.config import ArmSpec, CardSpec, StudySpec
 from study.criteria import Criteria, FeatureMoments, batched, measure
 from study.data.balance import scan_order
-from study.data.build import BuildResult
+from study.data.build import BuildResult, load_real_source
 from study.data.generators import create_generator
 from study.data.loader import read_all
 from study.data.preview import preview_grid
@@ -60,16 +60,8 @@ def raw_pool(card: CardSpec, n: int, reference_stats: tuple[list[float], list[fl
         return _mixture_pool(card, n, reference_stats, num_classes)
     if card.kind != "real" or card.source is None:
         raise ValueError(f"card '{card.name}': no raw candidate pool for kind '{card.kind}'")
-    count = card.balance.candidates if card.balance else card.count
-    data = load_source(
-        card.source.name,
-        card.source.split,
-        card.image_size,
-        root=card.source.root,
-        count=count,
-        seed=card.seed,
-        params=card.source.params,
-    )
+    # the candidates the balanced scan visits: the source in its stored order, the scan's seeded permutation
+    data = load_real_source(card, card.balance.candidates if card.balance else card.count, interleave=False)
     return data.images[scan_order(card, len(data.images))[:n]]
 
 

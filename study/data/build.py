@@ -111,7 +111,8 @@ def write_shard_task(
     return shards.write_shard(root, index, out, first_block)
 
 
-def _load_real(card: CardSpec, count: int | None, interleave: bool = True) -> LabelledImages:
+def load_real_source(card: CardSpec, count: int | None, interleave: bool = True) -> LabelledImages:
+    """A real card's images: class-interleaved for shards, or in the source's stored order for a scan."""
     assert card.source is not None
     data = load_source(
         card.source.name,
@@ -152,7 +153,7 @@ def _select(
     snapshot = card.model_dump(mode="json")
     data = None
     if card.kind == "real":
-        data = _load_real(card, card.balance.candidates, interleave=False)  # the source's stored order
+        data = load_real_source(card, card.balance.candidates, interleave=False)  # the source's stored order
     if (selection := load_selection(root, meta.teacher_id, snapshot)) is not None:
         return selection, data, True
     if data is not None:
@@ -269,7 +270,7 @@ def build_surrogate(
         channels = 3 if data is None else data.images.shape[3]
         labelled = data is not None and data.labels is not None
     elif card.kind == "real":
-        data = _load_real(card, count)
+        data = load_real_source(card, count)
         count, channels = len(data), data.images.shape[3]
         labelled, classes = data.labels is not None, data.classes
         histogram = np.bincount(data.labels, minlength=len(classes)).tolist() if data.labels is not None else None
