@@ -236,12 +236,16 @@ def rank(
     spec: Annotated[str, typer.Argument(help="A finished study's spec (YAML path or bundled name).")],
     candidates: Annotated[list[str], typer.Option("--candidates", help="Candidate cards (names or YAML paths).")],
     root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
+    count: Annotated[
+        int | None, typer.Option(min=1, help="Images each candidate would supply (default: its card's count).")
+    ] = None,
 ) -> None:
     """Score candidate surrogates from raw-pool criteria (teacher passes only), with a model fitted on the study."""
     from study.rank import rank_study_candidates
 
     with user_errors():
-        scored, validation = rank_study_candidates(spec, root, candidates)  # RankError: a clear message, exit 2
+        # RankError: a clear message, exit 2
+        scored, validation = rank_study_candidates(spec, root, candidates, count=count)
     table = Table(title="Candidate surrogates, predicted student test accuracy")
     for col in ("#", "card", "predicted acc", "class entropy (raw pool)"):
         table.add_column(col, justify="left" if col == "card" else "right", no_wrap=True)

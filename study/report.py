@@ -199,9 +199,9 @@ def collect(
         results.curves = learning_curves(tracker, trials)
     results.artifacts = arm_artifacts(tracker, arms, artifact_dir)
     if len(points) >= MIN_POINTS:
-        from study.rank import validate
+        from study.rank import model_points, validate
 
-        results.validation = validate(points)
+        results.validation = validate(model_points(ranking, arms))
     return results
 
 
