@@ -312,6 +312,11 @@ class TestFileSources:
         assert data.classes == list(AIRCRAFT_FAMILY) and np.bincount(data.labels).tolist() == [3, 3, 3]
         _assert_paired(data.images, data.labels, tol=3)
 
+    def test_an_argument_torchvision_rejects_is_a_source_error_naming_it(self, tmp_path: Path) -> None:
+        _write_aircraft(tmp_path)
+        with pytest.raises(SourceError, match=r"fgvc_aircraft.*FGVCAircraft rejected.*annotation_level.*model"):
+            load_source("fgvc_aircraft", "train", 8, root=str(tmp_path), params={"annotation_level": "model"})
+
     def test_fgvc_aircraft_defaults_to_the_papers_family_level(self, tmp_path: Path) -> None:
         # a teacher loads its dataset without params: it must classify the 70 families, as the paper's teachers do
         _write_aircraft(tmp_path)

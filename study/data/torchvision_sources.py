@@ -113,6 +113,8 @@ def _register(
         cls = getattr(torchvision.datasets, cls_name)
         try:
             dataset = cls(str(where), download=bool(download), **kwargs)
+        except ValueError as err:  # torchvision's argument checks (e.g. an unknown annotation_level)
+            raise SourceError(f"real source '{name}': torchvision {cls_name} rejected {kwargs}: {err}") from err
         except (RuntimeError, OSError) as err:
             if download:
                 raise SourceError(
