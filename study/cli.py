@@ -487,6 +487,24 @@ def data_perturb(
     )
 
 
+@data_app.command("eval-splits")
+def data_eval_splits(
+    teacher: Annotated[str, typer.Option(help="Teacher URI (folder or s3://) holding meta.json.")],
+    out: Annotated[str, typer.Option(help="The study's eval root: <study root>/eval (folder or s3://).")],
+) -> None:
+    """Write the teacher's val and test splits as shards under OUT/<teacher id>/, from a machine that has its
+    dataset: a study submitted to a cluster evaluates on them and never needs the dataset itself."""
+    from study.data.eval_shards import build_eval_shards
+    from study.storage import resolve
+    from study.teacher import load_meta
+
+    with user_errors():
+        results = build_eval_shards(load_meta(resolve(teacher)), resolve(out))
+    for split, result in results.items():
+        state = "reused" if result.reused else "written"
+        console.print(f"{result.root}: {split}, {result.manifest.count} images, {state}", soft_wrap=True)
+
+
 @data_app.command("verify")
 def data_verify(
     root: Annotated[str, typer.Argument(help="A surrogate folder (holding manifest.json).")],
