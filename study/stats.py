@@ -25,6 +25,7 @@ MIN_POINTS = 5
 TOO_FEW = "too few surrogates"
 EXACT_PERMUTATIONS_UP_TO = 7
 LEVEL = 0.95
+ACCURACY = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,12 @@ class Interval:
     n: int
 
 
-def mean_interval(values: np.ndarray | list[float], level: float = LEVEL) -> Interval:
-    """Mean and its Student-t interval: mean +- t_{(1+level)/2, n-1} * s / sqrt(n) (NaN bounds for n < 2)."""
+def mean_interval(
+    values: np.ndarray | list[float], level: float = LEVEL, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> Interval:
+    """Mean and its Student-t interval: mean +- t_{(1+level)/2, n-1} * s / sqrt(n) (NaN bounds for n < 2), cut to
+    `bounds`, the values the mean can take: with 2 seeds t is 12.7, and an accuracy interval of -24% .. 113% says
+    nothing a reader can use beyond 0 .. 100%."""
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
     n = len(x)
@@ -46,7 +51,7 @@ def mean_interval(values: np.ndarray | list[float], level: float = LEVEL) -> Int
     if n < 2:
         return Interval(m, math.nan, math.nan, n)
     half = float(sps.t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
-    return Interval(m, m - half, m + half, n)
+    return Interval(m, max(m - half, bounds[0]), min(m + half, bounds[1]), n)
 
 
 def full_budget(trials: pd.DataFrame) -> pd.Series:
@@ -66,7 +71,7 @@ def arm_accuracy(trials: pd.DataFrame) -> pd.DataFrame:
         search = group[ok & (group["phase"] != "final")]
         row: dict = {"arm": arm, "surrogate": group["surrogate"].iloc[0]}
         if len(final):
-            iv = mean_interval(final["test_acc"].to_numpy())
+            iv = mean_interval(final["test_acc"].to_numpy(), bounds=ACCURACY)
             row |= {"test_acc": iv.mean, "ci_low": iv.low, "ci_high": iv.high, "n": iv.n}
             row |= {"basis": f"mean of {iv.n} final seed(s)", "best_val_acc": final["val_acc"].mean()}
         elif len(search):

@@ -92,3 +92,14 @@ def test_arm_accuracy_means_final_seeds_and_never_early_stopped_trials() -> None
     assert (r.loc["a", "ci_low"], r.loc["a", "ci_high"]) == pytest.approx((lo, hi))
     assert r.loc["b", "test_acc"] == 0.51 and r.loc["b", "basis"].startswith("best search trial")
     assert (r.loc["b", "failed"], r.loc["b", "diverged"], r.loc["a", "early_stopped"]) == (1, 1, 2)
+
+
+def test_an_accuracy_interval_stays_within_0_and_1() -> None:
+    from study.stats import ACCURACY, mean_interval
+
+    wide = mean_interval([0.394, 0.503])  # 2 seeds: t = 12.7
+    assert wide.low < 0 and wide.high > 1
+    cut = mean_interval([0.394, 0.503], bounds=ACCURACY)
+    assert (cut.low, cut.high) == (0.0, 1.0) and cut.mean == wide.mean
+    narrow = mean_interval([0.5, 0.51, 0.49], bounds=ACCURACY)
+    assert 0 < narrow.low < narrow.mean < narrow.high < 1
