@@ -25,7 +25,16 @@ from study.data.preview import preview_grid
 from study.distill.trial import TrialPaths, card_for_arm, surrogate_name
 from study.report import Report, write_report
 from study.sweep import run_sweep, total_trials
-from study.teacher import Teacher, TeacherError, TeacherMeta, load_meta, load_teacher
+from study.teacher import (
+    META,
+    NO_EVAL_DATA,
+    Teacher,
+    TeacherError,
+    TeacherMeta,
+    load_meta,
+    load_teacher,
+    train_teacher,
+)
 from study.tracking import StudyTracker
 
 log = logging.getLogger(__name__)
@@ -220,6 +229,54 @@ def sweep_complete(spec: StudySpec, tracker: StudyTracker) -> bool:
     return len(finished) >= total_trials(spec)
 
 
+def ensure_teacher(spec: StudySpec, paths: StudyPaths, progress: ProgressSink) -> TeacherMeta:
+    """The study's teacher meta: imported from `teacher.weights` or trained (`teacher.train: true`) when missing.
+
+    Training is opt-in, so a typo in `teacher.uri` stops here instead of starting a long training. An existing
+    teacher made for another arch or dataset than the spec says is an error naming both.
+    """
+    t = spec.teacher
+    if not storage.exists(storage.join(paths.teacher, META)):
+        if t.weights is not None:
+            from study.teacher_import import ImportOptions, import_teacher
+
+            options = ImportOptions(
+                arch=t.arch,
+                classes=t.classes,
+                image_size=t.image_size,
+                mean=t.mean,
+                std=t.std,
+                eval_dataset=None if t.dataset == NO_EVAL_DATA else t.dataset,
+                eval_root=t.dataset_root,
+                eval_params=t.params,
+                fine_grained=bool(getattr(t, "fine_grained", False)),  # a TeacherSpec field of the fidelity work
+            )
+            progress.task("teacher", f"importing teacher {t.arch} from {t.weights}", None)
+            import_teacher(storage.resolve(t.weights, paths.root), paths.teacher, options)
+        elif t.train:
+            progress.task("teacher", f"teacher {t.arch} on {t.dataset}", t.epochs)
+            train_teacher(t, paths.teacher, on_epoch=lambda e, n, _loss: progress.update("teacher", e, n))
+    try:
+        meta = load_meta(paths.teacher)
+    except TeacherError as err:
+        raise SpecError(
+            f"{err}\n  (the spec's teacher.uri is '{t.uri}'; set teacher.train: true to train it, "
+            "or teacher.weights to import one)"
+        ) from None
+    for name, made, wanted in (("arch", meta.arch, t.arch), ("dataset", meta.dataset, t.dataset)):
+        if made != wanted:
+            raise SpecError(
+                f"{paths.teacher}: the teacher's {name} is '{made}' (meta.json), the spec's teacher.{name} is "
+                f"'{wanted}'; fix the spec or point teacher.uri elsewhere"
+            )
+    if spec.search.metric == "val_acc" and not meta.has_eval_data:
+        raise SpecError(
+            f"{paths.teacher}: teacher {meta.teacher_id} has no evaluation data, and search.metric 'val_acc' needs "
+            "its val split: import it with --eval-dataset/--eval-root, or set search.metric: agreement"
+        )
+    return meta
+
+
 def run_study(
     spec: StudySpec,
     root: str | None = None,
@@ -231,10 +288,7 @@ def run_study(
     progress = progress or NoProgress()
     paths = study_paths(spec, root)
     cards = load_cards(spec, cards_dir)
-    try:
-        meta = load_meta(paths.teacher)
-    except TeacherError as err:
-        raise SpecError(f"{err}\n  (the spec's teacher.uri is '{spec.teacher.uri}')") from None
+    meta = ensure_teacher(spec, paths, progress)
     outcome = StudyOutcome(paths, meta)
     outcome.builds = build_surrogates(cards, paths, meta, progress, build_workers)
     outcome.builds.update(build_perturbed_surrogates(spec, cards, paths, meta, progress))

@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = "weights.pt"
 META = "meta.json"
+NO_EVAL_DATA = "none"
+"""`TeacherMeta.dataset` (and `teacher.dataset` in a spec) of a teacher imported without evaluation data."""
 
 
 class TeacherError(ValueError):
@@ -55,6 +58,12 @@ class TeacherMeta(BaseModel):
     epochs: int | None = None
     weights_sha256: str
     kd_study_version: str = __version__
+    # teachers imported from elsewhere (study.teacher_import); metas written before these fields load unchanged
+    format: Literal["state_dict", "torchscript", "export"] = "state_dict"
+    has_eval_data: bool = True
+    dataset_params: dict[str, Any] = {}
+    fine_grained: bool = False
+    imported_from: str | None = None
 
     @property
     def teacher_id(self) -> str:
@@ -81,7 +90,9 @@ def normalise(images_uint8_nchw: torch.Tensor, mean: list[float], std: list[floa
 
 def eval_tensors(meta: TeacherMeta, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A split of the teacher's original data, normalised for the teacher, on `device`."""
-    data = load_source(meta.dataset, split, meta.image_size, root=meta.dataset_root)
+    if not meta.has_eval_data:
+        raise TeacherError(f"teacher {meta.teacher_id} was imported without evaluation data (no '{split}' split)")
+    data = load_source(meta.dataset, split, meta.image_size, root=meta.dataset_root, params=meta.dataset_params)
     if data.labels is None:
         raise TeacherError(f"dataset '{meta.dataset}' split '{split}' has no labels to evaluate on")
     x = torch.from_numpy(data.images).permute(0, 3, 1, 2)
@@ -199,9 +210,39 @@ def load_teacher(uri: str, device: torch.device | None = None) -> Teacher:
     data = storage.read_bytes(weights_uri)
     if hashlib.sha256(data).hexdigest() != meta.weights_sha256:
         raise TeacherError(f"{weights_uri}: sha256 differs from {META} (corrupt or replaced weights)")
-    model = create_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.channels)
-    model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    if meta.format == "state_dict":
+        model = create_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.channels)
+        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    else:
+        model = model_from_bytes(data, meta.format)
     model.to(device or torch.device("cpu")).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return Teacher(model, meta)
+
+
+class ExportedProgramModule(torch.nn.Module):
+    """A `torch.export` program as a module that accepts `.eval()`/`.train()` (exported graphs refuse both).
+
+    The program keeps the mode it was exported in (export the teacher in eval mode); the flags are recorded only.
+    """
+
+    def __init__(self, program: torch.nn.Module) -> None:
+        super().__init__()
+        self.program = program
+
+    def train(self, mode: bool = True) -> ExportedProgramModule:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+
+def model_from_bytes(data: bytes, fmt: str) -> torch.nn.Module:
+    """A TorchScript or `torch.export` teacher from its file's bytes, on the CPU (neither loader unpickles code)."""
+    if fmt == "torchscript":
+        return torch.jit.load(io.BytesIO(data), map_location="cpu")
+    if fmt == "export":
+        return ExportedProgramModule(torch.export.load(io.BytesIO(data)).module())
+    raise TeacherError(f"unknown teacher format {fmt!r}")
