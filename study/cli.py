@@ -108,17 +108,28 @@ def _progress() -> Progress:
 def _print_ranking(outcome) -> None:
     ranking = outcome.report.ranking
     show_surrogate = bool(len(ranking)) and bool((ranking["arm"] != ranking["surrogate"]).any())
-    table = Table(title="Surrogates ranked by student test accuracy (best trial by val)")
-    columns = ["#", "arm", *(["surrogate"] if show_surrogate else []), "trials", "test acc", "val acc", "mean ± std"]
+    ranked = "test_acc" if "test_acc" in ranking.columns else "agreement"
+    picked = next((c for c in ("best_val_acc", "best_agreement") if c in ranking.columns), "best_val_acc")
+    names = {"test_acc": "test acc", "agreement": "agreement", "best_val_acc": "val acc", "best_agreement": "agreement"}
+    table = Table(title=f"Surrogates ranked by student {names[ranked]} (best trial by {names[picked]})")
+    columns = [
+        "#",
+        "arm",
+        *(["surrogate"] if show_surrogate else []),
+        "trials",
+        names[ranked],
+        f"by {names[picked]}",
+        "mean ± std",
+    ]
     for col in columns:
         table.add_column(col, justify="left" if col in ("arm", "surrogate") else "right", no_wrap=True)
     for rank, row in ranking.iterrows():
         cells = [str(rank), row["arm"], *([row["surrogate"]] if show_surrogate else [])]
         cells += [
             str(row["trials"]),
-            f"{row['test_acc']:.2%}",
-            f"{row['best_val_acc']:.2%}",
-            f"{row['test_acc_mean']:.1%} ± {row['test_acc_std']:.1%}",
+            f"{row[ranked]:.2%}",
+            f"{row[picked]:.2%}",
+            f"{row[f'{ranked}_mean']:.1%} ± {row[f'{ranked}_std']:.1%}",
         ]
         table.add_row(*cells)
     console.print(table)
@@ -152,16 +163,26 @@ def run(
     root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
     build_workers: Annotated[int, typer.Option(help="Processes for generating surrogates.")] = 1,
 ) -> None:
-    """Build what is missing, then run (or resume) the Ray Tune study and write the report."""
+    """Build what is missing, then run (or resume) the Ray Tune study and write the report.
+
+    Exits 0 when every trial reached a result (diverged trials are results), 3 when trials failed (after the
+    report is written; they are listed there), 2 on a user error found before anything ran.
+    """
     from study.config import load_study
     from study.pipeline import run_study
     from study.resources import resolve_spec_path
 
     with user_errors():
-        study_spec = load_study(resolve_spec_path(spec))
+        spec_path = resolve_spec_path(spec)
+        study_spec = load_study(spec_path)
         with _progress() as progress:
-            outcome = run_study(study_spec, root, RichProgress(progress), build_workers=build_workers)
+            outcome = run_study(
+                study_spec, root, RichProgress(progress), build_workers=build_workers, spec_path=str(spec_path)
+            )
     _print_ranking(outcome)
+    if outcome.failed:
+        console.print(f"[bold red]{outcome.failed} trial(s) failed[/] after their retries (listed in the report)")
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -172,21 +193,22 @@ def report(
 ) -> None:
     """Rebuild the report from the MLflow store alone."""
     from study.config import load_study
-    from study.pipeline import study_paths
+    from study.pipeline import open_tracker, study_paths
     from study.report import write_report
     from study.resources import resolve_spec_path
     from study.teacher import load_meta
-    from study.tracking import StudyTracker
 
     with user_errors():
-        study_spec = load_study(resolve_spec_path(spec))
+        spec_path = resolve_spec_path(spec)
+        study_spec = load_study(spec_path)
         paths = study_paths(study_spec, root)
         meta = load_meta(paths.teacher)
         result = write_report(
-            StudyTracker(paths.tracking_uri, study_spec),
+            open_tracker(study_spec, paths, str(spec_path.resolve().parent)),
             out or Path(paths.report_dir),
             meta.test_accuracy,
             title=study_spec.name,
+            metric=study_spec.search.metric,
         )
     console.print(f"report: [bold]{result.markdown}[/] ({len(result.ranking)} arms)")
 

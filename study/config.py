@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -233,10 +233,40 @@ class SchedulerSpec(Strict):
     reduction_factor: int = Field(default=2, ge=2)
 
 
+def _field_kind(name: str) -> str:
+    """'int', 'float' or 'bool': the value type of a TrainSpec field (None allowed or not)."""
+    annotation = TrainSpec.model_fields[name].annotation
+    kinds = {a for a in get_args(annotation) if a is not type(None)} or {annotation}
+    return "bool" if bool in kinds else "int" if int in kinds else "float"
+
+
+def _check_searched(name: str, p: ParamSpace) -> None:
+    """A searched parameter must produce values its TrainSpec field accepts, over its whole range."""
+    kind = _field_kind(name)
+    allowed = {"int": ("int", "choice"), "float": ("uniform", "loguniform", "int", "choice"), "bool": ("choice",)}
+    if p.type not in allowed[kind]:
+        ways = " or ".join(allowed[kind])
+        raise ValueError(f"'{name}' is a {kind} field of train: search it as {ways}, not '{p.type}'")
+    if p.type == "int" and not (float(p.low or 0).is_integer() and float(p.high or 0).is_integer()):
+        raise ValueError(f"'{name}': type 'int' needs whole 'low' and 'high', got {p.low} and {p.high}")
+    values = p.values if p.type == "choice" else [p.low, p.high]
+    for value in values or []:
+        value = int(value) if p.type == "int" else value
+        try:
+            TrainSpec.model_validate({name: value})
+        except ValidationError as err:
+            reason = "; ".join(e["msg"] for e in err.errors())
+            raise ValueError(f"'{name}': searched value {value!r} is not a valid train.{name}: {reason}") from None
+
+
 class SearchSpec(Strict):
+    """Per-arm search. `max_failures`: retries (from the last checkpoint) of a trial that raises before it is
+    recorded FAILED; a diverged trial (NaN/inf loss) is a result, never retried."""
+
     trials_per_arm: int = Field(default=4, gt=0)
     space: dict[str, ParamSpace] = Field(default_factory=dict)
     scheduler: SchedulerSpec = SchedulerSpec()
+    max_failures: int = Field(default=1, ge=0)
     # `agreement`: data-free search on the student's agreement with the teacher over the last `agreement_images`
     # images of each arm's own surrogate, held out of its training
     metric: Literal["val_acc", "agreement"] = "val_acc"
@@ -248,6 +278,8 @@ class SearchSpec(Strict):
         unknown = sorted(set(space) - set(TrainSpec.model_fields))
         if unknown:
             raise ValueError(f"cannot search {unknown}: searchable names are {sorted(TrainSpec.model_fields)}")
+        for name, p in space.items():
+            _check_searched(name, p)
         return space
 
 
@@ -314,9 +346,26 @@ class StudySpec(Strict):
                 raise ValueError(f"arm '{arm.name}': unknown train fields {unknown}")
         return arms
 
-    def science_hash(self) -> str:
-        """Hash of what changes results; storage, tracking and resources are left out on purpose."""
-        science = self.model_dump(exclude={"storage", "tracking", "resources"})
+    @model_validator(mode="after")
+    def _arms_do_not_fix_searched_names(self) -> StudySpec:
+        for i, arm in enumerate(self.arms):
+            fixed = sorted(set(arm.train) & set(self.search.space))
+            if fixed:
+                raise ValueError(
+                    f"arms.{i}.train: arm '{arm.name}' fixes {fixed}, which search.space also searches "
+                    "(an arm's fixed values define it; remove them from one of the two)"
+                )
+        return self
+
+    def science_hash(self, content: dict[str, Any] | None = None) -> str:
+        """Hash of what changes results; storage, tracking and resources are left out on purpose.
+
+        `content` adds what the spec only names: the teacher's weights and the cards' contents (the pipeline's
+        `study_content`), so retraining the teacher or editing a card starts a new experiment.
+        """
+        science = self.model_dump(mode="json", exclude={"storage", "tracking", "resources"})
+        if content:
+            science["content"] = content
         return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:12]
 
     def arm(self, name: str) -> ArmSpec:

@@ -35,7 +35,7 @@ from study.teacher import (
     load_teacher,
     train_teacher,
 )
-from study.tracking import StudyTracker
+from study.tracking import OUTCOME, OUTCOMES, StudyTracker, short_http_retries
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,17 @@ class StudyOutcome:
     builds: dict[str, BuildResult] = field(default_factory=dict)
     sweep_ran: bool = False
     report: Report | None = None
+    trial_outcomes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        """Trials that raised after their retries (diverged trials are results, not failures)."""
+        return self.trial_outcomes.get("failed", 0)
 
 
 def load_cards(spec: StudySpec, cards_dir: str | None = None) -> dict[str, CardSpec]:
-    """Every arm's card, validated (and its generator's params checked) before anything runs."""
+    """Every arm's card, resolved once here (relative paths against `cards_dir`, the spec file's folder) and
+    validated, its generator's params checked, before anything runs; trials receive these, never paths."""
     cards = {}
     for arm in spec.arms:
         card = card_for_arm(arm, cards_dir)
@@ -111,6 +118,20 @@ def load_cards(spec: StudySpec, cards_dir: str | None = None) -> dict[str, CardS
     return cards
 
 
+def study_content(cards: dict[str, CardSpec], meta: TeacherMeta) -> dict[str, object]:
+    """What the spec names but does not contain, for the science hash: the teacher's weights, each card's
+    normalised content (defaults filled in, so formatting and comments do not count) and generator version."""
+    from study.data.generators import create_generator
+
+    content: dict[str, object] = {"teacher_weights_sha256": meta.weights_sha256}
+    for arm, card in sorted(cards.items()):
+        version = None
+        if card.kind == "generated" and card.generator:
+            version = create_generator(card.generator, card.params, reference_stats=(meta.mean, meta.std)).version
+        content[f"card.{arm}"] = {"card": card.model_dump(mode="json"), "generator_version": version}
+    return content
+
+
 def build_surrogates(
     cards: dict[str, CardSpec], paths: StudyPaths, meta: TeacherMeta, progress: ProgressSink, workers: int = 1
 ) -> dict[str, BuildResult]:
@@ -126,6 +147,7 @@ def build_surrogates(
             teacher=paths.teacher if card.balance else None,
             workers=workers,
             on_shard=lambda done, total, k=key: progress.update(k, done, total),
+            replace_stale=True,
         )
     return results
 
@@ -224,9 +246,51 @@ def record_arms(
         progress.update("criteria", i + 1)
 
 
+def trial_outcomes(tracker: StudyTracker) -> dict[str, int]:
+    """How many trial runs ended with each `kd_study.outcome` (runs without one have not ended)."""
+    counts: dict[str, int] = {}
+    for run in tracker.trial_runs():
+        outcome = run.data.tags.get(OUTCOME, "unfinished")
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
 def sweep_complete(spec: StudySpec, tracker: StudyTracker) -> bool:
-    finished = [r for r in tracker.trial_runs() if r.info.status == "FINISHED"]
-    return len(finished) >= total_trials(spec)
+    counts = trial_outcomes(tracker)
+    return sum(counts.get(o, 0) for o in OUTCOMES) >= total_trials(spec)
+
+
+def check_arm_sizes(spec: StudySpec, builds: dict[str, BuildResult], names: dict[str, str], where: str) -> None:
+    """An empty surrogate is an error; one smaller than a batch works (its batches repeat images) but is
+    worth a warning, since every batch then holds duplicates."""
+    for i, arm in enumerate(spec.arms):
+        build = builds[names[arm.name]]
+        images = min(arm.count or build.manifest.count, build.manifest.count)
+        if build.manifest.count == 0:
+            raise SpecError(f"{where}: arms.{i} ('{arm.name}'): surrogate {build.root} holds 0 images")
+        if arm.count and arm.count > build.manifest.count:
+            raise shards.ShardError(
+                f"{build.root}: arm '{arm.name}' wants {arm.count} images, it holds {build.manifest.count}"
+            )
+        batch = spec.train_for(arm).batch_size
+        if images < batch:
+            log.warning(
+                "arm '%s' has %d images, fewer than one batch of %d: its batches repeat images", arm.name, images, batch
+            )
+
+
+def check_held_out(spec: StudySpec, builds: dict[str, BuildResult], names: dict[str, str], where: str) -> None:
+    """With `search.metric: agreement` every arm must keep training images beside its held-out slice."""
+    if spec.search.metric != "agreement":
+        return
+    for i, arm in enumerate(spec.arms):
+        manifest = builds[names[arm.name]].manifest
+        images = min(arm.count or manifest.count, manifest.count)
+        if spec.search.agreement_images >= images:
+            raise SpecError(
+                f"{where}: search.agreement_images ({spec.search.agreement_images}) must be below arms.{i} "
+                f"('{arm.name}') image count {images}: the held-out slice comes out of the arm's own images"
+            )
 
 
 def ensure_teacher(spec: StudySpec, paths: StudyPaths, progress: ProgressSink) -> TeacherMeta:
@@ -283,32 +347,70 @@ def run_study(
     progress: ProgressSink | None = None,
     cards_dir: str | None = None,
     build_workers: int = 1,
+    spec_path: str | None = None,
 ) -> StudyOutcome:
-    """Everything after the teacher: build what is missing, criteria, sweep (resumed if interrupted), report."""
+    """Everything after the teacher: build what is missing, criteria, sweep (resumed if interrupted), report.
+
+    The study always ends with its report: failed and diverged trials are outcomes recorded in MLflow and listed
+    there (`StudyOutcome.failed` tells the CLI to exit non-zero). Everything checkable is checked before the
+    first build: the spec (`validate_study`), the cards (resolved against `cards_dir`, default: the spec file's
+    folder) and the teacher.
+    """
     progress = progress or NoProgress()
+    where = spec_path or f"study '{spec.name}'"
+    if cards_dir is None and spec_path is not None:
+        cards_dir = str(Path(spec_path).resolve().parent)
+    validate_study(spec, where)
     paths = study_paths(spec, root)
     cards = load_cards(spec, cards_dir)
     meta = ensure_teacher(spec, paths, progress)
+    try:
+        teacher = load_teacher(paths.teacher)
+    except TeacherError as err:
+        raise SpecError(f"{err}\n  (the spec's teacher.uri is '{spec.teacher.uri}')") from None
     outcome = StudyOutcome(paths, meta)
     outcome.builds = build_surrogates(cards, paths, meta, progress, build_workers)
     outcome.builds.update(build_perturbed_surrogates(spec, cards, paths, meta, progress))
-    for arm in spec.arms:
-        build = outcome.builds[surrogate_name(spec, arm, cards[arm.name], meta.teacher_id)]
-        if arm.count and arm.count > build.manifest.count:
-            raise shards.ShardError(
-                f"{build.root}: arm '{arm.name}' wants {arm.count} images, it holds {build.manifest.count}"
-            )
-    tracker = StudyTracker(paths.tracking_uri, spec)
-    teacher = load_teacher(paths.teacher)
+    names = {a.name: surrogate_name(spec, a, cards[a.name], meta.teacher_id) for a in spec.arms}
+    check_arm_sizes(spec, outcome.builds, names, where)
+    check_held_out(spec, outcome.builds, names, where)
+    short_http_retries()
+    tracker = StudyTracker(paths.tracking_uri, spec, content=study_content(cards, meta))
     record_arms(spec, cards, outcome.builds, teacher, tracker, progress)
     total = total_trials(spec)
     progress.task("sweep", f"KD trials ({len(spec.arms)} arms x {spec.search.trials_per_arm})", total)
     if not sweep_complete(spec, tracker):
-        Path(paths.tune_dir).mkdir(parents=True, exist_ok=True)
-        trial_paths = TrialPaths(teacher=paths.teacher, shards_root=paths.shards, cards_dir=cards_dir)
+        if not storage.is_s3(paths.tune_dir):
+            Path(paths.tune_dir).mkdir(parents=True, exist_ok=True)
+        trial_paths = TrialPaths(teacher=paths.teacher, shards_root=paths.shards, cards=cards)
         run_sweep(spec, trial_paths, paths.tune_dir, tracker, lambda done, t: progress.update("sweep", done, t))
         outcome.sweep_ran = True
     tracker.set_arm_terminated()
     progress.update("sweep", total, total)
-    outcome.report = write_report(tracker, Path(paths.report_dir), meta.test_accuracy, title=spec.name)
+    outcome.trial_outcomes = trial_outcomes(tracker)
+    outcome.report = write_report(
+        tracker, Path(paths.report_dir), meta.test_accuracy, title=spec.name, metric=spec.search.metric
+    )
     return outcome
+
+
+def open_tracker(spec: StudySpec, paths: StudyPaths, cards_dir: str | None = None) -> StudyTracker:
+    """The tracker of an existing study (its experiment name needs the teacher's and the cards' contents)."""
+    try:
+        meta = load_meta(paths.teacher)
+    except TeacherError as err:
+        raise SpecError(f"{err}\n  (the spec's teacher.uri is '{spec.teacher.uri}')") from None
+    return StudyTracker(paths.tracking_uri, spec, content=study_content(load_cards(spec, cards_dir), meta))
+
+
+def validate_study(spec: StudySpec, where: str) -> None:
+    """What pydantic cannot check without the model registry: models the study will build exist."""
+    from study.models import list_models
+    from study.models.registry import torchvision_name
+
+    known = list_models()
+    for field_name, arch in (("student.arch", spec.student.arch), ("teacher.arch", spec.teacher.arch)):
+        if field_name == "teacher.arch" and arch in ("torchscript", "export"):
+            continue  # an imported program needs no registry entry
+        if arch not in known and torchvision_name(arch) is None:
+            raise SpecError(f"{where}: {field_name}: unknown model '{arch}' (known: {', '.join(sorted(known))})")

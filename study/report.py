@@ -18,12 +18,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from study.tracking import ARM, PHASE, TRIAL_ID, StudyTracker
+from study.tracking import ARM, ERROR, OUTCOME, PHASE, TRIAL_ID, StudyTracker
 
 log = logging.getLogger(__name__)
 
 CRITERIA_PREFIX = "criteria."
-RESULT_METRICS = ("val_acc", "test_acc", "teacher_agreement", "train_loss", "images_per_s")
+RESULT_METRICS = ("val_acc", "test_acc", "teacher_agreement", "agreement", "train_loss", "images_per_s")
+METRIC_NAMES = {"val_acc": "validation accuracy", "test_acc": "test accuracy", "agreement": "held-out agreement"}
+
+
+def ranking_metric(trials: pd.DataFrame) -> str:
+    """What arms are ranked on: `test_acc` when the teacher has a labelled test split, else `agreement` (the
+    student's agreement with the teacher on the arm's held-out surrogate images, `search.metric: agreement`)."""
+    return "test_acc" if len(trials) and trials["test_acc"].notna().any() else "agreement"
 
 
 @dataclass(frozen=True)
@@ -50,11 +57,14 @@ def collect_trials(tracker: StudyTracker) -> pd.DataFrame:
             "status": run.info.status,
             "early_stopped": tags.get("early_stopped") == "true",
             "run_id": run.info.run_id,
+            "outcome": tags.get(OUTCOME, ""),
+            "error": tags.get(ERROR, ""),
         }
         row.update({m: float(metrics[m]) if m in metrics else np.nan for m in RESULT_METRICS})
         row.update({f"param.{k}": v for k, v in run.data.params.items()})
         rows.append(row)
-    columns = ["surrogate", "arm", "trial_id", "phase", "status", "early_stopped", "run_id", *RESULT_METRICS]
+    columns = ["surrogate", "arm", "trial_id", "phase", "status", "early_stopped", "run_id", "outcome", "error"]
+    columns += list(RESULT_METRICS)
     df = pd.DataFrame(rows, columns=columns if not rows else None)
     return df.sort_values(["arm", "trial_id"]).reset_index(drop=True) if len(df) else df
 
@@ -72,28 +82,35 @@ def collect_criteria(tracker: StudyTracker) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("arm") if rows else pd.DataFrame()
 
 
-def rank_arms(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: the best-by-val trial's test accuracy, plus spread over finished trials."""
-    done = trials[trials["status"] == "FINISHED"].dropna(subset=["val_acc", "test_acc"])
+def rank_arms(trials: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
+    """Per arm: the best trial by the search `metric`, scored on `ranking_metric`, plus spread over finished trials.
+
+    With the default metric the columns are `best_val_acc`, `test_acc`, `test_acc_mean`, `test_acc_std`; in
+    general `best_<metric>` and `<ranked>`, `<ranked>_mean`, `<ranked>_std`.
+    """
+    ranked = ranking_metric(trials)
+    # a diverged trial's last metrics come from before its loss blew up: not a student worth ranking
+    done = trials[(trials["status"] == "FINISHED") & (trials["outcome"] != "diverged")]
+    done = done.dropna(subset=[metric, ranked])
     rows = []
     for arm, group in done.groupby("arm"):
-        best = group.loc[group["val_acc"].idxmax()]
+        best = group.loc[group[metric].idxmax()]
         rows.append(
             {
                 "arm": arm,
                 "surrogate": best["surrogate"],
                 "trials": len(group),
-                "best_val_acc": best["val_acc"],
-                "test_acc": best["test_acc"],
-                "test_acc_mean": group["test_acc"].mean(),
-                "test_acc_std": group["test_acc"].std(ddof=0),
+                f"best_{metric}": best[metric],
+                ranked: best[ranked],
+                f"{ranked}_mean": group[ranked].mean(),
+                f"{ranked}_std": group[ranked].std(ddof=0),
                 "teacher_agreement": best["teacher_agreement"],
                 "best_trial": best["trial_id"],
             }
         )
     ranking = pd.DataFrame(rows)
     if len(ranking):
-        ranking = ranking.sort_values("test_acc", ascending=False).reset_index(drop=True)
+        ranking = ranking.sort_values(ranked, ascending=False).reset_index(drop=True)
         ranking.index = ranking.index + 1
     return ranking
 
@@ -102,19 +119,25 @@ def criteria_correlations(ranking: pd.DataFrame, criteria: pd.DataFrame) -> pd.S
     """Spearman rank correlation of each criterion with the arms' test accuracy (needs 3+ arms)."""
     if len(ranking) < 3 or criteria.empty:
         return pd.Series(dtype=float)
-    joined = criteria.join(ranking.set_index("arm")["test_acc"], how="inner")
-    corr = joined.corr(method="spearman")["test_acc"].drop("test_acc")
+    ranked = ranked_column(ranking)
+    joined = criteria.join(ranking.set_index("arm")[ranked], how="inner")
+    corr = joined.corr(method="spearman")[ranked].drop(ranked)
     return corr.sort_values(key=lambda s: -s.abs())
+
+
+def ranked_column(ranking: pd.DataFrame) -> str:
+    return "test_acc" if "test_acc" in ranking.columns else "agreement"
 
 
 def _bar_plot(ranking: pd.DataFrame, teacher_acc: float | None, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(ranking) + 2), 4))
     x = np.arange(len(ranking))
-    ax.bar(x, 100 * ranking["test_acc"], color="#4C72B0", label="best trial (by val)")
+    ranked = ranked_column(ranking)
+    ax.bar(x, 100 * ranking[ranked], color="#4C72B0", label="best trial (by search metric)")
     ax.errorbar(
         x,
-        100 * ranking["test_acc_mean"],
-        yerr=100 * ranking["test_acc_std"],
+        100 * ranking[f"{ranked}_mean"],
+        yerr=100 * ranking[f"{ranked}_std"],
         fmt="o",
         color="#DD8452",
         label="mean ± std over trials",
@@ -122,7 +145,7 @@ def _bar_plot(ranking: pd.DataFrame, teacher_acc: float | None, path: Path) -> N
     if teacher_acc is not None:
         ax.axhline(100 * teacher_acc, color="k", ls="--", lw=1, label=f"teacher ({100 * teacher_acc:.1f}%)")
     ax.set_xticks(x, ranking["arm"], rotation=20, ha="right")
-    ax.set_ylabel("student test accuracy (%)")
+    ax.set_ylabel(f"student {METRIC_NAMES[ranked]} (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Student accuracy by surrogate dataset")
     ax.legend(loc="upper right", fontsize=8)
@@ -136,19 +159,20 @@ def _criteria_plot(ranking: pd.DataFrame, criteria: pd.DataFrame, corr: pd.Serie
     cols = min(3, len(names))
     rows = int(np.ceil(len(names) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-    joined = criteria.join(ranking.set_index("arm")["test_acc"], how="inner")
+    ranked = ranked_column(ranking)
+    joined = criteria.join(ranking.set_index("arm")[ranked], how="inner")
     for ax, name in zip(axes.flat, names, strict=False):
-        ax.scatter(joined[name], 100 * joined["test_acc"], color="#55A868")
+        ax.scatter(joined[name], 100 * joined[ranked], color="#55A868")
         for arm, r in joined.iterrows():
             ax.annotate(
                 str(arm),
-                (r[name], 100 * r["test_acc"]),
+                (r[name], 100 * r[ranked]),
                 fontsize=7,
                 xytext=(3, 3),
                 textcoords="offset points",
             )
         ax.set_xlabel(name)
-        ax.set_ylabel("test acc (%)")
+        ax.set_ylabel(f"{METRIC_NAMES[ranked]} (%)")
         ax.set_title(f"Spearman ρ = {corr[name]:+.2f}", fontsize=9)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
@@ -171,14 +195,40 @@ def _markdown_table(df: pd.DataFrame, float_cols: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def problem_trials_section(trials: pd.DataFrame) -> list[str]:
+    """Markdown listing each arm's failed and diverged trials (a study completes even when some do)."""
+    if not len(trials):
+        return []
+    problems = trials[trials["outcome"].isin(["failed", "diverged"])]
+    lines = ["", "## Failed and diverged trials", ""]
+    if not len(problems):
+        return [*lines, "_None: every trial completed or was early-stopped._"]
+    lines += [
+        "A diverged trial (NaN/inf loss) is a result: the search scored it 0. A failed trial raised after its "
+        "retries; its full error is the run's `error.txt` artifact.",
+        "",
+        "| arm | trial_id | outcome | error |",
+        "|---|---|---|---|",
+    ]
+    for row in problems.sort_values(["arm", "outcome", "trial_id"]).itertuples():
+        first = str(row.error).strip().splitlines()[-1:] if row.error else []
+        lines.append(f"| {row.arm} | {row.trial_id} | {row.outcome} | {(first[0] if first else '')[:160]} |")
+    return lines
+
+
 def write_report(
-    tracker: StudyTracker, out_dir: Path, teacher_accuracy: float | None = None, title: str = ""
+    tracker: StudyTracker,
+    out_dir: Path,
+    teacher_accuracy: float | None = None,
+    title: str = "",
+    metric: str = "val_acc",
 ) -> Report:
     out_dir.mkdir(parents=True, exist_ok=True)
     trials = collect_trials(tracker)
     parquet = out_dir / "results.parquet"
     trials.to_parquet(parquet, index=False)
-    ranking = rank_arms(trials)
+    ranking = rank_arms(trials, metric)
+    ranked = ranking_metric(trials)
     criteria = collect_criteria(tracker)
     corr = criteria_correlations(ranking, criteria)
     plots = []
@@ -198,22 +248,21 @@ def write_report(
         "",
         "## Ranking",
         "",
-        "Each arm's score is the test accuracy of its best trial by validation accuracy.",
+        f"Ranked by **{METRIC_NAMES[ranked]}** (`{ranked}`): each arm's score is the {METRIC_NAMES[ranked]} of "
+        f"its best trial by {METRIC_NAMES[metric]} (`{metric}`, the search metric).",
+        *(
+            [
+                "The teacher has no labelled test split, so arms are ranked by the student's agreement with the "
+                "teacher on the arm's held-out surrogate images (the last `search.agreement_images` of its set)."
+            ]
+            if ranked == "agreement"
+            else []
+        ),
         "",
     ]
     if len(ranking):
-        shown = ranking[
-            [
-                "arm",
-                "surrogate",
-                "trials",
-                "test_acc",
-                "best_val_acc",
-                "test_acc_mean",
-                "test_acc_std",
-                "teacher_agreement",
-            ]
-        ]
+        columns = ["arm", "surrogate", "trials", ranked, f"best_{metric}", f"{ranked}_mean", f"{ranked}_std"]
+        shown = ranking[[c for c in dict.fromkeys([*columns, "teacher_agreement"]) if ranking[c].notna().any()]]
         md.append(_markdown_table(shown, {c: pct for c in shown.columns if "acc" in c or "agreement" in c}))
         md += ["", "![ranking](ranking.png)"]
     else:
@@ -226,7 +275,7 @@ def write_report(
             "",
             "## Which criteria predict distillation quality",
             "",
-            f"Spearman rank correlation with the arms' test accuracy over {len(ranking)} arms "
+            f"Spearman rank correlation with the arms' {METRIC_NAMES[ranked]} over {len(ranking)} arms "
             "(with few arms, treat these as indications, not evidence).",
             "",
         ]
@@ -236,6 +285,7 @@ def write_report(
             )
         )
         md += ["", "![criteria](criteria.png)"]
+    md += problem_trials_section(trials)
     md += [
         "",
         "## Files",

@@ -481,3 +481,15 @@ def local_path(uri: str) -> Path:
     if is_s3(uri):
         raise StorageError(f"{uri}: this operation needs a local path")
     return Path(uri)
+
+
+def remove(uri: str) -> None:
+    """Delete one object or file; one already gone is fine (a rebuild may have been interrupted)."""
+    if not is_s3(uri):
+        Path(uri).unlink(missing_ok=True)
+        return
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    except Exception as err:
+        raise _s3_error(uri, err) from err

@@ -1,28 +1,41 @@
-"""Ray Tune orchestration: one Tuner, an independent search and early stopping per arm.
+"""Ray Tune orchestration: one Tuner, an independent search and early stopping per arm, resumable.
 
 Why per arm: the study needs every arm's best student, not the best arm. A single search would spend its budget on
 the strongest surrogates and starve the weak ones, and one set of ASHA rungs would stop weak arms' trials early just
 for being on a weak surrogate. Why one Tuner: concurrent Tuners starve each other and Ray does not support them.
 So `PerArmSearch` keeps one seeded Optuna study per arm and hands out trials round-robin (equal trials per arm),
 and `PerArmASHA` keeps one set of ASHA rungs per arm.
+
+A trial's config always carries `arm`, `seed` and `phase` (`TRIAL_KEYS`); everything else in it overrides the
+arm's `TrainSpec`. Only phases in `EARLY_STOPPED_PHASES` are early-stopped, so a later phase (e.g. `final`:
+the best configs rerun with several seeds, queued with `PerArmSearch.enqueue`) runs to its full budget.
+
+Resume uses public APIs only. Tune saves the searcher with the experiment (`Searcher.save`/`restore`, here as
+JSON) but not the scheduler, so `PerArmASHA` writes its rungs next to the experiment after every decision and
+reloads them when a restored Tuner hands it its first trial. Tune restores callbacks and the scheduler from its own
+pickle; what must not be pickled (the UI hook, the rungs' location, the MLflow client) is looked up at call time
+in `LIVE`, keyed by experiment name, which `run_sweep` fills before every `fit`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import pickle
+import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from ray import tune
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
+from study import storage
 from study.config import ParamSpace, StudySpec
 from study.distill.trial import TrialPaths, tune_trainable
 from study.tracking import MlflowTrialCallback, StudyTracker
@@ -30,6 +43,21 @@ from study.tracking import MlflowTrialCallback, StudyTracker
 log = logging.getLogger(__name__)
 
 METRIC, MODE = "val_acc", "max"
+TRIAL_KEYS = ("arm", "seed", "phase")
+EARLY_STOPPED_PHASES = frozenset({"search"})
+RUNGS_FILE = "kd_study_rungs.json"
+
+
+@dataclass
+class LiveContext:
+    """What a restored Tuner's unpickled callbacks and scheduler need from the process that runs it."""
+
+    on_update: Callable[[int, int], None] | None = None
+    rungs_uri: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+LIVE: dict[str, LiveContext] = {}
 
 
 def optuna_space(space: dict[str, ParamSpace]) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -44,111 +72,264 @@ def optuna_space(space: dict[str, ParamSpace]) -> dict[str, optuna.distributions
     return out
 
 
-class PerArmSearch(Searcher):
-    """One seeded Optuna (TPE) study per arm; trials are dealt to arms round-robin, `trials_per_arm` each."""
+def objective_value(result: dict | None, metric: str) -> float | None:
+    """The value Optuna and ASHA see: a diverged trial scores 0 (a result, not a failure)."""
+    if not result:
+        return None
+    if result.get("diverged"):
+        return 0.0
+    value = result.get(metric)
+    return None if value is None or not math.isfinite(float(value)) else float(value)
 
-    def __init__(self, arms: list[str], space: dict[str, ParamSpace], trials_per_arm: int, seed: int) -> None:
-        super().__init__(metric=METRIC, mode=MODE)
-        self.arms, self.trials_per_arm, self.seed = list(arms), trials_per_arm, seed
+
+# ------------------------------------------------------------------------------------------------ search
+class PerArmSearch(Searcher):
+    """One Optuna (TPE) study per arm; trials are dealt to arms round-robin, `trials_per_arm` each.
+
+    The state is plain data (saved as JSON with the experiment): each arm's Optuna trials and which Tune trial
+    holds which Optuna trial. Each suggestion uses a sampler seeded from (study seed, arm, trial number), so an
+    interrupted and resumed study suggests exactly what an uninterrupted one would.
+    """
+
+    def __init__(
+        self, arms: list[str], space: dict[str, ParamSpace], trials_per_arm: int, seed: int, metric: str = METRIC
+    ) -> None:
+        super().__init__(metric=metric, mode=MODE)
+        self.arms, self.trials_per_arm, self.seed, self.objective = list(arms), trials_per_arm, seed, metric
         self.space = optuna_space(space)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per arm is noise
-        self.searchers: dict[str, OptunaSearch] = {}
-        if self.space:
-            for i, arm in enumerate(self.arms):
-                sampler = optuna.samplers.TPESampler(seed=seed + 1000 * i)
-                self.searchers[arm] = OptunaSearch(space=self.space, metric=METRIC, mode=MODE, sampler=sampler)
+        self.studies = {arm: optuna.create_study(direction="maximize") for arm in self.arms}
         self.started: dict[str, int] = dict.fromkeys(self.arms, 0)
-        self.trial_arm: dict[str, str] = {}
+        self.trials: dict[str, dict[str, Any]] = {}  # Tune trial id -> {arm, phase, number}
+        self.queued: list[dict[str, Any]] = []
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # metric and mode are fixed by the study
 
+    def enqueue(self, config: dict[str, Any]) -> None:
+        """Run `config` (with `arm`, `seed`, `phase`) before any further search trial, e.g. a final-phase rerun."""
+        missing = [k for k in TRIAL_KEYS if k not in config]
+        if missing:
+            raise ValueError(f"a queued trial config needs {missing}")
+        self.queued.append(dict(config))
+
     def suggest(self, trial_id: str) -> dict | None:
+        if self.queued:
+            config = self.queued.pop(0)
+            self.trials[trial_id] = {"arm": config["arm"], "phase": config["phase"], "number": None}
+            return config
         open_arms = [a for a in self.arms if self.started[a] < self.trials_per_arm]
         if not open_arms:
             return Searcher.FINISHED
         arm = min(open_arms, key=lambda a: (self.started[a], self.arms.index(a)))
         config: dict[str, Any] = {}
-        if arm in self.searchers:
-            suggested = self.searchers[arm].suggest(trial_id)
-            if suggested is None or suggested == Searcher.FINISHED:
-                return suggested
-            config.update(suggested)
+        number = None
+        if self.space:
+            study = self.studies[arm]
+            number = len(study.trials)
+            study.sampler = optuna.samplers.TPESampler(seed=self.seed + 1000 * self.arms.index(arm) + 7919 * number)
+            config.update(study.ask(self.space).params)
         self.started[arm] += 1
-        self.trial_arm[trial_id] = arm
+        self.trials[trial_id] = {"arm": arm, "phase": "search", "number": number}
         return {**config, "arm": arm, "seed": self.seed, "phase": "search"}
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        arm = self.trial_arm.get(trial_id)
-        if arm in self.searchers:
-            self.searchers[arm].on_trial_result(trial_id, result)
-
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        arm = self.trial_arm.get(trial_id)
-        if arm in self.searchers:
-            self.searchers[arm].on_trial_complete(trial_id, result, error)
+        info = self.trials.get(trial_id)
+        if info is None or info["number"] is None:
+            return
+        study = self.studies[info["arm"]]
+        if study.trials[info["number"]].state.is_finished():
+            return
+        value = None if error else objective_value(result, self.objective)
+        if value is None:
+            # TPE ignores failed trials; only crashes land here (a diverged trial is told 0 above)
+            study.tell(info["number"], state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(info["number"], value)
+
+    # -------------------------------------------------------------------------------------- state
+    def state(self) -> dict[str, Any]:
+        def trial_state(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+            return {
+                "params": t.params,
+                "distributions": {k: optuna.distributions.distribution_to_json(d) for k, d in t.distributions.items()},
+                "state": t.state.name,
+                "value": t.value,
+            }
+
+        return {
+            "arms": self.arms,
+            "studies": {arm: [trial_state(t) for t in study.trials] for arm, study in self.studies.items()},
+            "started": self.started,
+            "trials": self.trials,
+            "queued": self.queued,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for arm, trials in state["studies"].items():
+            study = optuna.create_study(direction="maximize")
+            for t in trials:
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        params=t["params"],
+                        distributions={
+                            k: optuna.distributions.json_to_distribution(d) for k, d in t["distributions"].items()
+                        },
+                        state=optuna.trial.TrialState[t["state"]],
+                        value=t["value"],
+                    )
+                )
+            self.studies[arm] = study
+        self.started = dict(state["started"])
+        self.trials = dict(state["trials"])
+        self.queued = list(state["queued"])
 
     def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_bytes(pickle.dumps(self.__dict__))
+        Path(checkpoint_path).write_text(json.dumps(self.state()))
 
     def restore(self, checkpoint_path: str) -> None:
-        self.__dict__.update(pickle.loads(Path(checkpoint_path).read_bytes()))
+        self.load_state(json.loads(Path(checkpoint_path).read_text()))
+
+    def finished_values(self, arm: str) -> list[float]:
+        """The objective values Optuna holds for `arm` (complete trials only)."""
+        return [t.value for t in self.studies[arm].trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+# ------------------------------------------------------------------------------------------------ early stopping
+class ArmRungs:
+    """One arm's ASHA rungs (Li et al., MLSys 2020), the same decisions as Ray's `ASHAScheduler` with one bracket.
+
+    Milestones are `grace * rf^k` reports up to `max_reports`; at its first result at or past a milestone a trial
+    is recorded there and stopped when below the `1 - 1/rf` quantile of the values recorded there before it.
+    """
+
+    def __init__(self, max_reports: int, grace_reports: int, reduction_factor: int) -> None:
+        self.max_reports, self.rf = max_reports, reduction_factor
+        grace = min(grace_reports, max_reports)
+        count = int(np.log(max_reports / grace) / np.log(reduction_factor) + 1)
+        self.rungs: list[tuple[int, dict[str, float]]] = [
+            (int(grace * reduction_factor**k), {}) for k in reversed(range(count))
+        ]
+
+    def on_result(self, trial_id: str, iteration: int, value: float | None) -> str:
+        if iteration >= self.max_reports:
+            return TrialScheduler.STOP
+        for milestone, recorded in self.rungs:
+            if iteration < milestone or trial_id in recorded:
+                continue
+            cutoff = np.nanpercentile(list(recorded.values()), (1 - 1 / self.rf) * 100) if recorded else None
+            decision = TrialScheduler.STOP if cutoff is not None and value is not None and value < cutoff else None
+            if value is not None:
+                recorded[trial_id] = value
+            return decision or TrialScheduler.CONTINUE
+        return TrialScheduler.CONTINUE
+
+    def state(self) -> list[list[Any]]:
+        return [[m, dict(r)] for m, r in self.rungs]
+
+    def load_state(self, state: list[list[Any]]) -> None:
+        self.rungs = [(int(m), {k: float(v) for k, v in r.items()}) for m, r in state]
 
 
 class PerArmASHA(FIFOScheduler):
-    """ASHA rungs kept separately for each arm (trials compete only with trials of their own arm)."""
+    """ASHA rungs kept separately for each arm (trials compete only with trials of their own arm).
 
-    def __init__(self, max_reports: int, grace_reports: int, reduction_factor: int) -> None:
+    The rungs are written to `rungs_uri` (next to the Tune experiment) after every recorded result and read back
+    the first time a restored Tuner calls in, so a killed-and-resumed study stops the same trials as an
+    uninterrupted one. The location comes from `LIVE[experiment]` when set (a restored Tuner's unpickled copy
+    may have been made on another machine), else from the constructor.
+    """
+
+    def __init__(
+        self,
+        max_reports: int,
+        grace_reports: int,
+        reduction_factor: int,
+        experiment: str = "",
+        rungs_uri: str | None = None,
+        metric: str = METRIC,
+    ) -> None:
         super().__init__()
-        self._metric, self._mode = METRIC, MODE
+        self.objective = metric
         self.max_reports, self.grace_reports, self.reduction_factor = max_reports, grace_reports, reduction_factor
-        self.rungs: dict[str, ASHAScheduler] = {}
+        self.experiment, self.default_rungs_uri = experiment, rungs_uri
+        self.arm_rungs: dict[str, ArmRungs] = {}
+        self.loaded = False
 
-    def _for(self, trial: Trial) -> ASHAScheduler:
-        arm = trial.config["arm"]
-        if arm not in self.rungs:
-            self.rungs[arm] = ASHAScheduler(
-                time_attr="training_iteration",
-                metric=METRIC,
-                mode=MODE,
-                max_t=self.max_reports,
-                grace_period=min(self.grace_reports, self.max_reports),
-                reduction_factor=self.reduction_factor,
-            )
-        return self.rungs[arm]
+    @property
+    def metric(self) -> str:
+        return self.objective
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "loaded": False}
+
+    @property
+    def rungs_uri(self) -> str | None:
+        live = LIVE.get(self.experiment)
+        return live.rungs_uri if live and live.rungs_uri else self.default_rungs_uri
+
+    def _load(self) -> None:
+        if self.loaded:
+            return
+        self.loaded = True
+        uri = self.rungs_uri
+        if uri and storage.exists(uri):
+            self.load_state(json.loads(storage.read_text(uri)))
+            log.info("early-stopping rungs restored from %s", uri)
+
+    def _save(self) -> None:
+        if self.rungs_uri:
+            storage.write_text(self.rungs_uri, json.dumps(self.state()))
+
+    def rungs_for(self, arm: str) -> ArmRungs:
+        if arm not in self.arm_rungs:
+            self.arm_rungs[arm] = ArmRungs(self.max_reports, self.grace_reports, self.reduction_factor)
+        return self.arm_rungs[arm]
+
+    def decide(self, arm: str, phase: str, trial_id: str, iteration: int, result: dict) -> str:
+        """The stopping decision for one result; the public core that tests feed recorded results into."""
+        if phase not in EARLY_STOPPED_PHASES:
+            return TrialScheduler.CONTINUE
+        return self.rungs_for(arm).on_result(trial_id, iteration, objective_value(result, self.objective))
+
+    def state(self) -> dict[str, Any]:
+        return {arm: rungs.state() for arm, rungs in self.arm_rungs.items()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for arm, rungs in state.items():
+            self.rungs_for(arm).load_state(rungs)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
-        self._for(trial).on_trial_add(tune_controller, trial)
+        self._load()
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        return self._for(trial).on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
-        self._for(trial).on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
-        self._for(trial).on_trial_remove(tune_controller, trial)
+        self._load()
+        config = trial.config
+        decision = self.decide(
+            config["arm"], config.get("phase", "search"), trial.trial_id, int(result["training_iteration"]), result
+        )
+        self._save()
+        return decision
 
     def debug_string(self) -> str:
-        return "; ".join(f"{arm}: {s.debug_string()}" for arm, s in self.rungs.items())
+        return f"PerArmASHA over {sorted(self.arm_rungs)}"
 
 
+# ------------------------------------------------------------------------------------------------ progress
 class TrialProgress(tune.Callback):
-    """Forwards trial completions to a UI callable (not pickled: reattached when a study resumes)."""
+    """Counts trials that reached an outcome and tells the UI through `LIVE[experiment].on_update`."""
 
-    def __init__(self, on_update: Callable[[int, int], None] | None, total: int) -> None:
-        self.on_update, self.total, self.done = on_update, total, 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "on_update": None}
+    def __init__(self, experiment: str, total: int) -> None:
+        self.experiment, self.total, self.done = experiment, total, 0
 
     def _tick(self) -> None:
         self.done += 1
-        if self.on_update:
-            self.on_update(self.done, self.total)
+        live = LIVE.get(self.experiment)
+        if live and live.on_update:
+            live.on_update(self.done, self.total)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._tick()
@@ -157,8 +338,27 @@ class TrialProgress(tune.Callback):
         self._tick()
 
 
+# ------------------------------------------------------------------------------------------------ the sweep
 def total_trials(spec: StudySpec) -> int:
     return spec.search.trials_per_arm * len(spec.arms)
+
+
+def ray_address(spec: StudySpec) -> str:
+    """The spec's cluster, else the one a Ray job runs in, else a new local runtime (never a stranger's)."""
+    return spec.resources.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def max_reports(spec: StudySpec) -> int:
+    return math.ceil(spec.budget.images / spec.budget.report_every)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What the sweep left behind: Tune's result grid and where its experiment lives."""
+
+    grid: tune.ResultGrid
+    experiment_dir: str
+    restored: bool
 
 
 def run_sweep(
@@ -167,61 +367,78 @@ def run_sweep(
     tune_dir: str,
     tracker: StudyTracker,
     on_update: Callable[[int, int], None] | None = None,
-) -> tune.ResultGrid:
-    """Run (or resume) the study's search phase in one Tuner; raises if any trial failed."""
+) -> SweepResult:
+    """Run (or resume) the study's trials in one Tuner. Failed trials do not raise: they are outcomes."""
     import ray
 
     if not ray.is_initialized():
         ray.init(
-            address=spec.resources.ray_address,
+            address=ray_address(spec),
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.WARNING,
             configure_logging=False,
         )
-    total = total_trials(spec)
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, spec_json=spec.model_dump_json(), paths=paths),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
-    callbacks = [MlflowTrialCallback(tracker, spec.budget.images), TrialProgress(on_update, total)]
     name = tracker.name
-    experiment_dir = str(Path(tune_dir) / name)
-    if tune.Tuner.can_restore(experiment_dir):
-        log.info("resuming Tune experiment %s", experiment_dir)
-        tuner = tune.Tuner.restore(experiment_dir, trainable=trainable, resume_errored=True)
-        # Tune restores callbacks from its pickle; give it live ones (UI, MLflow client) instead.
-        tuner._local_tuner.get_run_config().callbacks = callbacks
-    else:
-        max_reports = math.ceil(spec.budget.images / spec.budget.report_every)
-        sched = spec.search.scheduler
-        scheduler: TrialScheduler = (
-            PerArmASHA(max_reports, sched.grace_reports, sched.reduction_factor)
-            if sched.kind == "asha"
-            else FIFOScheduler()
+    experiment_dir = storage.join(tune_dir, name)
+    LIVE[name] = LiveContext(on_update=on_update, rungs_uri=storage.join(experiment_dir, RUNGS_FILE))
+    tracker.make_live()
+    restored = tune.Tuner.can_restore(experiment_dir)
+    try:
+        if restored:
+            log.info("resuming Tune experiment %s", experiment_dir)
+            # errored trials already used their retries (search.max_failures): they stay failed outcomes
+            tuner = tune.Tuner.restore(experiment_dir, trainable=trainable, resume_errored=False)
+        else:
+            tuner = new_tuner(spec, trainable, tune_dir, tracker)
+        grid = tuner.fit()
+        tracker.flush()
+    finally:
+        LIVE.pop(name, None)
+    return SweepResult(grid, experiment_dir, restored)
+
+
+def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTracker) -> tune.Tuner:
+    name = tracker.name
+    sched = spec.search.scheduler
+    scheduler: TrialScheduler = (
+        PerArmASHA(
+            max_reports(spec),
+            sched.grace_reports,
+            sched.reduction_factor,
+            experiment=name,
+            rungs_uri=storage.join(tune_dir, name, RUNGS_FILE),
+            metric=spec.search.metric,
         )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=PerArmSearch(
-                    [a.name for a in spec.arms], spec.search.space, spec.search.trials_per_arm, spec.seed
-                ),
-                scheduler=scheduler,
-                num_samples=total,
-                max_concurrent_trials=spec.resources.max_concurrent or None,
-                reuse_actors=True,
+        if sched.kind == "asha"
+        else FIFOScheduler()
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=PerArmSearch(
+                [a.name for a in spec.arms],
+                spec.search.space,
+                spec.search.trials_per_arm,
+                spec.seed,
+                metric=spec.search.metric,
             ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=tune_dir,
-                callbacks=callbacks,
-                verbose=0,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=1),
-            ),
-        )
-    results = tuner.fit()
-    if results.num_errors:
-        errors = "; ".join(f"{r.path}: {r.error}" for r in results if r.error is not None)
-        raise RuntimeError(f"{results.num_errors} trial(s) failed: {errors[:2000]}")
-    return results
+            scheduler=scheduler,
+            num_samples=total_trials(spec),
+            max_concurrent_trials=spec.resources.max_concurrent or None,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=tune_dir,
+            callbacks=[MlflowTrialCallback(tracker, spec.budget.images), TrialProgress(name, total_trials(spec))],
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # retries of a trial that raised; a diverged trial does not raise (it is a result)
+            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+        ),
+    )

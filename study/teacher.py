@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from study import __version__, storage
 from study.config import TeacherSpec
+from study.data.loader import to_teacher_input
 from study.data.real import load_source
 from study.device import pick_device
 from study.distill.augment import AugmentConfig, BatchAugment
@@ -97,6 +98,44 @@ def eval_tensors(meta: TeacherMeta, split: str, device: torch.device) -> tuple[t
         raise TeacherError(f"dataset '{meta.dataset}' split '{split}' has no labels to evaluate on")
     x = torch.from_numpy(data.images).permute(0, 3, 1, 2)
     return normalise(x, meta.mean, meta.std).to(device), torch.from_numpy(data.labels).to(device)
+
+
+def eval_split(meta: TeacherMeta, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split of the teacher's original data as uint8 (N, C, H, W) images and int64 labels, on the host.
+
+    Kept uint8 on the host (4x smaller than float, nothing on the device): `predict_classes` normalises and moves
+    one `eval_batch_size` batch at a time, so concurrent trials on a GPU do not each hold whole splits there.
+    """
+    if not meta.has_eval_data:
+        raise TeacherError(f"teacher {meta.teacher_id} was imported without evaluation data (no '{split}' split)")
+    data = load_source(meta.dataset, split, meta.image_size, root=meta.dataset_root, params=meta.dataset_params)
+    if data.labels is None:
+        raise TeacherError(f"dataset '{meta.dataset}' split '{split}' has no labels to evaluate on")
+    # eval data need not have the teacher's channels (grey digits for an RGB teacher)
+    images = to_teacher_input(torch.from_numpy(data.images), meta.channels, meta.image_size)
+    return images, torch.from_numpy(data.labels).long()
+
+
+@torch.no_grad()
+def predict_classes(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Predicted classes (int64, host) of uint8 (N, C, H, W) host images, streamed in `batch_size` batches."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        batch = normalise(images[i : i + batch_size].to(device, non_blocking=True), mean, std)
+        if device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        out.append(model(batch).argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
 @torch.no_grad()
@@ -194,7 +233,10 @@ def train_teacher(
 def load_meta(uri: str) -> TeacherMeta:
     meta_uri = storage.join(uri, META)
     if not storage.exists(meta_uri):
-        raise TeacherError(f"{meta_uri}: teacher metadata not found (train one: kd-study teacher train)")
+        raise TeacherError(
+            f"{meta_uri}: teacher metadata not found "
+            "(train one: kd-study teacher train, or import one: kd-study teacher import)"
+        )
     try:
         return TeacherMeta.model_validate_json(storage.read_text(meta_uri))
     except ValidationError as err:

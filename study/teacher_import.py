@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from study import storage
+from study.data.loader import to_teacher_input
 from study.data.real import load_source
 from study.models import create_model
 from study.models.registry import TORCHVISION_PREFIX, list_models, torchvision_name
@@ -309,13 +310,16 @@ def import_teacher(weights: str, out_uri: str, options: ImportOptions) -> Teache
         }
         classes = check_classes(classes, splits["test"].classes, num_classes, options.eval_dataset)
         if mean is None or std is None:
-            stats = channel_stats(adapt_channels(np.concatenate([p.images for p in splits.values()]), channels))
+            adapted = [
+                teacher_input(p.images, channels, image_size).permute(0, 2, 3, 1).numpy() for p in splits.values()
+            ]
+            stats = channel_stats(np.concatenate(adapted))
             mean, std = mean or stats[0], std or stats[1]
         mean, std = per_channel(mean, channels, "--mean"), per_channel(std, channels, "--std")
         for split, part in splits.items():
             if part.labels is None:
                 raise TeacherError(f"eval dataset '{options.eval_dataset}' split '{split}' has no labels")
-            x = torch.from_numpy(adapt_channels(part.images, channels)).permute(0, 3, 1, 2)
+            x = teacher_input(part.images, channels, image_size)
             accs[split] = accuracy(model, normalise(x, mean, std), torch.from_numpy(part.labels))
     else:
         if mean is None or std is None:
@@ -359,11 +363,6 @@ def check_classes(given: list[str] | None, data_classes: list[str], num_classes:
     return classes
 
 
-def adapt_channels(images: np.ndarray, channels: int) -> np.ndarray:
-    """uint8 NHWC images with the teacher's channel count (grey repeated, RGB to BT.601 luma)."""
-    if images.shape[3] == channels:
-        return images
-    if channels == 3:
-        return np.repeat(images, 3, axis=3)
-    luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return np.round(luma)[..., None].clip(0, 255).astype(np.uint8)
+def teacher_input(images: np.ndarray, channels: int, image_size: int) -> torch.Tensor:
+    """uint8 NHWC eval images as the teacher's uint8 NCHW input (grey repeated, RGB to luma, as trials do)."""
+    return to_teacher_input(torch.from_numpy(images), channels, image_size)

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import queue
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +29,90 @@ from study.config import StudySpec
 log = logging.getLogger(__name__)
 
 ROLE, ARM, TRIAL_ID, PHASE = "kd_study.role", "kd_study.arm", "trial_id", "phase"
+OUTCOME, ERROR = "kd_study.outcome", "kd_study.error"
+OUTCOMES = ("completed", "early_stopped", "diverged", "failed")
 PARENT = "mlflow.parentRunId"
 MAX_PARAM_LEN = 6000
+MAX_TAG_LEN = 5000
+# MLflow's own HTTP retries wait minutes per call by default; kd-study retries whole writes itself (below), so each
+# attempt is kept short. Users can still override them through the environment.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+FLUSH_TIMEOUT_S = float(os.environ.get("KD_STUDY_MLFLOW_FLUSH_TIMEOUT_S", "900"))
 
 
-def experiment_name(spec: StudySpec) -> str:
-    return f"{spec.name}-{spec.science_hash()[:8]}"
+class TrackingError(RuntimeError):
+    """MLflow writes that could not be delivered within the flush timeout."""
+
+
+def short_http_retries() -> None:
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+class MlflowWriter:
+    """Delivers MLflow writes in order from one background thread, so Tune's event loop never waits on MLflow.
+
+    A write that raises (a sqlite "database is locked", a tracking server restarting) stays at the head of the
+    queue and is retried with exponential backoff (`min_backoff` doubling to `max_backoff`); later writes wait
+    behind it, which keeps each run's writes in order (a run is created before its metrics, terminated last).
+    Nothing is dropped: `flush` waits for the queue to drain. Writes are idempotent where a retry could repeat a
+    write the server committed before failing (run creation looks the run up by `trial_id` first).
+    """
+
+    def __init__(self, tracking_uri: str, min_backoff: float = 0.5, max_backoff: float = 15.0) -> None:
+        self.tracking_uri, self.min_backoff, self.max_backoff = tracking_uri, min_backoff, max_backoff
+        self.pending: queue.Queue[tuple[str, Callable[[MlflowClient], None]]] = queue.Queue()
+        self.failures = 0
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def submit(self, what: str, write: Callable[[MlflowClient], None]) -> None:
+        self.pending.put((what, write))
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._deliver, name="kd-study-mlflow-writer", daemon=True)
+                self.thread.start()
+
+    def _deliver(self) -> None:
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        while True:
+            what, write = self.pending.get()
+            backoff = self.min_backoff
+            while True:
+                try:
+                    write(client)
+                    break
+                except Exception as err:  # any store error is retried; nothing reaches Tune
+                    self.failures += 1
+                    log.warning(
+                        "MLflow write '%s' failed (%s: %s); retrying in %.1f s",
+                        what,
+                        type(err).__name__,
+                        str(err)[:200],
+                        backoff,
+                    )
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+            self.pending.task_done()
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
+        """Wait until every submitted write is in the store; raises TrackingError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.pending.unfinished_tasks:
+            if time.monotonic() > deadline:
+                raise TrackingError(
+                    f"{self.pending.unfinished_tasks} MLflow write(s) to {self.tracking_uri} still failing after "
+                    f"{timeout:.0f} s (set KD_STUDY_MLFLOW_FLUSH_TIMEOUT_S to wait longer)"
+                )
+            time.sleep(0.05)
+
+
+LIVE_TRACKERS: dict[str, StudyTracker] = {}
+
+
+def experiment_name(spec: StudySpec, content: dict[str, Any] | None = None) -> str:
+    """`<study>-<hash>`: the hash covers the spec's science and `content` (teacher weights, cards' contents)."""
+    return f"{spec.name}-{spec.science_hash(content)[:8]}"
 
 
 def artifact_location(tracking_uri: str, experiment: str) -> str | None:
@@ -55,16 +138,32 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
 class StudyTracker:
     """Reads and writes one study's experiment. Holds only plain data, so it pickles into Tune's state."""
 
-    def __init__(self, tracking_uri: str, spec: StudySpec) -> None:
+    def __init__(self, tracking_uri: str, spec: StudySpec, content: dict[str, Any] | None = None) -> None:
         self.tracking_uri = tracking_uri
-        self.name = experiment_name(spec)
+        self.name = experiment_name(spec, content)
         self._spec_json = spec.model_dump_json()
-        self._science_hash = spec.science_hash()
+        self._science_hash = spec.science_hash(content)
         self._experiment_id: str | None = None
         self._client: MlflowClient | None = None
+        self._writer: MlflowWriter | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_writer": None}
+
+    @property
+    def writer(self) -> MlflowWriter:
+        """The background writer of trial runs (its own client: MLflow clients are not shared across threads)."""
+        if self._writer is None:
+            self._writer = MlflowWriter(self.tracking_uri)
+        return self._writer
+
+    def make_live(self) -> None:
+        """Route the callbacks of a Tuner restored from its pickle (same experiment) through this tracker."""
+        LIVE_TRACKERS[self.name] = self
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
+        if self._writer is not None:
+            self._writer.flush(timeout)
 
     @property
     def client(self) -> MlflowClient:
@@ -127,21 +226,28 @@ class StudyTracker:
                 self.client.set_terminated(run_id, "FINISHED")
 
     # ---------------------------------------------------------------------------------------- trials
-    def trial_run(self, trial_id: str, arm: str, phase: str, params: dict[str, Any]) -> str:
-        runs = self._find(f"tags.`{TRIAL_ID}` = '{trial_id}'")
-        if runs:
-            run_id = runs[0].info.run_id
-            if runs[0].info.status != "RUNNING":
-                self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        parent = self.arm_runs().get(arm)
+    def find_trial_run(self, trial_id: str, client: MlflowClient | None = None) -> Any:
+        client = client or self.client
+        runs = client.search_runs([self.experiment_id], filter_string=f"tags.`{TRIAL_ID}` = '{trial_id}'")
+        return runs[0] if runs else None
+
+    def trial_run(
+        self, trial_id: str, arm: str, phase: str, params: dict[str, Any], client: MlflowClient | None = None
+    ) -> str:
+        """The run of `trial_id`, reopened (RUNNING) if it exists, else created under its arm's parent run."""
+        client = client or self.client
+        experiment_id = self.experiment_id
+        found = self.find_trial_run(trial_id, client)
+        if found is not None:
+            if found.info.status != "RUNNING":
+                client.update_run(found.info.run_id, status="RUNNING")
+            return found.info.run_id
+        parents = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE}` = 'arm' and tags.`{ARM}` = '{arm}'")
         tags = {ROLE: "trial", ARM: arm, TRIAL_ID: trial_id, PHASE: phase}
-        if parent:
-            tags[PARENT] = parent
-        run = self.client.create_run(self.experiment_id, run_name=f"{arm}/{trial_id}", tags=tags)
-        self.client.log_batch(
-            run.info.run_id, params=[Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in sorted(params.items())]
-        )
+        if parents:
+            tags[PARENT] = parents[0].info.run_id
+        run = client.create_run(experiment_id, run_name=f"{arm}/{trial_id}", tags=tags)
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in sorted(params.items())])
         return run.info.run_id
 
     def trial_runs(self) -> list:
@@ -149,12 +255,20 @@ class StudyTracker:
 
 
 class MlflowTrialCallback(tune.Callback):
-    """Driver-side: one MLflow child run per Tune trial, reopened (not duplicated) when a trial resumes."""
+    """Driver-side: one MLflow child run per Tune trial, reopened (not duplicated) when a trial resumes.
+
+    Every write goes through the tracker's `MlflowWriter`, so a slow or unreachable store delays writes but never
+    Tune. Each run ends with `kd_study.outcome`: `completed`, `early_stopped` (stopped by ASHA before the budget),
+    `diverged` (NaN/inf loss: FINISHED, keeps its last real metrics) or `failed` (raised after its retries: FAILED,
+    error text as a tag and an `error.txt` artifact). After a restore, Tune unpickles this callback; it then
+    writes through `LIVE_TRACKERS[experiment]`, the tracker of the process that runs the study.
+    """
 
     METRICS = (
         "val_acc",
         "test_acc",
         "teacher_agreement",
+        "agreement",
         "train_loss",
         "images_per_s",
         "lr",
@@ -164,34 +278,81 @@ class MlflowTrialCallback(tune.Callback):
     def __init__(self, tracker: StudyTracker, budget_images: int) -> None:
         self.tracker = tracker
         self.budget_images = budget_images
-        self._runs: dict[str, str] = {}
-        self._last_seen: dict[str, float] = {}
+        self.run_ids: dict[str, str] = {}
+        self.opening: set[str] = set()
+        self.ended_before: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}}
+        return {**self.__dict__, "run_ids": {}, "opening": set(), "ended_before": set()}
 
-    def _run_id(self, trial: Any) -> str:
-        if trial.trial_id not in self._runs:
+    @property
+    def live(self) -> StudyTracker:
+        return LIVE_TRACKERS.get(self.tracker.name, self.tracker)
+
+    def _submit(self, trial: Any, what: str, write: Callable[[MlflowClient, str], None]) -> None:
+        """Queue `write(client, run_id)` for the trial's run, creating or reopening the run first if needed."""
+        tracker, trial_id = self.live, trial.trial_id
+        if trial_id not in self.opening:
             config = dict(trial.config)
             arm, phase = config.pop("arm"), config.pop("phase", "search")
-            self._runs[trial.trial_id] = self.tracker.trial_run(trial.trial_id, arm, phase, config)
-        return self._runs[trial.trial_id]
+
+            def ensure(client: MlflowClient) -> None:
+                if trial_id in self.run_ids:
+                    return
+                found = tracker.find_trial_run(trial_id, client)
+                if found is not None and found.data.tags.get(OUTCOME):
+                    # ended in an earlier driver that died before Tune saved the trial as ended: keep its end
+                    self.ended_before.add(trial_id)
+                    self.run_ids[trial_id] = found.info.run_id
+                else:
+                    self.run_ids[trial_id] = tracker.trial_run(trial_id, arm, phase, config, client)
+
+            self.opening.add(trial_id)  # later writes queue behind the creation
+            tracker.writer.submit(f"open run of {trial_id}", ensure)
+
+        def guarded(client: MlflowClient) -> None:
+            if trial_id not in self.ended_before:
+                write(client, self.run_ids[trial_id])
+
+        tracker.writer.submit(f"{what} of {trial_id}", guarded)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._run_id(trial)
+        self._submit(trial, "reopen", lambda client, run_id: None)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get("diverged"):
+            return  # its 0 scores are for the search; the run keeps its last real metrics
         step = int(result.get("images_seen", result.get("training_iteration", 0)))
-        self._last_seen[trial.trial_id] = step
         ts = int(result.get("timestamp", 0)) * 1000
         metrics = [Metric(k, float(result[k]), ts, step) for k in self.METRICS if k in result]
-        self.tracker.client.log_batch(self._run_id(trial), metrics=metrics)
+        self._submit(trial, "metrics", lambda client, run_id: client.log_batch(run_id, metrics=metrics))
+
+    def outcome(self, trial: Any) -> tuple[str, str]:
+        last = trial.last_result or {}
+        if last.get("diverged"):
+            return "diverged", str(last.get("diverged_reason", ""))
+        if float(last.get("images_seen", 0)) < self.budget_images:
+            return "early_stopped", ""
+        return "completed", ""
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run_id(trial)
-        early = self._last_seen.get(trial.trial_id, 0) < self.budget_images
-        self.tracker.client.log_batch(run_id, tags=[RunTag("early_stopped", str(early).lower())])
-        self.tracker.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        outcome, reason = self.outcome(trial)
+        tags = [RunTag(OUTCOME, outcome), RunTag("early_stopped", str(outcome == "early_stopped").lower())]
+        if reason:
+            tags.append(RunTag(ERROR, reason[:MAX_TAG_LEN]))
+
+        def finish(client: MlflowClient, run_id: str) -> None:
+            client.log_batch(run_id, tags=tags)
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+        self._submit(trial, "finish", finish)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.tracker.client.set_terminated(self._run_id(trial), RunStatus.to_string(RunStatus.FAILED))
+        error = str(trial.get_error() or "the trial raised (no error text was recorded)")
+
+        def fail(client: MlflowClient, run_id: str) -> None:
+            client.log_batch(run_id, tags=[RunTag(OUTCOME, "failed"), RunTag(ERROR, error[-MAX_TAG_LEN:])])
+            client.log_text(run_id, error, "error.txt")
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+
+        self._submit(trial, "fail", fail)

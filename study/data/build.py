@@ -47,6 +47,14 @@ class BuildResult:
     selection_reused: bool = False
 
 
+def stats_record(reference_stats: ReferenceStats | None) -> list[list[float]] | None:
+    return (
+        None
+        if reference_stats is None
+        else [[float(v) for v in reference_stats[0]], [float(v) for v in reference_stats[1]]]
+    )
+
+
 def plan_shards(count: int, per_sample: int, per_shard: int) -> list[list[tuple[int, int]]]:
     """Shard -> list of (start, n) image ranges, one per block."""
     blocks = [(s, min(per_sample, count - s)) for s in range(0, count, per_sample)]
@@ -175,6 +183,7 @@ def build_surrogate(
     ray_address: str | None = None,
     on_shard: Callable[[int, int], None] | None = None,
     on_scan: ScanProgress | None = None,
+    replace_stale: bool = False,
 ) -> BuildResult:
     """Build `card` under `<out_root>/<card.name>/` and return its manifest.
 
@@ -184,8 +193,10 @@ def build_surrogate(
     `ray_address` runs one Ray task per shard (the Ray runtime already initialised in this process, else
     `ray.init(address=ray_address)`); on a multi-node cluster `out_root` must be storage every node reaches (s3://).
     `on_shard(done, total)` is called as shards finish and `on_scan(scanned, kept, budget)` as the teacher scans
-    candidates (for progress bars). An existing manifest of the same card, count and teacher is reused after a
-    presence check; shards of a killed build are kept when their records match.
+    candidates (for progress bars). An existing manifest of the same card, count and teacher (and, for generated
+    cards, the same reference mean/std: matched noise follows the teacher's statistics) is reused after a
+    presence check; shards of a killed build are kept when their records match. A surrogate built from anything
+    else is an error, or with `replace_stale` (the study pipeline) rebuilt in place.
     """
     root = storage.join(out_root, card.name)
     count = count or card.count
@@ -204,15 +215,19 @@ def build_surrogate(
         if old.selection is not None and count is not None:
             wanted = min(count, old.selection.kept)
         same_teacher = card.balance is None or old.teacher == teacher_id
-        if old.card == card_snapshot and (wanted is None or old.count == wanted) and same_teacher:
+        same_stats = card.kind != "generated" or old.reference_stats == stats_record(reference_stats)
+        if old.card == card_snapshot and (wanted is None or old.count == wanted) and same_teacher and same_stats:
             shards.check_present(root, old)
             if on_shard:
                 on_shard(len(old.shards), len(old.shards))
             return BuildResult(root, old, 0, len(old.shards), reused=True)
-        raise shards.ShardError(
-            f"{root}: already holds a surrogate built from a different card, count or teacher "
-            f"(count {old.count}, teacher {old.teacher}); remove it or give the card another name"
-        )
+        if not replace_stale:
+            raise shards.ShardError(
+                f"{root}: already holds a surrogate built from a different card, count, teacher or reference "
+                f"statistics (count {old.count}, teacher {old.teacher}); remove it or give the card another name"
+            )
+        log.warning("%s: built from another card, count, teacher or reference statistics; rebuilding", root)
+        shards.forget_build(root, old)
 
     generator_version, selection, selection_reused = None, None, False
     data: LabelledImages | None = None
@@ -300,6 +315,7 @@ def build_surrogate(
         classes=classes,
         class_histogram=histogram,
         teacher=teacher_id,
+        reference_stats=stats_record(reference_stats) if card.kind == "generated" else None,
         selection=None if selection is None else selection.record,
         shards=[infos[i] for i in range(len(plan))],
     )

@@ -97,15 +97,18 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker = 0 if info is None else info.id
         epoch = self.epoch
+        # one filler across epochs: an epoch's last partial batch is completed by the next epoch's images, so a
+        # surrogate smaller than one batch wraps around (its batches repeat images) instead of never filling one
+        batches = _BatchFiller(self.batch_size)
         while True:
             rng = np.random.default_rng([self.seed, epoch, worker])
             urls = self._my_urls(epoch)
             if not urls:
                 return
-            yield from self._epoch(urls, rng)
+            yield from self._epoch(urls, rng, batches)
             epoch += 1
 
-    def _epoch(self, urls: list[str], rng: np.random.Generator) -> Iterator[torch.Tensor]:
+    def _epoch(self, urls: list[str], rng: np.random.Generator, batches: _BatchFiller) -> Iterator[torch.Tensor]:
         """One pass over `urls` as shuffled batches, through a fixed random-replacement buffer.
 
         The buffer fills with the first `shuffle_buffer` images; then each arriving block of m images evicts m
@@ -113,12 +116,11 @@ class ShardStream(IterableDataset):
         the rest leaves in a random permutation (the shuffle buffer of TensorFlow's `Dataset.shuffle` and
         webdataset's `shuffle`, done a block at a time). Every image is copied twice, into the buffer and into its
         batch: re-concatenating and permuting a whole pool per block cost ~30 copies per image. The last partial
-        batch of an epoch is dropped; the next epoch reshuffles everything.
+        batch of an epoch is filled from the next epoch, which reshuffles everything.
         """
         capacity = self.shuffle_buffer
         buffer: np.ndarray | None = None
         filled = 0
-        batches = _BatchFiller(self.batch_size)
         for images, meta in iter_blocks(urls, {u: self.expected[u] for u in urls}):
             start = int(meta["start"])
             if start >= self.limit:
@@ -216,3 +218,20 @@ def to_teacher_input(batch: torch.Tensor, channels: int, image_size: int) -> tor
         )
         x = x.round_().clamp_(0, 255).to(torch.uint8)
     return x.contiguous()
+
+
+def read_range(root: str, manifest: Manifest, start: int, stop: int) -> np.ndarray:
+    """Images [start, stop) in stored order, reading only the shards that hold them (a trial's held-out slice)."""
+    urls, first = [], 0
+    for info, url in zip(manifest.shards, manifest.shard_uris(root), strict=True):
+        if first < stop and first + info.count > start:
+            urls.append((url, info.count))
+        first += info.count
+    parts = []
+    for block, meta in iter_blocks([u for u, _ in urls], dict(urls)):
+        lo = int(meta["start"])
+        parts.append(block[max(start - lo, 0) : max(stop - lo, 0)])
+    out = np.concatenate([p for p in parts if len(p)]) if parts else np.empty((0,))
+    if len(out) != stop - start:
+        raise ShardError(f"{root}: images {start}-{stop} wanted, {len(out)} found (manifest count {manifest.count})")
+    return out

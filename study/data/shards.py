@@ -80,6 +80,7 @@ class Manifest(BaseModel):
     classes: list[str] = []
     class_histogram: list[int] | None = None
     teacher: str | None = None
+    reference_stats: list[list[float]] | None = None
     selection: SelectionRecord | None = None
     shards: list[ShardInfo]
     kd_study_version: str = __version__
@@ -168,6 +169,14 @@ def read_manifest(root: str) -> Manifest:
         return Manifest.model_validate_json(storage.read_text(uri))
     except ValidationError as err:
         raise ShardError(f"{uri}: invalid manifest: {err}") from None
+
+
+def forget_build(root: str, manifest: Manifest) -> None:
+    """Make a stale surrogate rebuild from scratch: its manifest and per-shard records go (the shard files are
+    overwritten by the rebuild), so no shard of the old build counts as finished."""
+    storage.remove(storage.join(root, MANIFEST))
+    for index in range(len(manifest.shards)):
+        storage.remove(_part_uri(root, index))
 
 
 def check_present(root: str, manifest: Manifest) -> None:

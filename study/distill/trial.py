@@ -20,12 +20,13 @@ report interval) joins the metrics.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import torch
 
 from study.config import ArmSpec, CardSpec, StudySpec, TrainSpec, load_card
 from study.data import shards
-from study.data.loader import ShardStream, stream_loader, to_teacher_input
+from study.data.loader import ShardStream, read_range, stream_loader, to_teacher_input
 from study.data.perturb import attack_config, derived_name
 from study.device import autocast_dtype, pick_device
 from study.distill.attack import boundary_attack
@@ -41,7 +42,7 @@ from study.distill.augment import AugmentConfig, BatchAugment
 from study.distill.loss import kd_loss, onehot_kd_loss
 from study.models import create_model
 from study.resources import resolve_card_path
-from study.teacher import eval_tensors, load_teacher, predict
+from study.teacher import eval_split, load_teacher, predict_classes
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,34 @@ class TrialDivergedError(FloatingPointError):
 
 @dataclass(frozen=True)
 class TrialPaths:
-    """Resolved locations a trial reads; plain strings so the object pickles to Ray workers."""
+    """What a trial reads, resolved by the driver; plain data so the object pickles to Ray workers.
+
+    `cards` maps arm names to the cards the driver resolved: Tune runs each trial in its own directory, so a trial
+    must never resolve a card path itself. `cards_dir` serves direct use outside Tune (one trial from the CLI,
+    benchmarks): arms missing from `cards` are resolved against it, relative paths of a spec's folder.
+    """
 
     teacher: str
     shards_root: str
     cards_dir: str | None = None
+    cards: dict[str, CardSpec] = field(default_factory=dict)
+
+    def card(self, arm: ArmSpec) -> CardSpec:
+        return self.cards[arm.name] if arm.name in self.cards else card_for_arm(arm, self.cards_dir)
 
 
 def card_for_arm(arm: ArmSpec, cards_dir: str | None) -> CardSpec:
     return load_card(resolve_card_path(arm.card, Path(cards_dir) if cards_dir else None))
+
+
+def check_manifest_card(root: str, manifest: shards.Manifest, card: CardSpec) -> None:
+    """The shards must come from the card the driver resolved; else the study would mix two surrogates."""
+    resolved = card.model_dump(mode="json")
+    if manifest.card != resolved:
+        raise shards.ShardError(
+            f"{root}/{shards.MANIFEST}: shards were built from card {json.dumps(manifest.card, sort_keys=True)}, "
+            f"the driver resolved card '{card.name}' as {json.dumps(resolved, sort_keys=True)} (rebuild the shards)"
+        )
 
 
 def is_synthetic(card: CardSpec) -> bool:
@@ -82,6 +102,25 @@ def surrogate_name(spec: StudySpec, arm: ArmSpec, card: CardSpec, teacher_id: st
     return card.name
 
 
+def held_out_slice(
+    spec: StudySpec, arm: ArmSpec, root: str, manifest: shards.Manifest, channels: int, image_size: int
+) -> tuple[int | None, torch.Tensor | None]:
+    """(images the trial trains on, held-out uint8 images at the teacher's input) of an arm.
+
+    With `search.metric: agreement` the last `search.agreement_images` images of the arm's built set are held out
+    of training and scored by agreement with the teacher: the one exception to "every trial reads its whole
+    surrogate", so a study needs no labelled data at all. Otherwise nothing is held out.
+    """
+    if spec.search.metric != "agreement":
+        return arm.count, None
+    total = min(arm.count or manifest.count, manifest.count)
+    held = spec.search.agreement_images
+    if held >= total:
+        raise ValueError(f"arm '{arm.name}': search.agreement_images ({held}) leaves no training images of its {total}")
+    images = read_range(root, manifest, total - held, total)
+    return total - held, to_teacher_input(torch.from_numpy(images), channels, image_size)
+
+
 class KDTrial:
     """A trial's state and its training loop; `run` drives it and calls `report` at each report point."""
 
@@ -98,13 +137,15 @@ class KDTrial:
         self.train: TrainSpec = spec.train_for(arm, overrides)
         self.seed = spec.seed if seed is None else seed
         self.device = device or pick_device()
-        self.card = card_for_arm(arm, paths.cards_dir)
+        self.card = paths.card(arm)
         self.teacher = load_teacher(paths.teacher, self.device)
         meta = self.teacher.meta
         surrogate = surrogate_name(spec, arm, self.card, meta.teacher_id)
         root = f"{paths.shards_root.rstrip('/')}/{surrogate}"
         manifest = shards.read_manifest(root)
         shards.check_present(root, manifest)
+        if arm.perturbation.mode != "offline":  # a derived surrogate's manifest holds its attack, not the card
+            check_manifest_card(root, manifest, self.card)
         torch.manual_seed(self.seed)
         self.student = create_model(spec.student.arch, meta.num_classes, meta.channels).to(self.device)
         if self.device.type == "cuda":
@@ -140,21 +181,20 @@ class KDTrial:
             std=meta.std,
         )
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.stream = ShardStream(root, manifest, t.batch_size, seed=self.seed, limit=arm.count)
+        train_limit, self.heldout = held_out_slice(spec, arm, root, manifest, meta.channels, meta.image_size)
+        self.stream = ShardStream(root, manifest, t.batch_size, seed=self.seed, limit=train_limit)
         self.step = 0
+        self.images_seen = 0  # images trained on, counted per batch (a small surrogate's batches repeat images)
         self.amp_dtype = autocast_dtype(self.device, spec.resources.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.val = eval_tensors(meta, meta.val_split, self.device)
-        self.test = eval_tensors(meta, meta.test_split, self.device)
-        self.test_teacher_pred = predict(self.teacher.model, self.test[0]).argmax(1)
+        self.val = eval_split(meta, meta.val_split) if meta.has_eval_data else None
+        self.test = eval_split(meta, meta.test_split) if meta.has_eval_data else None
+        self.test_teacher_pred = self.predict(self.teacher.model, self.test[0]) if self.test is not None else None
+        self.heldout_teacher_pred = self.predict(self.teacher.model, self.heldout) if self.heldout is not None else None
         online = arm.perturbation.mode == "online"
         self.attack = attack_config(arm.perturbation) if online else None
         self.attacked_per_batch = math.ceil((arm.perturbation.fraction or 1.0) * t.batch_size / 4) if online else 0
         self.attack_counts = [0, 0]  # (successes, attacked) since the last report
-
-    @property
-    def images_seen(self) -> int:
-        return self.step * self.train.batch_size
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -166,6 +206,7 @@ class KDTrial:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "step": self.step,
+            "images_seen": self.images_seen,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -176,6 +217,7 @@ class KDTrial:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
+        self.images_seen = int(state.get("images_seen", self.step * self.train.batch_size))
 
     def save(self, directory: Path) -> None:
         torch.save(self.state_dict(), directory / STATE_FILE)
@@ -184,15 +226,25 @@ class KDTrial:
         self.load_state_dict(torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True))
 
     # ------------------------------------------------------------------------------------------ loop
+    def predict(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        meta = self.teacher.meta
+        return predict_classes(model, images, meta.mean, meta.std, self.device, self.spec.budget.eval_batch_size)
+
     def evaluate(self) -> dict[str, float]:
-        val_logits = predict(self.student, self.val[0])
-        test_logits = predict(self.student, self.test[0])
-        test_pred = test_logits.argmax(1)
-        return {
-            "val_acc": (val_logits.argmax(1) == self.val[1]).float().mean().item(),
-            "test_acc": (test_pred == self.test[1]).float().mean().item(),
-            "teacher_agreement": (test_pred == self.test_teacher_pred).float().mean().item(),
-        }
+        """`val_acc`, `test_acc` and `teacher_agreement` (on test) when the teacher has eval data; `agreement` on
+        the arm's held-out surrogate images when the search uses it."""
+        metrics = {}
+        if self.val is not None and self.test is not None:
+            test_pred = self.predict(self.student, self.test[0])
+            metrics = {
+                "val_acc": (self.predict(self.student, self.val[0]) == self.val[1]).float().mean().item(),
+                "test_acc": (test_pred == self.test[1]).float().mean().item(),
+                "teacher_agreement": (test_pred == self.test_teacher_pred).float().mean().item(),
+            }
+        if self.heldout is not None:
+            agree = self.predict(self.student, self.heldout) == self.heldout_teacher_pred
+            metrics["agreement"] = agree.float().mean().item()
+        return metrics
 
     def _loss(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)):
@@ -245,11 +297,10 @@ class KDTrial:
             self.scaler.update()
             self.scheduler.step()
             self.step += 1
+            self.images_seen += len(x)
             loss_sum += loss_value
             loss_n += 1
-            if self.images_seen // every > (self.images_seen - self.train.batch_size) // every or (
-                self.step == self.total_steps
-            ):
+            if self.images_seen // every > (self.images_seen - len(x)) // every or (self.step == self.total_steps):
                 elapsed = time.perf_counter() - t0
                 metrics = {
                     **self.evaluate(),
@@ -286,4 +337,21 @@ def tune_trainable(config: dict[str, Any], spec_json: str, paths: TrialPaths) ->
             trial.save(Path(directory))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
-    trial.run(report)
+    try:
+        trial.run(report)
+    except TrialDivergedError as err:
+        # a diverged trial is a result (retrying a deterministic trial diverges again): the search scores it 0
+        log.warning("%s", err)
+        tune.report(diverged_result(trial.images_seen, str(err)))
+
+
+def diverged_result(images_seen: int, reason: str) -> dict[str, Any]:
+    """The last report of a diverged trial: flagged, scored 0 on every objective, no checkpoint."""
+    return {
+        "diverged": 1.0,
+        "diverged_reason": reason,
+        "val_acc": 0.0,
+        "teacher_agreement": 0.0,
+        "agreement": 0.0,
+        "images_seen": float(images_seen),
+    }
