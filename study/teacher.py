@@ -63,7 +63,6 @@ class TeacherMeta(BaseModel):
     format: Literal["state_dict", "torchscript", "export"] = "state_dict"
     has_eval_data: bool = True
     dataset_params: dict[str, Any] = {}
-    fine_grained: bool = False
     imported_from: str | None = None
 
     @property
@@ -162,7 +161,7 @@ def train_teacher(
     """
     torch.manual_seed(spec.seed)
     device = pick_device()
-    train = load_source(spec.dataset, "train", spec.image_size)
+    train = load_source(spec.dataset, "train", spec.image_size, root=spec.dataset_root, params=spec.params)
     if train.labels is None:
         raise TeacherError(f"dataset '{spec.dataset}' has no labels to train a teacher on")
     mean, std = channel_stats(train.images)
@@ -206,6 +205,8 @@ def train_teacher(
         mean=mean,
         std=std,
         dataset=spec.dataset,
+        dataset_root=spec.dataset_root,
+        dataset_params=spec.params,
         epochs=spec.epochs,
     )
     provisional = TeacherMeta(**meta_fields, weights_sha256="0" * 64)

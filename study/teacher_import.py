@@ -342,7 +342,8 @@ def import_teacher(weights: str, out_uri: str, options: ImportOptions) -> Teache
         format=fmt,
         has_eval_data=options.eval_dataset is not None,
         dataset_params=params if options.eval_dataset is not None else {},
-        fine_grained=options.fine_grained,
+        # `fine_grained` is a TeacherMeta field of the paper-fidelity work (it sets the students' temperature)
+        **({"fine_grained": options.fine_grained} if "fine_grained" in TeacherMeta.model_fields else {}),
         imported_from=source,
     )
     storage.write_bytes(storage.join(out_uri, WEIGHTS), stored)

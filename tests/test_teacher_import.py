@@ -149,7 +149,7 @@ def test_cli_import_without_eval_data_and_a_meta_written_before_the_import_field
     meta_path = tmp_path / "t" / META
     meta = json.loads(meta_path.read_text())
     assert meta["classes"] == ["cat", "dog", "bird"] and meta["format"] == "state_dict"
-    for new_field in ("format", "has_eval_data", "dataset_params", "fine_grained", "imported_from"):
+    for new_field in ("format", "has_eval_data", "dataset_params", "imported_from"):
         meta.pop(new_field)
     meta_path.write_text(json.dumps(meta))
     old = load_teacher(str(tmp_path / "t"))
