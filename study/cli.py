@@ -244,6 +244,13 @@ def teacher_train(
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     image_size: Annotated[int, typer.Option(min=8)] = 32,
     seed: int = 0,
+    dataset_root: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder of the dataset (for --dataset folder: class folders, split into train/val/test "
+            "when it has no train/val/test folders)."
+        ),
+    ] = None,
 ) -> None:
     """Train a teacher on a labelled dataset and save it with its meta.json."""
     from study.config import TeacherSpec
@@ -252,6 +259,8 @@ def teacher_train(
 
     with user_errors():
         spec = TeacherSpec(dataset=dataset, arch=arch, epochs=epochs, image_size=image_size, seed=seed)
+        if dataset_root is not None:
+            spec = spec.model_copy(update={"dataset_root": resolve(dataset_root)})
         with _progress() as progress:
             task = progress.add_task(f"teacher {arch} on {dataset}", total=epochs)
             result = train_teacher(spec, resolve(out), on_epoch=lambda e, n, _l: progress.update(task, completed=e))

@@ -62,6 +62,28 @@ def test_run_trains_a_missing_teacher_only_when_the_spec_says_so(tmp_path: Path)
         ensure_teacher(other, study_paths(other), NoProgress())
 
 
+def test_teacher_trains_on_an_unsplit_folder_and_is_scored_on_its_held_out_part(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from study.teacher import eval_split
+
+    for c, label in enumerate(("red", "green", "blue")):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(10):
+            pixel = np.zeros((16, 16, 3), np.uint8)
+            pixel[..., c] = 120 + 10 * i
+            Image.fromarray(pixel).save(tmp_path / "photos" / label / f"{i}.png")
+    args = ["teacher", "train", "--dataset", "folder", "--dataset-root", str(tmp_path / "photos"), "--arch", "resnet8"]
+    result = runner.invoke(app, [*args, "--epochs", "1", "--out", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    meta = load_meta(str(tmp_path / "t"))
+    assert meta.dataset == "folder" and meta.dataset_root == str(tmp_path / "photos")
+    assert meta.classes == ["blue", "green", "red"]
+    images, labels = eval_split(meta, "test")
+    assert images.shape == (3, 3, 32, 32) and sorted(labels.tolist()) == [0, 1, 2]  # one of 10 per class is test
+
+
 @pytest.mark.slow
 def test_agreement_study_on_an_imported_teacher_without_labelled_data(
     digits_teacher: Path, tmp_path: Path, ray_session
