@@ -124,13 +124,14 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def infer_shape_args(arch: str, state: dict[str, torch.Tensor]) -> tuple[int | None, int]:
-    """(num_classes, in_channels) read off the checkpoint by comparing it with a 1-class build of `arch`.
+def infer_shape_args(
+    probe: dict[str, torch.Tensor], state: dict[str, torch.Tensor], three_channels: bool
+) -> tuple[int | None, int]:
+    """(num_classes, in_channels) read off the checkpoint by comparing it with a 1-class build (`probe`).
 
     The head's weight and bias are the tensors whose first dimension is 1 in the probe (and the rest equal); the
     stem is the probe's first 4-d weight. Works for any zoo or torchvision classifier without naming its layers.
     """
-    probe = create_model(arch, num_classes=1, in_channels=3).state_dict()
     classes = set()
     for key, want in probe.items():
         got = state.get(key)
@@ -140,7 +141,7 @@ def infer_shape_args(arch: str, state: dict[str, torch.Tensor]) -> tuple[int | N
             classes.add(int(got.shape[0]))
     channels = 3
     stem = next((k for k, v in probe.items() if v.dim() == 4), None)
-    if torchvision_name(arch) is None and stem in state and state[stem].dim() == 4:
+    if not three_channels and stem in state and state[stem].dim() == 4:
         channels = int(state[stem].shape[1])
     return (classes.pop() if len(classes) == 1 else None), channels
 
@@ -160,7 +161,10 @@ def rename_head(model_keys: dict[str, torch.Size], state: dict[str, torch.Tensor
         return state
     (want,), (have,) = modules
     mapping = {f"{have}.{k.rsplit('.', 1)[1]}": f"{want}.{k.rsplit('.', 1)[1]}" for k in unexpected}
-    if sorted(mapping.values()) != sorted(missing) or any(state[a].shape != model_keys[b] for a, b in mapping.items()):
+    # compared past the first dimension: the class count of a head may still be unknown (a 1-class probe)
+    if sorted(mapping.values()) != sorted(missing) or any(
+        state[a].shape[1:] != model_keys[b][1:] for a, b in mapping.items()
+    ):
         return state
     log.info("renamed checkpoint keys %s -> %s", have, want)
     return {mapping.get(k, k): v for k, v in state.items()}
@@ -207,9 +211,11 @@ def model_from_state_dict(
         ) from None
     state = strip_prefixes(unwrap_state_dict(obj, source))
     try:
-        inferred_classes, channels = infer_shape_args(arch, state)
+        probe = create_model(arch, num_classes=1, in_channels=3)
     except ValueError as err:
         raise TeacherError(f"--arch: {err}") from None
+    state = rename_head({k: v.shape for k, v in probe.state_dict().items()}, state)
+    inferred_classes, channels = infer_shape_args(probe.state_dict(), state, torchvision_name(arch) is not None)
     if num_classes is not None and inferred_classes is not None and num_classes != inferred_classes:
         raise TeacherError(
             f"{source}: the checkpoint's head has {inferred_classes} classes, --num-classes/--classes say {num_classes}"
@@ -218,7 +224,6 @@ def model_from_state_dict(
     if classes is None:
         raise TeacherError(f"{source}: cannot tell the number of classes from the checkpoint; give --num-classes")
     model = create_model(arch, num_classes=classes, in_channels=channels)
-    state = rename_head({k: v.shape for k, v in model.state_dict().items()}, state)
     if (problem := mismatch_message(source, arch, model, state)) is not None:
         raise TeacherError(problem)
     model.load_state_dict(state, strict=False)  # only num_batches_tracked may be absent (old checkpoints)

@@ -51,6 +51,16 @@ class TestRoundTrips:
         assert meta.has_eval_data is False and meta.dataset == "none"
         assert_same_logits(model, tmp_path / "t", 32, channels=1)
 
+    def test_wrapped_checkpoint_with_a_renamed_head(self, tmp_path: Path) -> None:
+        model = trained_like(create_model("resnet8", num_classes=6, in_channels=3))
+        state = {k.replace("fc.", "linear."): v for k, v in model.state_dict().items()}
+        torch.save({"epoch": 3, "state_dict": state}, tmp_path / "ckpt.pt")
+        meta = import_teacher(
+            str(tmp_path / "ckpt.pt"), str(tmp_path / "t"), ImportOptions(arch="resnet8", **NO_DATA)
+        ).meta
+        assert meta.num_classes == 6
+        assert_same_logits(model, tmp_path / "t", 32)
+
     def test_torchvision_resnet18_with_another_head_keeps_torchvisions_stem(self, tmp_path: Path) -> None:
         model = trained_like(torchvision.models.resnet18(num_classes=7))
         path = save_state_dict(model, tmp_path / "r18.pt")
