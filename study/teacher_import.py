@@ -286,6 +286,8 @@ def import_teacher(weights: str, out_uri: str, options: ImportOptions) -> Teache
     if options.classes is not None and options.num_classes is not None and len(options.classes) != options.num_classes:
         raise TeacherError(f"--classes lists {len(options.classes)} names, --num-classes is {options.num_classes}")
     wanted_classes = options.num_classes or (len(options.classes) if options.classes else None)
+    # absolute, so that trials (each in its own Tune directory) find the eval data
+    eval_root = storage.resolve(options.eval_root) if options.eval_root is not None else None
     image_size = options.image_size or default_image_size(options.arch, fmt, data)
     if fmt == "state_dict":
         assert options.arch is not None
@@ -310,8 +312,7 @@ def import_teacher(weights: str, out_uri: str, options: ImportOptions) -> Teache
         if options.eval_dataset == "folder" and classes is not None:
             params.setdefault("classes", classes)  # score the folder in the teacher's class order, not A-Z
         splits = {
-            s: load_source(options.eval_dataset, s, image_size, root=options.eval_root, params=params)
-            for s in ("val", "test")
+            s: load_source(options.eval_dataset, s, image_size, root=eval_root, params=params) for s in ("val", "test")
         }
         classes = check_classes(classes, splits["test"].classes, num_classes, options.eval_dataset)
         if mean is None or std is None:
@@ -340,7 +341,7 @@ def import_teacher(weights: str, out_uri: str, options: ImportOptions) -> Teache
         mean=mean,
         std=std,
         dataset=options.eval_dataset or NO_EVAL_DATA,
-        dataset_root=options.eval_root,
+        dataset_root=eval_root,
         val_accuracy=accs.get("val"),
         test_accuracy=accs.get("test"),
         weights_sha256=hashlib.sha256(stored).hexdigest(),

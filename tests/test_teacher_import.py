@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -176,3 +177,36 @@ def test_load_teacher_checks_the_sha256_of_every_format(tmp_path: Path) -> None:
     weights.write_bytes(weights.read_bytes() + b"\0")
     with pytest.raises(TeacherError, match="sha256 differs"):
         load_teacher(str(tmp_path / "t"))
+
+
+def test_folder_eval_data_is_scored_in_the_teachers_class_order(tmp_path: Path, monkeypatch) -> None:
+    """A teacher that outputs 'red' as class 0 must be scored against a folder whose folders sort 'blue' first."""
+    from PIL import Image
+
+    from study.teacher import eval_split
+
+    order = ["red", "green", "blue"]
+    for c, label in enumerate(order):
+        (tmp_path / "mine" / label).mkdir(parents=True)
+        for i in range(10):
+            pixel = np.zeros((8, 8, 3), np.uint8)
+            pixel[..., c] = 200 + i
+            Image.fromarray(pixel).save(tmp_path / "mine" / label / f"{i}.png")
+
+    class ChannelArgmax(torch.nn.Module):  # a perfect teacher: the brightest channel is the class
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((2, 3)) * 10
+
+    torch.jit.save(torch.jit.script(ChannelArgmax()), str(tmp_path / "argmax.ts"))
+    (tmp_path / "classes.txt").write_text("\n".join(order))
+    monkeypatch.chdir(tmp_path)  # a relative --eval-root is stored absolute: trials run in other directories
+    args = ["--weights", "argmax.ts", "--image-size", "8", "--mean", "0", "--std", "1", "--classes", "classes.txt"]
+    result = runner.invoke(
+        app, ["teacher", "import", *args, "--eval-dataset", "folder", "--eval-root", "mine", "--out", "t"]
+    )
+    assert result.exit_code == 0, result.output
+    meta = load_meta(str(tmp_path / "t"))
+    assert meta.test_accuracy == 1.0 and meta.val_accuracy == 1.0 and meta.classes == order
+    assert meta.dataset_root == str(tmp_path / "mine") and meta.dataset_params == {"classes": order}
+    images, labels = eval_split(meta, "test")
+    assert images[:, :, 0, 0].argmax(1).tolist() == labels.tolist()
