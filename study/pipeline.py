@@ -297,7 +297,7 @@ def ensure_teacher(spec: StudySpec, paths: StudyPaths, progress: ProgressSink) -
     """The study's teacher meta: imported from `teacher.weights` or trained (`teacher.train: true`) when missing.
 
     Training is opt-in, so a typo in `teacher.uri` stops here instead of starting a long training. An existing
-    teacher made for another arch or dataset than the spec says is an error naming both.
+    teacher made for another arch or dataset than the spec sets is an error naming both.
     """
     t = spec.teacher
     if not storage.exists(storage.join(paths.teacher, META)):
@@ -328,7 +328,8 @@ def ensure_teacher(spec: StudySpec, paths: StudyPaths, progress: ProgressSink) -
             "or teacher.weights to import one)"
         ) from None
     for name, made, wanted in (("arch", meta.arch, t.arch), ("dataset", meta.dataset, t.dataset)):
-        if made != wanted:
+        # only what the spec says: a spec that names just `teacher.uri` takes the teacher as it is
+        if name in t.model_fields_set and made != wanted:
             raise SpecError(
                 f"{paths.teacher}: the teacher's {name} is '{made}' (meta.json), the spec's teacher.{name} is "
                 f"'{wanted}'; fix the spec or point teacher.uri elsewhere"
@@ -367,7 +368,7 @@ def run_study(
     try:
         teacher = load_teacher(paths.teacher)
     except TeacherError as err:
-        raise SpecError(f"{err}\n  (the spec's teacher.uri is '{spec.teacher.uri}')") from None
+        raise SpecError(f"{err}\n  ({where}: teacher.uri is '{spec.teacher.uri}')") from None
     outcome = StudyOutcome(paths, meta)
     outcome.builds = build_surrogates(cards, paths, meta, progress, build_workers)
     outcome.builds.update(build_perturbed_surrogates(spec, cards, paths, meta, progress))

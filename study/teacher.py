@@ -253,11 +253,17 @@ def load_teacher(uri: str, device: torch.device | None = None) -> Teacher:
     data = storage.read_bytes(weights_uri)
     if hashlib.sha256(data).hexdigest() != meta.weights_sha256:
         raise TeacherError(f"{weights_uri}: sha256 differs from {META} (corrupt or replaced weights)")
-    if meta.format == "state_dict":
-        model = create_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.channels)
-        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
-    else:
-        model = model_from_bytes(data, meta.format)
+    try:
+        if meta.format == "state_dict":
+            model = create_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.channels)
+            model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+        else:
+            model = model_from_bytes(data, meta.format)
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise TeacherError(
+            f"{storage.join(uri, META)}: arch '{meta.arch}' ({meta.num_classes} classes, {meta.channels} channels) "
+            f"cannot be built with the {meta.format} weights in {weights_uri}: {str(err)[:500]}"
+        ) from None
     model.to(device or torch.device("cpu")).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -60,6 +60,8 @@ def test_run_trains_a_missing_teacher_only_when_the_spec_says_so(tmp_path: Path)
         SpecError, match=r"teacher's arch is 'resnet8' \(meta\.json\), the spec's teacher\.arch is 'resnet20'"
     ):
         ensure_teacher(other, study_paths(other), NoProgress())
+    just_the_uri = spec_for(tmp_path, {"uri": "teacher"})  # arch and dataset left to the teacher's meta.json
+    assert ensure_teacher(just_the_uri, study_paths(just_the_uri), NoProgress()).arch == "resnet8"
 
 
 def test_teacher_trains_on_an_unsplit_folder_and_is_scored_on_its_held_out_part(tmp_path: Path) -> None:
