@@ -253,7 +253,9 @@ def write_report(
         *(
             [
                 "The teacher has no labelled test split, so arms are ranked by the student's agreement with the "
-                "teacher on the arm's held-out surrogate images (the last `search.agreement_images` of its set)."
+                "teacher on the arm's held-out surrogate images (the last `search.agreement_images` of its set). "
+                "Each arm is scored on its own images: agreement compares configs within an arm better than arms "
+                "with each other (a surrogate the teacher maps to one class is easy to agree on)."
             ]
             if ranked == "agreement"
             else []
