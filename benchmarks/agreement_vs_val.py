@@ -5,7 +5,7 @@ One study, run with `search.metric: agreement` on a teacher that does have eval 
 every trial trains its whole budget and the two metrics compare the same students. Per arm it prints the Spearman
 rank correlation of the two over the arm's trials, and the test accuracy of the trial each metric would pick.
 
-    python benchmarks/agreement_vs_val.py [--trials 8 --images 2048 --out DIR]
+    python benchmarks/agreement_vs_val.py [--trials 8 --images 2048 --arms digits_train,dead_leaves --out DIR]
 """
 
 from __future__ import annotations
@@ -21,16 +21,13 @@ from study.config import StudySpec
 from study.pipeline import run_study
 
 
-def study_spec(root: str, trials: int, images: int) -> StudySpec:
+def study_spec(root: str, trials: int, images: int, arms: list[str]) -> StudySpec:
     return StudySpec.model_validate(
         {
             "name": "agreement-vs-val",
-            "teacher": {"arch": "resnet8", "epochs": 12, "batch_size": 64, "train": True},
+            "teacher": {"arch": "resnet8", "epochs": 8, "batch_size": 64, "train": True},
             "student": {"arch": "resnet8"},
-            "arms": [
-                {"name": "digits_train", "card": "digits_train"},
-                {"name": "dead_leaves", "card": "dead_leaves"},
-            ],
+            "arms": [{"name": arm, "card": arm} for arm in arms],
             "train": {"batch_size": 32, "randaugment_ops": 0, "crop_scale_min": 0.8, "mixup": False},
             "search": {
                 "trials_per_arm": trials,
@@ -54,10 +51,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--out", type=str, default=None)
+    parser.add_argument("--arms", type=str, default="digits_train,dead_leaves", help="bundled cards, one arm each")
     args = parser.parse_args()
     root = args.out or tempfile.mkdtemp(prefix="kd-agreement-")
     start = time.perf_counter()
-    run_study(study_spec(str(Path(root).resolve()), args.trials, args.images), str(Path(root).resolve()))
+    run_study(
+        study_spec(str(Path(root).resolve()), args.trials, args.images, args.arms.split(",")), str(Path(root).resolve())
+    )
     trials = pd.read_parquet(Path(root) / "report" / "results.parquet")
     trials = trials[trials["status"] == "FINISHED"]
     for arm, group in trials.groupby("arm"):
