@@ -95,8 +95,11 @@ def arm_temperature(spec: StudySpec, arm: ArmSpec, card: CardSpec, meta: Teacher
 def val_moments(teacher: Teacher) -> FeatureMoments | None:
     """The teacher's feature moments on its own val split (the Fréchet reference), or None without that split."""
     meta = teacher.meta
+    if not meta.has_eval_data:
+        return None  # an imported teacher without eval data: nothing to compare against
     try:
-        data = load_source(meta.dataset, meta.val_split, meta.image_size, root=meta.dataset_root)
+        params = meta.dataset_params
+        data = load_source(meta.dataset, meta.val_split, meta.image_size, root=meta.dataset_root, params=params)
     except Exception as err:  # a teacher whose data is not here: criteria stay data-free
         log.warning("no val split for %s (%s): frechet_val is not measured", meta.dataset, err)
         return None
