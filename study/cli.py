@@ -264,7 +264,7 @@ def status(
     tracking_uri: TrackingOption = None,
     ray_address: RayAddressOption = None,
 ) -> None:
-    """Per arm and phase: trials done / running / failed / pending and the best val_acc so far (from MLflow)."""
+    """Per arm and phase: trials done / running / failed / pending and the best search metric so far (MLflow)."""
     from study.pipeline import open_tracker, study_paths
     from study.status import study_status
 
@@ -277,10 +277,11 @@ def status(
         console.print(f"study {tracker.name}: not started (no experiment in {paths.tracking_uri})")
         raise typer.Exit(1)
     table = Table(title=f"study {tracker.name}")
-    for col in ("arm", "phase", "done", "running", "failed", "pending", "stopped", "best val"):  # fits 80 columns
+    best_col = "best val" if study_spec.search.metric == "val_acc" else "best agr"
+    for col in ("arm", "phase", "done", "running", "failed", "pending", "stopped", best_col):  # fits 80 columns
         table.add_column(col, justify="left" if col in ("arm", "phase") else "right", no_wrap=True)
     for r in rows:
-        best = f"{r.best_val_acc:.2%}" if r.best_val_acc is not None else "-"
+        best = f"{r.best:.2%}" if r.best is not None else "-"
         cells = (r.done, r.running, r.failed, r.pending, r.stopped_early)
         table.add_row(r.arm, r.phase, *(str(c) for c in cells), best)
     console.print(table)

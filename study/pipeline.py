@@ -385,6 +385,8 @@ def ensure_teacher(spec: StudySpec, paths: StudyPaths, progress: ProgressSink) -
     teacher made for another arch or dataset than the spec sets is an error naming both.
     """
     t = spec.teacher
+    if t.dataset_root is not None:  # like teacher.uri and teacher.weights: relative to the study root
+        t = t.model_copy(update={"dataset_root": storage.resolve(t.dataset_root, paths.root)})
     if not storage.exists(storage.join(paths.teacher, META)):
         if t.weights is not None:
             from study.teacher_import import ImportOptions, import_teacher
