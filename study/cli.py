@@ -241,12 +241,16 @@ def rank(
     spec: Annotated[str, typer.Argument(help="A finished study's spec (YAML path or bundled name).")],
     candidates: Annotated[list[str], typer.Option("--candidates", help="Candidate cards (names or YAML paths).")],
     root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
+    count: Annotated[
+        int | None, typer.Option(min=1, help="Images each candidate would supply (default: its card's count).")
+    ] = None,
 ) -> None:
     """Score candidate surrogates from raw-pool criteria (teacher passes only), with a model fitted on the study."""
     from study.rank import rank_study_candidates
 
     with user_errors():
-        scored, validation = rank_study_candidates(spec, root, candidates)  # RankError: a clear message, exit 2
+        # RankError: a clear message, exit 2
+        scored, validation = rank_study_candidates(spec, root, candidates, count=count)
     table = Table(title="Candidate surrogates, predicted student test accuracy")
     for col in ("#", "card", "predicted acc", "class entropy (raw pool)"):
         table.add_column(col, justify="left" if col == "card" else "right", no_wrap=True)
@@ -554,6 +558,24 @@ def data_perturb(
         f"{result.root}: {result.manifest.count} images from {derived['successes']}/{derived['attacked']} "
         f"successes ({derived['success_rate']:.1%}), {state}"
     )
+
+
+@data_app.command("eval-splits")
+def data_eval_splits(
+    teacher: Annotated[str, typer.Option(help="Teacher URI (folder or s3://) holding meta.json.")],
+    out: Annotated[str, typer.Option(help="The study's eval root: <study root>/eval (folder or s3://).")],
+) -> None:
+    """Write the teacher's val and test splits as shards under OUT/<teacher id>/, from a machine that has its
+    dataset: a study submitted to a cluster evaluates on them and never needs the dataset itself."""
+    from study.data.eval_shards import build_eval_shards
+    from study.storage import resolve
+    from study.teacher import load_meta
+
+    with user_errors():
+        results = build_eval_shards(load_meta(resolve(teacher)), resolve(out))
+    for split, result in results.items():
+        state = "reused" if result.reused else "written"
+        console.print(f"{result.root}: {split}, {result.manifest.count} images, {state}", soft_wrap=True)
 
 
 @data_app.command("verify")

@@ -233,8 +233,11 @@ def record_arms(
     teacher: Teacher,
     tracker: StudyTracker,
     progress: ProgressSink,
+    eval_root: str | None = None,
 ) -> None:
-    """Parent run per arm with card params, raw-pool and built-set criteria and artifacts, measured once per arm."""
+    """Parent run per arm with card params, raw-pool and built-set criteria and artifacts, measured once per arm.
+
+    `eval_root` holds the teacher's val split for the Fréchet reference (else it is loaded from its dataset)."""
     progress.task("criteria", "criteria (teacher forward passes)", len(spec.arms))
     points = surrogate_points(spec, cards)
     reference: list[FeatureMoments | None] = []
@@ -276,7 +279,7 @@ def record_arms(
             )
         if "criteria.raw.class_entropy" not in logged:
             if not reference:
-                reference.append(val_moments(teacher))
+                reference.append(val_moments(teacher, eval_root))
             found = measure_arm(spec, arm, card, build, teacher, reference[0])
             tracker.log_arm_metrics(run_id, found.logged_metrics())
             files = {"manifest.json": build.manifest.model_dump_json(indent=2).encode(), **found.artifacts}
@@ -467,7 +470,7 @@ def run_study(
         build_eval_shards(meta, paths.eval_root)
     short_http_retries()
     tracker = StudyTracker(paths.tracking_uri, spec, content=study_content(cards, meta))
-    record_arms(spec, cards, outcome.builds, teacher, tracker, progress)
+    record_arms(spec, cards, outcome.builds, teacher, tracker, progress, paths.eval_root)
     total = total_trials(spec)
     progress.task("sweep", f"KD trials ({len(spec.arms)} arms x {spec.search.trials_per_arm})", total)
     if not sweep_complete(spec, tracker):

@@ -92,18 +92,27 @@ def arm_temperature(spec: StudySpec, arm: ArmSpec, card: CardSpec, meta: Teacher
     return kd_temperature(spec.train_for(arm), card, meta, spec.teacher).value
 
 
-def val_moments(teacher: Teacher) -> FeatureMoments | None:
-    """The teacher's feature moments on its own val split (the Fréchet reference), or None without that split."""
+def val_moments(teacher: Teacher, eval_root: str | None = None) -> FeatureMoments | None:
+    """The teacher's feature moments on its own val split (the Fréchet reference), or None without that split.
+
+    With `eval_root` the split is read from the study's eval shards (`study.data.eval_shards`): the driver of a
+    submitted study runs on the cluster, which has the bucket but not the teacher's dataset.
+    """
     meta = teacher.meta
     if not meta.has_eval_data:
         return None  # an imported teacher without eval data: nothing to compare against
     try:
-        params = meta.dataset_params
-        data = load_source(meta.dataset, meta.val_split, meta.image_size, root=meta.dataset_root, params=params)
+        if eval_root is not None:
+            from study.data.eval_shards import read_eval_split
+
+            images, _ = read_eval_split(eval_root, meta.teacher_id, meta.val_split)
+        else:
+            source = (meta.dataset, meta.val_split, meta.image_size)
+            images = load_source(*source, root=meta.dataset_root, params=meta.dataset_params).images
     except Exception as err:  # a teacher whose data is not here: criteria stay data-free
         log.warning("no val split for %s (%s): frechet_val is not measured", meta.dataset, err)
         return None
-    return measure(teacher, batched(data.images)).moments
+    return measure(teacher, batched(images)).moments
 
 
 @dataclass

@@ -5,10 +5,14 @@ reached on it. A ridge regression on the standardised criteria, fitted on those 
 candidate cards from teacher passes only, with no student training. Ridge because a study holds a handful of
 surrogates and a dozen correlated criteria: unregularised least squares would interpolate them.
 
+How many images a surrogate supplies is a feature too (`log_amount`, log10 of the arm's image count), whenever it
+varies across the study: an amount study (`counts:`) contributes one point per amount of a surrogate, and a
+candidate is scored at the amount it would supply (its card's `count`, or `kd-study rank --count`).
+
 Whether that is worth anything is measured, not assumed: leave-one-surrogate-out (fit on all surrogates but one,
-predict the one left out) gives a rank correlation of predicted with achieved accuracy, set beside the same
-procedure on class entropy alone (the paper's criterion). The report and `kd-study rank` say plainly when the
-model does not beat class entropy.
+predict every point of the one left out, so its other amounts never leak into its prediction) gives a rank
+correlation of predicted with achieved accuracy, set beside the same procedure on class entropy alone (the paper's
+criterion). The report and `kd-study rank` say plainly when the model does not beat class entropy.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from study.stats import MIN_POINTS, rank_correlation
 ALPHA = 1.0
 TARGET = "test_acc"
 ENTROPY = "crit_raw_class_entropy"
+AMOUNT = "log_amount"
 UNMEASURABLE_BEFORE_BUILD = {"acceptance_rate", "attack_success"}
 """Raw-pool numbers that need a build (the balanced scan, the attack), so a candidate card has none yet."""
 
@@ -34,19 +39,46 @@ class RankError(ValueError):
     """The study cannot support a ranking model (too few surrogates, no criteria); the message says why."""
 
 
+def model_points(ranking: pd.DataFrame, arms: pd.DataFrame) -> pd.DataFrame:
+    """The points the model fits: one per surrogate and amount (its flagged, else best-ranked, arm at that count),
+    with `log_amount`. A study without amounts gives one point per surrogate, as the report's correlations do."""
+    if not len(ranking):
+        return pd.DataFrame()
+    joined = ranking.merge(arms.drop(columns=["surrogate"]), on="arm", how="left")
+    joined["flag"] = joined["surrogate_point"].astype(str).str.lower() == "true"
+    joined = joined.sort_values(["flag", "test_acc"], ascending=False)
+    points = joined.drop_duplicates(["surrogate", "count"]).drop(columns="flag").reset_index(drop=True)
+    points[AMOUNT] = np.log10(pd.to_numeric(points["count"], errors="coerce"))
+    return points
+
+
+def varies_amount(points: pd.DataFrame) -> bool:
+    """Whether the study measured amount within a surrogate (a `counts:` arm). Across surrogates alone the amount
+    is confounded with what the images are, so only then is it a feature."""
+    if AMOUNT not in points or not len(points):
+        return False
+    return bool((points.groupby("surrogate")[AMOUNT].nunique() > 1).any())
+
+
 def model_features(points: pd.DataFrame) -> list[str]:
-    """Raw-pool criteria that are data-free, measurable on a candidate card, known and not constant."""
+    """Raw-pool criteria that are data-free, measurable on a candidate card, known and not constant; and the amount
+    in an amount study."""
     out = []
     for col in points.columns:
-        if not col.startswith("crit_raw_"):
+        if col.startswith("crit_raw_"):
+            name = col[len("crit_raw_") :]
+            if name in NOT_DATA_FREE or name in UNMEASURABLE_BEFORE_BUILD:
+                continue
+        elif col != AMOUNT or not varies_amount(points):
             continue
-        name = col[len("crit_raw_") :]
         values = pd.to_numeric(points[col], errors="coerce")
-        if name in NOT_DATA_FREE or name in UNMEASURABLE_BEFORE_BUILD or values.isna().any():
-            continue
-        if np.ptp(values.to_numpy()) > 0:
+        if not values.isna().any() and np.ptp(values.to_numpy()) > 0:
             out.append(col)
     return out
+
+
+def surrogate_count(points: pd.DataFrame) -> int:
+    return int(points["surrogate"].nunique()) if len(points) else 0
 
 
 @dataclass
@@ -75,17 +107,19 @@ class RidgeRanker:
 
 
 def leave_one_out(points: pd.DataFrame, features: list[str], alpha: float = ALPHA) -> np.ndarray:
-    """Prediction for each surrogate from a model fitted on all the others."""
+    """Prediction for each point from a model fitted on the other surrogates' points (all amounts of a surrogate
+    leave together)."""
     out = np.empty(len(points))
-    for i in range(len(points)):
-        rest = points.drop(index=points.index[i])
-        out[i] = RidgeRanker.fit(rest, features, alpha).predict(points.iloc[[i]])[0]
+    surrogate = points["surrogate"].to_numpy()
+    for name in pd.unique(surrogate):
+        held = surrogate == name
+        out[held] = RidgeRanker.fit(points[~held], features, alpha).predict(points[held])
     return out
 
 
 @dataclass
 class Validation:
-    n: int
+    n: int  # surrogates (points may be more: one per amount)
     features: list[str]
     model_rho: float
     entropy_rho: float
@@ -99,11 +133,19 @@ class Validation:
             not math.isfinite(self.entropy_rho) or self.model_rho > self.entropy_rho
         )
 
+    def _amounts(self) -> str:
+        points = len(self.predictions)
+        return f" ({points} surrogate-amount points)" if points > self.n else ""
+
+    def _described(self) -> str:
+        criteria = len([f for f in self.features if f != AMOUNT])
+        return f"{criteria} raw-pool criteria" + (" and the amount" if AMOUNT in self.features else "")
+
     def verdict(self) -> str:
         m, e = f"{self.model_rho:+.2f}", f"{self.entropy_rho:+.2f}"
         head = (
-            f"Leave-one-surrogate-out over {self.n} surrogates: the ridge model on {len(self.features)} raw-pool "
-            f"criteria ranks the held-out surrogates with Spearman ρ = {m} (mean absolute error "
+            f"Leave-one-surrogate-out over {self.n} surrogates{self._amounts()}: the ridge model on "
+            f"{self._described()} ranks the held-out surrogates with Spearman ρ = {m} (mean absolute error "
             f"{100 * self.model_mae:.1f} points); class entropy alone, fitted the same way, ρ = {e} "
             f"(error {100 * self.entropy_mae:.1f} points)."
         )
@@ -115,8 +157,10 @@ class Validation:
 def validate(points: pd.DataFrame, alpha: float = ALPHA) -> Validation:
     """Leave-one-surrogate-out validation of the ridge model next to class entropy alone."""
     points = points.reset_index(drop=True)
-    if len(points) < MIN_POINTS:
-        raise RankError(f"{len(points)} surrogate(s) with results: the ranking model needs at least {MIN_POINTS}")
+    if surrogate_count(points) < MIN_POINTS:
+        raise RankError(
+            f"{surrogate_count(points)} surrogate(s) with results: the ranking model needs at least {MIN_POINTS}"
+        )
     features = model_features(points)
     if not features:
         raise RankError("no raw-pool criterion varies across the study's surrogates")
@@ -127,7 +171,7 @@ def validate(points: pd.DataFrame, alpha: float = ALPHA) -> Validation:
         {"surrogate": points["surrogate"], "achieved": y, "model (LOSO)": model, "class entropy (LOSO)": entropy}
     )
     return Validation(
-        n=len(points),
+        n=surrogate_count(points),
         features=features,
         model_rho=rank_correlation(model, y, "spearman"),
         entropy_rho=rank_correlation(entropy, y, "spearman"),
@@ -140,12 +184,23 @@ def validate(points: pd.DataFrame, alpha: float = ALPHA) -> Validation:
 def score_candidates(points: pd.DataFrame, candidates: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     """Candidates (one row each, `crit_raw_*` columns) with their predicted accuracy, best first."""
     points = points.reset_index(drop=True)
-    if len(points) < MIN_POINTS:
+    if surrogate_count(points) < MIN_POINTS:
         raise RankError(
-            f"the study has {len(points)} surrogate(s) with results; ranking candidates needs at least "
+            f"the study has {surrogate_count(points)} surrogate(s) with results; ranking candidates needs at least "
             f"{MIN_POINTS} to fit and validate a model (add surrogates to the study and run it)"
         )
-    features = [f for f in model_features(points) if f in candidates]
+    features = model_features(points)
+    if AMOUNT in features and (AMOUNT not in candidates or candidates[AMOUNT].isna().any()):
+        missing = (
+            candidates["card"].tolist()
+            if AMOUNT not in candidates
+            else candidates.loc[candidates[AMOUNT].isna(), "card"].tolist()
+        )
+        raise RankError(
+            f"the study's model uses the amount of images, and candidate(s) {missing} have none: set `count` on "
+            f"the card or pass `--count N` (the images the candidate would supply)"
+        )
+    features = [f for f in features if f in candidates]
     if not features:
         raise RankError("no raw-pool criterion is shared by the study's surrogates and the candidates")
     model = RidgeRanker.fit(points, features, alpha)
@@ -157,7 +212,7 @@ def score_candidates(points: pd.DataFrame, candidates: pd.DataFrame, alpha: floa
 
 
 def rank_study_candidates(
-    spec_path: str, root: str | None, candidates: list[str], cards_dir: Path | None = None
+    spec_path: str, root: str | None, candidates: list[str], cards_dir: Path | None = None, count: int | None = None
 ) -> tuple[pd.DataFrame, Validation]:
     """`kd-study rank`: the finished study's surrogates fit the model, candidate cards get teacher passes only."""
     from study.config import load_card, load_study
@@ -165,7 +220,7 @@ def rank_study_candidates(
     from study.device import pick_device
     from study.pipeline import study_paths
     from study.populations import arm_temperature, raw_pool
-    from study.report import collect_arms, collect_trials, surrogate_points
+    from study.report import collect_arms, collect_trials
     from study.resources import resolve_card_path, resolve_spec_path
     from study.stats import arm_accuracy, ranking_metric
     from study.teacher import load_teacher
@@ -181,10 +236,11 @@ def rank_study_candidates(
             f"study '{spec.name}' has no student test accuracies (its teacher has no labelled test split): "
             "`kd-study rank` predicts test accuracy, so it needs a study with eval data"
         )
-    points = surrogate_points(arm_accuracy(trials, spec.search.metric), arms) if len(trials) else pd.DataFrame()
-    if len(points) < MIN_POINTS:
+    points = model_points(arm_accuracy(trials, spec.search.metric), arms) if len(trials) else pd.DataFrame()
+    if surrogate_count(points) < MIN_POINTS:
         raise RankError(
-            f"study '{spec.name}' has {len(points)} surrogate(s) with finished results in {paths.tracking_uri}; "
+            f"study '{spec.name}' has {surrogate_count(points)} surrogate(s) with finished results in "
+            f"{paths.tracking_uri}; "
             f"`kd-study rank` needs at least {MIN_POINTS} to fit and validate its model"
         )
     validation = validate(points)
@@ -195,5 +251,12 @@ def rank_study_candidates(
         arm = spec.arms[0].model_copy(update={"name": card.name, "card": card.name, "train": {}})
         pool = raw_pool(card, spec.criteria.images, (teacher.meta.mean, teacher.meta.std), teacher.meta.num_classes)
         found = measure(teacher, batched(pool), arm_temperature(spec, arm, card, teacher.meta))
-        rows.append({"card": card.name, **{f"crit_raw_{k}": v for k, v in found.values.items()}})
+        amount = count or card.count
+        rows.append(
+            {
+                "card": card.name,
+                AMOUNT: math.log10(amount) if amount else math.nan,
+                **{f"crit_raw_{k}": v for k, v in found.values.items()},
+            }
+        )
     return score_candidates(points, pd.DataFrame(rows)), validation

@@ -216,9 +216,9 @@ def collect(
     results.artifacts = arm_artifacts(tracker, arms, artifact_dir)
     # the ranking model predicts test accuracy; agreement is not comparable across surrogates (see `finding`)
     if len(points) >= MIN_POINTS and ranked == "test_acc":
-        from study.rank import validate
+        from study.rank import model_points, validate
 
-        results.validation = validate(points)
+        results.validation = validate(model_points(ranking, arms))
     return results
 
 

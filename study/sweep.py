@@ -219,6 +219,7 @@ class PerArmSearch(Searcher):
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # a restored searcher never ran __init__
         for arm, trials in state["studies"].items():
             study = optuna.create_study(direction="maximize")
             for t in trials:

@@ -10,6 +10,8 @@ standard settings, `RAY_AUTH_MODE=token` and `RAY_AUTH_TOKEN`, in the environmen
 clients the test starts (`LocalRayCluster.client_env`). A client without them is refused.
 
 Health checks are shortened (RAY_health_check_*) so that the GCS declares a killed node dead within seconds.
+The nodes' temp dirs (their logs: `session_latest/logs/job-driver-*.log`, raylet, workers) are removed at exit
+unless KD_TEST_KEEP_RAY=1, for reading after a failure.
 """
 
 from __future__ import annotations
@@ -243,7 +245,8 @@ def local_ray_cluster(worker_cpus: list[int], head_cpus: int = 1, **env: str) ->
         yield cluster
     finally:
         cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if not os.environ.get("KD_TEST_KEEP_RAY"):
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager

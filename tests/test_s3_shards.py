@@ -174,6 +174,22 @@ class TestBuildAndReadOnMoto:
         from_worker = [np.concatenate(batches[w::2]) for w in range(2)]
         assert all(len(f) == COUNT // 2 for f in from_worker)
 
+    def test_bytes_two_dataloader_workers_stream_from_s3_are_counted_for_the_trial_process(
+        self, s3_env: S3Server, local_build: tuple[Path, str]
+    ) -> None:
+        root = build(local_build[0], f"s3://{s3_env.make_bucket()}/surrogates")
+        manifest = shards.read_manifest(root)
+        surrogate_bytes = sum(s.bytes for s in manifest.shards)
+        stream = ShardStream(root, manifest, batch_size=16, seed=1, shuffle_buffer=32)
+        loader = iter(stream_loader(stream, workers=2))
+        before = storage.s3_counters()["bytes_read"]
+        for _ in range(COUNT // 16):  # one epoch: every shard streamed once, by one worker or the other
+            next(loader)
+        assert storage.s3_counters()["bytes_read"] == before  # nothing was read in this process...
+        # ...and the workers' reads are seen here: at least one epoch, at most the next one prefetched too
+        assert surrogate_bytes <= stream.worker_s3_bytes() <= 2 * surrogate_bytes
+        del loader
+
 
 class TestFaults:
     def test_build_verify_and_read_through_twenty_percent_faults(

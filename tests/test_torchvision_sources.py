@@ -16,6 +16,9 @@ import json
 import pickle
 import re
 import struct
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ from PIL import Image
 from study.data import imagenet_sources
 from study.data.imagenet_sources import imagenet_class_list
 from study.data.real import SourceError, list_sources, load_source
+from study.data.torchvision_lists import dtd_files, fgvc_aircraft_files, food101_files, oxford_pets_files
 
 TORCHVISION_SOURCES = (
     "cifar10", "cifar100", "svhn", "stl10", "food101", "dtd", "fgvc_aircraft", "oxford_pets", "eurosat", "mnist",
@@ -144,28 +148,34 @@ def _write_stl10(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _write_food101(root: Path) -> None:
+    """Classes are written out of sorted order (sushi first): their labels must still follow the sorted names."""
     base = root / "food-101"
     (base / "meta").mkdir(parents=True)
     for split, n in (("train", 6), ("test", 4)):
         meta: dict[str, list[str]] = {}
-        for label, cls in enumerate(("apple_pie", "sushi")):
+        for label, cls in reversed(list(enumerate(("apple_pie", "sushi")))):
             meta[cls] = [f"{cls}/{split}{i}" for i in range(n)]
             for rel in meta[cls]:
                 _write_jpeg(base / "images" / f"{rel}.jpg", label, (40, 30))
         (base / "meta" / f"{split}.json").write_text(json.dumps(meta))
 
 
+DTD_PER_CLASS = {"train": 3, "val": 1, "test": 2}  # partition 1; partition p lists p - 1 more of each class
+
+
 def _write_dtd(root: Path) -> None:
+    """Two partitions whose splits all differ in size; lines run from the last class to the first."""
     data = root / "dtd" / "dtd"
     (data / "labels").mkdir(parents=True)
-    for split in ("train", "val", "test"):
-        lines = []
-        for label, cls in enumerate(("banded", "dotted", "zigzagged")):
-            for i in range(2):
-                name = f"{cls}_{split}{i}.jpg"
-                _write_jpeg(data / "images" / cls / name, label)
-                lines.append(f"{cls}/{name}")
-        (data / "labels" / f"{split}1.txt").write_text("\n".join(lines) + "\n")
+    for partition in (1, 2):
+        for split, per_class in DTD_PER_CLASS.items():
+            lines = []
+            for label, cls in reversed(list(enumerate(("banded", "dotted", "zigzagged")))):
+                for i in range(per_class + partition - 1):
+                    name = f"{cls}_{split}{partition}_{i}.jpg"
+                    _write_jpeg(data / "images" / cls / name, label)
+                    lines.append(f"{cls}/{name}")
+            (data / "labels" / f"{split}{partition}.txt").write_text("\n".join(lines) + "\n")
 
 
 AIRCRAFT_FAMILY = {"737-300": "Boeing 737", "737-400": "Boeing 737", "A380": "A380"}
@@ -287,11 +297,13 @@ class TestFileSources:
         _assert_paired(data.images, data.labels, tol=3)
         assert len(load_source("food101", "val", 16, root=str(tmp_path))) == 4
 
-    def test_dtd_uses_its_own_train_val_test_and_partition(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("partition", [1, 2])
+    def test_dtd_uses_its_own_train_val_test_and_partition(self, tmp_path: Path, partition: int) -> None:
         _write_dtd(tmp_path)
-        for split in ("train", "val", "test"):
-            data = load_source("dtd", split, 8, root=str(tmp_path), params={"partition": 1})
-            assert len(data) == 6 and data.classes == ["banded", "dotted", "zigzagged"]
+        for split, per_class in DTD_PER_CLASS.items():
+            data = load_source("dtd", split, 8, root=str(tmp_path), params={"partition": partition})
+            assert np.bincount(data.labels).tolist() == [per_class + partition - 1] * 3
+            assert data.classes == ["banded", "dotted", "zigzagged"]
             _assert_paired(data.images, data.labels, tol=3)
 
     def test_fgvc_aircraft_reads_variant_annotations(self, tmp_path: Path) -> None:
@@ -299,6 +311,11 @@ class TestFileSources:
         data = load_source("fgvc_aircraft", "trainval", 8, root=str(tmp_path), params={"annotation_level": "variant"})
         assert data.classes == list(AIRCRAFT_FAMILY) and np.bincount(data.labels).tolist() == [3, 3, 3]
         _assert_paired(data.images, data.labels, tol=3)
+
+    def test_an_argument_torchvision_rejects_is_a_source_error_naming_it(self, tmp_path: Path) -> None:
+        _write_aircraft(tmp_path)
+        with pytest.raises(SourceError, match=r"fgvc_aircraft.*FGVCAircraft rejected.*annotation_level.*model"):
+            load_source("fgvc_aircraft", "train", 8, root=str(tmp_path), params={"annotation_level": "model"})
 
     def test_fgvc_aircraft_defaults_to_the_papers_family_level(self, tmp_path: Path) -> None:
         # a teacher loads its dataset without params: it must classify the 70 families, as the paper's teachers do
@@ -321,6 +338,106 @@ class TestFileSources:
         data = load_source("eurosat", "train", 8, root=str(tmp_path))
         assert data.classes == ["AnnualCrop", "Forest"]
         _assert_paired(data.images, data.labels, tol=3)
+
+
+def _write_aircraft_variants(root: Path) -> None:
+    """Aircraft's variant class list alone: its reader reads it before the split file."""
+    (root / "fgvc-aircraft-2013b" / "data").mkdir(parents=True)
+    (root / "fgvc-aircraft-2013b" / "data" / "variants.txt").write_text("A380\n")
+
+
+def _case(write: Callable, cls: type, read: Callable, **kwargs: object) -> object:
+    return pytest.param(write, cls, read, kwargs, id="-".join([cls.__name__, *map(str, kwargs.values())]))
+
+
+# each case: the layout writer, the torchvision class, our reader of its split files, and the kwargs both are given
+SPLIT_FILE_CASES = [
+    *[_case(_write_food101, tvd.Food101, food101_files, split=s) for s in ("train", "test")],
+    *[_case(_write_dtd, tvd.DTD, dtd_files, split=s, partition=p) for s in DTD_PER_CLASS for p in (1, 2)],
+    *[
+        _case(_write_aircraft, tvd.FGVCAircraft, fgvc_aircraft_files, split=s, annotation_level=level)
+        for s in ("train", "val", "test", "trainval")
+        for level in ("variant", "family")
+    ],
+    *[_case(_write_pets, tvd.OxfordIIITPet, oxford_pets_files, split=s) for s in ("trainval", "test")],
+]
+
+
+class TestSplitFileReaders:
+    @pytest.mark.parametrize(("write", "cls", "read", "kwargs"), SPLIT_FILE_CASES)
+    def test_reader_yields_torchvisions_own_items(
+        self, tmp_path: Path, write: Callable, cls: type, read: Callable, kwargs: dict[str, object]
+    ) -> None:
+        """Same classes, same labels as `dataset[i][1]`, and each listed file decodes to `dataset[i][0]`."""
+        write(tmp_path)
+        dataset = cls(str(tmp_path), **kwargs)
+        listed = read(str(tmp_path), **kwargs)
+        items = [dataset[i] for i in range(len(dataset))]
+        assert listed.classes == dataset.classes
+        assert listed.labels == [label for _, label in items] and len(set(listed.labels)) > 1
+        for path, (image, _) in zip(listed.paths, items, strict=True):
+            with Image.open(path) as decoded:
+                assert np.array_equal(np.asarray(decoded.convert("RGB")), np.asarray(image))
+
+    @pytest.mark.parametrize(
+        ("read", "kwargs", "missing"),
+        [
+            (food101_files, {"split": "test"}, "food-101/meta/test.json"),
+            (dtd_files, {"split": "val", "partition": 3}, "dtd/dtd/labels/val3.txt"),
+            (fgvc_aircraft_files, {"annotation_level": "family"}, "fgvc-aircraft-2013b/data/families.txt"),
+            (fgvc_aircraft_files, {"split": "val"}, "fgvc-aircraft-2013b/data/images_variant_val.txt"),
+            (oxford_pets_files, {"split": "test"}, "oxford-iiit-pet/annotations/test.txt"),
+        ],
+        ids=["food101", "dtd", "aircraft-classes", "aircraft-split", "pets"],
+    )
+    def test_missing_split_file_is_named(self, tmp_path: Path, read: Callable, kwargs: dict, missing: str) -> None:
+        _write_aircraft_variants(tmp_path)
+        with pytest.raises(SourceError, match=re.escape(f"{tmp_path / missing}: cannot read")):
+            read(tmp_path, **kwargs)
+
+    @pytest.mark.parametrize(
+        ("read", "split_file", "text", "where"),
+        [
+            (food101_files, "food-101/meta/train.json", "{", "train.json: not JSON"),
+            (food101_files, "food-101/meta/train.json", '{"sushi": "sushi/1"}', "train.json: expected a JSON object"),
+            (dtd_files, "dtd/dtd/labels/train1.txt", "banded/a.jpg\nbanded\n", "train1.txt:2: expected 'class/"),
+            (
+                fgvc_aircraft_files,
+                "fgvc-aircraft-2013b/data/images_variant_trainval.txt",
+                "0001 A380\n0002 A390\n",
+                "images_variant_trainval.txt:2: expected 'image-id class' with a class in variants.txt",
+            ),
+            (oxford_pets_files, "oxford-iiit-pet/annotations/trainval.txt", "cat_1 one 1 1\n", "trainval.txt:1:"),
+            (
+                oxford_pets_files,
+                "oxford-iiit-pet/annotations/trainval.txt",
+                "cat_1 1 1 1\ndog_1 1 2 1\n",
+                "trainval.txt:2: class id 1 is 'dog' here, 'cat' before",
+            ),
+        ],
+    )
+    def test_malformed_split_file_is_named_with_its_line(
+        self, tmp_path: Path, read: Callable, split_file: str, text: str, where: str
+    ) -> None:
+        _write_aircraft_variants(tmp_path)
+        (tmp_path / split_file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / split_file).write_text(text)
+        with pytest.raises(SourceError, match=re.escape(where)):
+            read(tmp_path)
+
+    def test_the_readers_module_imports_on_its_own(self) -> None:
+        # it imports `real`, which imports torchvision_sources, which uses it: the cycle must hold either way round
+        code = "import study.data.torchvision_lists as m; from study.data.real import load_source; print(m.dtd_files)"
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+    def test_a_reader_that_disagrees_with_torchvision_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # stands for a torchvision release that reads its split files differently from torchvision_lists
+        _write_food101(tmp_path)
+        monkeypatch.setattr(tvd.Food101, "__len__", lambda self: 1)
+        with pytest.raises(SourceError, match=r"train\.json: read as 12 images .* no longer matches"):
+            load_source("food101", "train", 8, root=str(tmp_path))
 
 
 class TestMissingData:

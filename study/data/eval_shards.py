@@ -5,6 +5,11 @@ need that dataset at the same path on every worker node; instead the driver writ
 surrogate shard format (blocks of uint8 images with their labels, `manifest.json` with a sha256 per shard), under
 `<root>/eval/<teacher_id>/<split>/`, and trials read them from there like any surrogate. A rerun keeps them after
 the same presence check a surrogate gets; `kd-study data verify` checks their hashes.
+
+Where the dataset is: a study run locally writes them itself. A submitted study's driver runs on the cluster, which
+reaches the bucket but usually not the teacher's dataset (a folder on the submitting machine, a torchvision root
+under its `$KD_STUDY_DATA`), so `kd-study data eval-splits` writes them from the machine that has it, once per
+teacher and study root; the driver then finds them and never needs the dataset.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from study.config import CardSpec, RealSource
 from study.data import shards
 from study.data.build import BuildResult, build_surrogate
 from study.data.loader import read_all
+from study.data.real import SourceError
 
 
 def teacher_eval_root(eval_root: str, teacher_id: str) -> str:
@@ -51,7 +57,14 @@ def build_eval_shards(meta, eval_root: str) -> dict[str, BuildResult]:  # meta: 
     results = {}
     for split in dict.fromkeys((meta.val_split, meta.test_split)):
         card = eval_card(meta.dataset, split, meta.image_size, meta.dataset_root, meta.dataset_params)
-        results[split] = build_surrogate(card, root)
+        try:
+            results[split] = build_surrogate(card, root)
+        except SourceError as err:
+            raise SourceError(
+                f"{storage.join(root, split)}: the teacher's eval split '{split}' is not there and its dataset "
+                f"'{meta.dataset}' is not on this machine ({err}); write the eval splits from a machine that has "
+                f"it: kd-study data eval-splits --teacher TEACHER_URI --out {eval_root}"
+            ) from None
         if not results[split].manifest.labelled:
             raise shards.ShardError(f"{results[split].root}: eval split '{split}' has no labels to evaluate on")
     return results

@@ -9,6 +9,7 @@ the image budget needs, each epoch with its own seeded shard order.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -90,6 +91,22 @@ class ShardStream(IterableDataset):
         self.urls = urls
         self.expected = {u: s.count for u, s in zip(urls, manifest.shards, strict=False)}
         self.epoch = 0
+        self._worker_s3_bytes: Any = None  # see `share_s3_tally`
+
+    def share_s3_tally(self, workers: int) -> None:
+        """Give each of `workers` DataLoader worker processes a slot of shared memory for its S3 bytes.
+
+        A worker process streams shards (and fills the shard cache) with its own copy of `storage`'s counters,
+        which the trial's process never sees; each worker writes its running total into its own slot (one writer
+        per slot, no lock a killed worker could leave held). A RawArray reaches the workers under fork (inherited)
+        and spawn (pickled when the DataLoader starts them) alike.
+        """
+        self._worker_s3_bytes = multiprocessing.RawArray("q", workers) if workers > 0 else None
+
+    def worker_s3_bytes(self) -> int:
+        """Bytes the DataLoader worker processes have streamed from S3 so far (0 without workers: then the
+        reads happen in the caller's process, where `storage.s3_counters()` counts them)."""
+        return sum(self._worker_s3_bytes) if self._worker_s3_bytes is not None else 0
 
     def _my_urls(self, epoch: int) -> list[str]:
         """This worker's shards for `epoch`. The shard order is drawn from (seed, epoch) alone, the same in
@@ -104,6 +121,14 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[torch.Tensor]:
         info = get_worker_info()
         worker = 0 if info is None else info.id
+        tally = self._worker_s3_bytes if info is not None else None
+        start = storage.s3_counters()["bytes_read"]
+        for batch in self._batches(worker):
+            if tally is not None:
+                tally[worker] = storage.s3_counters()["bytes_read"] - start
+            yield batch
+
+    def _batches(self, worker: int) -> Iterator[torch.Tensor]:
         epoch = self.epoch
         # one filler across epochs: an epoch's last partial batch is completed by the next epoch's images, so a
         # surrogate smaller than one batch wraps around (its batches repeat images) instead of never filling one
@@ -179,8 +204,10 @@ class _BatchFiller:
 
 
 def stream_loader(stream: ShardStream, workers: int, pin_memory: bool = False) -> DataLoader:
+    """The trial's DataLoader over `stream`; its workers' S3 reads are tallied in `stream.worker_s3_bytes()`."""
     if workers > len(stream.urls):
         workers = len(stream.urls)
+    stream.share_s3_tally(workers)
     return DataLoader(
         stream,
         batch_size=None,

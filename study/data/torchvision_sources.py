@@ -8,7 +8,8 @@ dataset without an official validation split gives `val` and `test` as two fixed
 test split (the design's val/test convention: search on one half, report on the other); EuroSAT, which ships no
 splits at all, is cut 60/20/20. Labels are read before any image is decoded, so `count` picks a seeded,
 class-balanced subset and only those images are decoded (array datasets are sliced, file datasets decode the chosen
-files with PIL, no per-image torch transforms).
+files with PIL, no per-image torch transforms). torchvision keeps the file lists of Food-101, DTD, Aircraft and Pets
+private, so `torchvision_lists` reads them from the same split files.
 
 Data lives under the card's `source.root`, else `$KD_STUDY_DATA/<name>`, else `~/.cache/kd-study/<name>`; nothing is
 downloaded unless the card says `params: {download: true}`.
@@ -23,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+# the module, not its names: torchvision_lists imports `real`, which imports this module, so when torchvision_lists is
+# imported first its readers do not exist yet while this module registers (see `_split_file_opener`)
+from study.data import torchvision_lists
 from study.data.images import LabelledImages
 from study.data.real import SourceError, _check_split, register_source
 from study.data.real_subsets import (
@@ -57,6 +61,10 @@ class _Opened:
     decode: Callable[[np.ndarray, int], np.ndarray]
 
 
+# (the opened torchvision dataset, our split name, the keyword arguments it was opened with) -> what selection needs
+_Opener = Callable[[Any, str, dict[str, Any]], _Opened]
+
+
 def _train_test(train: dict[str, Any], test: dict[str, Any], **extra: dict[str, Any]) -> dict[str, _Split]:
     splits = {"train": _Split(train), "val": _Split(test, _HALVES["val"]), "test": _Split(test, _HALVES["test"])}
     return {**splits, **{name: _Split(kwargs) for name, kwargs in extra.items()}}
@@ -75,7 +83,7 @@ def _register(
     name: str,
     cls_name: str,
     splits: dict[str, _Split],
-    opener: Callable[[Any, str], _Opened],
+    opener: _Opener,
     options: dict[str, str] | None = None,
     defaults: dict[str, Any] | None = None,
 ) -> None:
@@ -105,13 +113,15 @@ def _register(
         cls = getattr(torchvision.datasets, cls_name)
         try:
             dataset = cls(str(where), download=bool(download), **kwargs)
+        except ValueError as err:  # torchvision's argument checks (e.g. an unknown annotation_level)
+            raise SourceError(f"real source '{name}': torchvision {cls_name} rejected {kwargs}: {err}") from err
         except (RuntimeError, OSError) as err:
             if download:
                 raise SourceError(
                     f"real source '{name}': torchvision {cls_name} download into {where} failed: {err}"
                 ) from err
             raise SourceError(_missing_message(name, cls_name, where, err)) from err
-        opened = opener(dataset, split)
+        opened = opener(dataset, split, kwargs)
         n = len(dataset)
         if spec.part is None:
             index = np.arange(n)
@@ -134,10 +144,10 @@ def _register(
 # ------------------------------------------------------------------------------------------- openers
 def _array_opener(
     images: Callable[[Any], np.ndarray], labels: Callable[[Any], np.ndarray | None], classes: Callable[[Any], list[str]]
-) -> Callable[[Any, str], _Opened]:
+) -> _Opener:
     """Datasets that torchvision holds as one uint8 array: the chosen rows are sliced, then resized in chunks."""
 
-    def open_(dataset: Any, split: str) -> _Opened:
+    def open_(dataset: Any, split: str, kwargs: dict[str, Any]) -> _Opened:
         array = images(dataset)
         return _Opened(
             labels(dataset) if split != "unlabeled" else None,
@@ -155,11 +165,11 @@ def _as_nhwc(array: np.ndarray, idx: np.ndarray, size: int) -> np.ndarray:
     return resize_array(chosen, size)
 
 
-def _file_opener(files: Callable[[Any], tuple[list[Any], list[int]]]) -> Callable[[Any, str], _Opened]:
+def _file_opener(files: Callable[[Any, dict[str, Any]], tuple[list[Any], list[int]]]) -> _Opener:
     """Datasets that torchvision holds as a list of image files: only the chosen files are decoded."""
 
-    def open_(dataset: Any, split: str) -> _Opened:
-        paths, labels = files(dataset)
+    def open_(dataset: Any, split: str, kwargs: dict[str, Any]) -> _Opened:
+        paths, labels = files(dataset, kwargs)
         return _Opened(
             np.asarray(labels, dtype=np.int64),
             list(dataset.classes),
@@ -181,10 +191,26 @@ _svhn = _array_opener(
 _stl10 = _array_opener(
     lambda d: _chw_to_hwc(d.data), lambda d: np.asarray(d.labels), lambda d: list(getattr(d, "classes", STL10_CLASSES))
 )
-# torchvision keeps these lists private; tests/test_torchvision_sources.py pins them for the supported versions
-_listed = _file_opener(lambda d: (d._image_files, d._labels))
-_pets = _file_opener(lambda d: (d._images, d._labels))
-_folder = _file_opener(lambda d: ([p for p, _ in d.samples], [c for _, c in d.samples]))
+_folder = _file_opener(lambda d, kwargs: ([p for p, _ in d.samples], [c for _, c in d.samples]))
+
+
+def _split_file_opener(reader: Callable[[], Callable[..., torchvision_lists.SplitFiles]]) -> _Opener:
+    """Datasets whose file list torchvision keeps private: the reader (looked up when a dataset is opened, as the
+    import cycle above needs) parses the split file the dataset was opened on, with the same root and kwargs; a parse
+    that disagrees with the dataset's public classes or length is refused."""
+
+    def files(dataset: Any, kwargs: dict[str, Any]) -> tuple[list[Any], list[int]]:
+        listed = reader()(dataset.root, **kwargs)
+        if listed.classes != list(dataset.classes) or len(listed.paths) != len(dataset):
+            raise SourceError(
+                f"{listed.split_file}: read as {len(listed.paths)} images of {len(listed.classes)} classes, but "
+                f"torchvision {type(dataset).__name__} has {len(dataset)} of {len(dataset.classes)} (or orders its "
+                "classes differently); study/data/torchvision_lists.py no longer matches this torchvision"
+            )
+        return listed.paths, listed.labels
+
+    return _file_opener(files)
+
 
 _TRAIN, _TEST = {"train": True}, {"train": False}
 
@@ -196,19 +222,24 @@ _register("svhn", "SVHN", _train_test({"split": "train"}, {"split": "test"}, ext
 _register(
     "stl10", "STL10", _train_test({"split": "train"}, {"split": "test"}, unlabeled={"split": "unlabeled"}), _stl10
 )
-_register("food101", "Food101", _train_test({"split": "train"}, {"split": "test"}), _listed)
+_register(
+    "food101",
+    "Food101",
+    _train_test({"split": "train"}, {"split": "test"}),
+    _split_file_opener(lambda: torchvision_lists.food101_files),
+)
 _register(
     "dtd",
     "DTD",
     {s: _Split({"split": s}) for s in ("train", "val", "test")},
-    _listed,
+    _split_file_opener(lambda: torchvision_lists.dtd_files),
     options={"partition": "partition"},
 )
 _register(
     "fgvc_aircraft",
     "FGVCAircraft",
     {s: _Split({"split": s}) for s in ("train", "val", "test", "trainval")},
-    _listed,
+    _split_file_opener(lambda: torchvision_lists.fgvc_aircraft_files),
     options={"annotation_level": "annotation_level"},
     # the paper's Aircraft teachers classify the 70 families; `annotation_level: variant` gives the 100 variants
     defaults={"annotation_level": "family"},
@@ -217,7 +248,7 @@ _register(
     "oxford_pets",
     "OxfordIIITPet",
     _train_test({"split": "trainval"}, {"split": "test"}, trainval={"split": "trainval"}),
-    _pets,
+    _split_file_opener(lambda: torchvision_lists.oxford_pets_files),
 )
 _register(
     "eurosat",

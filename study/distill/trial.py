@@ -380,8 +380,9 @@ class TrialPlacement:
     """Where a trial runs and what it read from S3, reported with its metrics (the MLflow run's `node_id` tag and
     `s3_bytes_read` metric): on a cluster they show which node ran it and that its data came from the bucket.
 
-    `s3_bytes_read` counts this process's reads since the trial (or its resumption) started: DataLoader worker
-    processes (`resources.loader_workers` > 0) read in processes of their own, which it does not see.
+    `s3_bytes_read` counts the trial's reads since it (or its resumption) started: this process's (eval splits,
+    and shards when the trial reads them itself) plus those of its DataLoader worker processes
+    (`resources.loader_workers` > 0), which tally into shared memory on the stream (`ShardStream.worker_s3_bytes`).
     """
 
     def __init__(self) -> None:
@@ -390,8 +391,9 @@ class TrialPlacement:
         self.node_id = ray.get_runtime_context().get_node_id()
         self.start = storage.s3_counters()["bytes_read"]
 
-    def result(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "s3_bytes_read": float(storage.s3_counters()["bytes_read"] - self.start)}
+    def result(self, stream: ShardStream) -> dict[str, Any]:
+        own = storage.s3_counters()["bytes_read"] - self.start
+        return {"node_id": self.node_id, "s3_bytes_read": float(own + stream.worker_s3_bytes())}
 
 
 def tune_trainable(config: dict[str, Any], spec_json: str, paths: TrialPaths) -> None:
@@ -411,7 +413,8 @@ def tune_trainable(config: dict[str, Any], spec_json: str, paths: TrialPaths) ->
     def report(metrics: dict[str, float], _: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="kd-ckpt-") as directory:
             trial.save(Path(directory))
-            tune.report({**metrics, **placement.result()}, checkpoint=tune.Checkpoint.from_directory(directory))
+            saved = tune.Checkpoint.from_directory(directory)
+            tune.report({**metrics, **placement.result(trial.stream)}, checkpoint=saved)
 
     try:
         trial.run(report)
