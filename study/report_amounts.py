@@ -25,10 +25,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
+
+from study.stats import ACCURACY, mean_interval
 
 FRACTIONS = (0.90, 0.95, 0.99)
-LEVEL = 0.95
 PLOT = "accuracy_vs_amount.png"
 
 
@@ -94,11 +94,9 @@ def arm_accuracy(trials: pd.DataFrame) -> pd.DataFrame:
             done = full if len(full) else done
         final = done[done["phase"] == "final"]
         if len(final):
-            x = final["test_acc"].to_numpy(dtype=np.float64)
-            mean, n = float(x.mean()), len(x)
-            half = float(sps.t.ppf((1 + LEVEL) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-            rows.append({"arm": arm, "test_acc": mean, "ci_low": mean - half, "ci_high": mean + half, "n": n,
-                         "basis": f"mean of {n} final seed(s)"})  # fmt: skip
+            iv = mean_interval(final["test_acc"].to_numpy(dtype=np.float64), bounds=ACCURACY)
+            rows.append({"arm": arm, "test_acc": iv.mean, "ci_low": iv.low, "ci_high": iv.high, "n": iv.n,
+                         "basis": f"mean of {iv.n} final seed(s)"})  # fmt: skip
         elif len(done):
             best = done.loc[done["val_acc"].fillna(-1).idxmax()]
             rows.append({"arm": arm, "test_acc": float(best["test_acc"]), "ci_low": math.nan, "ci_high": math.nan,

@@ -119,3 +119,14 @@ def test_arm_accuracy_without_a_test_split_ranks_by_agreement() -> None:
     assert list(r["arm"]) == ["b", "a"] and "test_acc" not in r and set(r["ranked_by"]) == {"agreement"}
     a = r.set_index("arm").loc["a"]
     assert a["agreement"] == pytest.approx(0.85) and a["n"] == 2 and a["full_budget"] == 3
+
+
+def test_an_accuracy_interval_stays_within_0_and_1() -> None:
+    from study.stats import ACCURACY, mean_interval
+
+    wide = mean_interval([0.394, 0.503])  # 2 seeds: t = 12.7
+    assert wide.low < 0 and wide.high > 1
+    cut = mean_interval([0.394, 0.503], bounds=ACCURACY)
+    assert (cut.low, cut.high) == (0.0, 1.0) and cut.mean == wide.mean
+    narrow = mean_interval([0.5, 0.51, 0.49], bounds=ACCURACY)
+    assert 0 < narrow.low < narrow.mean < narrow.high < 1
