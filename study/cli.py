@@ -108,23 +108,28 @@ def _progress() -> Progress:
 def _print_ranking(outcome) -> None:
     ranking = outcome.report.ranking
     show_surrogate = bool(len(ranking)) and bool((ranking["arm"] != ranking["surrogate"]).any())
-    bases = ["final seeds" if str(b).startswith("mean") else "best trial by val" for b in ranking.get("basis", [])]
+    ranked = str(ranking["ranked_by"].iloc[0]) if len(ranking) else "test_acc"
+    label = {"test_acc": "test acc", "agreement": "agreement"}[ranked]
+    picked = next((c.removeprefix("best_") for c in ranking.columns if c.startswith("best_")), "val_acc")
+    best = f"best trial by {picked}"
+    bases = ["final seeds" if str(b).startswith("mean") else best for b in ranking.get("basis", [])]
     show_basis = len(set(bases)) > 1  # one basis for every arm goes in the caption: the table fits 80 columns
     caption = None
     if bases and not show_basis:
         caption = (
-            "test acc: mean of the final seeds, 95% t interval"
+            f"{label}: mean of the final seeds, 95% t interval"
             if bases[0] == "final seeds"
-            else ("test acc: the best search trial by val (no final phase)")
+            else f"{label}: the {bases[0]} (no final phase)"
         )
-    table = Table(title="Arms ranked by student test accuracy", caption=caption)
-    columns = ["#", "arm", *(["surrogate"] if show_surrogate else []), "test acc", "95% CI", *(["basis"] * show_basis)]
+    title = f"Arms ranked by student {'test accuracy' if ranked == 'test_acc' else 'agreement'}"
+    table = Table(title=title, caption=caption)
+    columns = ["#", "arm", *(["surrogate"] if show_surrogate else []), label, "95% CI", *(["basis"] * show_basis)]
     for col in columns:
         table.add_column(col, justify="left" if col in ("arm", "surrogate", "basis") else "right", no_wrap=True)
     for (rank, row), basis in zip(ranking.iterrows(), bases, strict=True):
         cells = [str(rank), row["arm"], *([row["surrogate"]] if show_surrogate else [])]
         ci = "" if row["ci_low"] != row["ci_low"] else f"{100 * row['ci_low']:.1f}-{100 * row['ci_high']:.1f}%"
-        cells += [f"{row['test_acc']:.1%}", ci, *([basis] * show_basis)]
+        cells += [f"{row[ranked]:.1%}", ci, *([basis] * show_basis)]
         table.add_row(*cells)
     console.print(table)
     if outcome.teacher.test_accuracy is not None:
@@ -230,7 +235,9 @@ def report(
         paths = study_paths(study_spec)
         meta = load_meta(paths.teacher)
         tracker = open_tracker(study_spec, paths, str(spec_path.resolve().parent))
-        result, uri = publish_report(tracker, paths, meta, study_spec.name, out, total_trials(study_spec))
+        result, uri = publish_report(
+            tracker, paths, meta, study_spec.name, out, total_trials(study_spec), metric=study_spec.search.metric
+        )
     console.print(f"finding: {result.finding}", soft_wrap=True)
     console.print(
         f"report: [bold]{uri}[/] (report.html, report.md; {len(result.ranking)} arms)"
@@ -271,7 +278,7 @@ def status(
     tracking_uri: TrackingOption = None,
     ray_address: RayAddressOption = None,
 ) -> None:
-    """Per arm and phase: trials done / running / failed / pending and the best val_acc so far (from MLflow)."""
+    """Per arm and phase: trials done / running / failed / pending and the best search metric so far (MLflow)."""
     from study.pipeline import open_tracker, study_paths
     from study.status import study_status
 
@@ -284,10 +291,11 @@ def status(
         console.print(f"study {tracker.name}: not started (no experiment in {paths.tracking_uri})")
         raise typer.Exit(1)
     table = Table(title=f"study {tracker.name}")
-    for col in ("arm", "phase", "done", "running", "failed", "pending", "stopped", "best val"):  # fits 80 columns
+    best_col = "best val" if study_spec.search.metric == "val_acc" else "best agr"
+    for col in ("arm", "phase", "done", "running", "failed", "pending", "stopped", best_col):  # fits 80 columns
         table.add_column(col, justify="left" if col in ("arm", "phase") else "right", no_wrap=True)
     for r in rows:
-        best = f"{r.best_val_acc:.2%}" if r.best_val_acc is not None else "-"
+        best = f"{r.best:.2%}" if r.best is not None else "-"
         cells = (r.done, r.running, r.failed, r.pending, r.stopped_early)
         table.add_row(r.arm, r.phase, *(str(c) for c in cells), best)
     console.print(table)
@@ -326,6 +334,13 @@ def teacher_train(
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     image_size: Annotated[int, typer.Option(min=8)] = 32,
     seed: int = 0,
+    dataset_root: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder of the dataset (for --dataset folder: class folders, split into train/val/test "
+            "when it has no train/val/test folders)."
+        ),
+    ] = None,
 ) -> None:
     """Train a teacher on a labelled dataset and save it with its meta.json."""
     from study.config import TeacherSpec
@@ -334,6 +349,8 @@ def teacher_train(
 
     with user_errors():
         spec = TeacherSpec(dataset=dataset, arch=arch, epochs=epochs, image_size=image_size, seed=seed)
+        if dataset_root is not None:
+            spec = spec.model_copy(update={"dataset_root": resolve(dataset_root)})
         with _progress() as progress:
             task = progress.add_task(f"teacher {arch} on {dataset}", total=epochs)
             result = train_teacher(spec, resolve(out), on_epoch=lambda e, n, _l: progress.update(task, completed=e))
@@ -341,6 +358,64 @@ def teacher_train(
     console.print(
         f"teacher {m.teacher_id}: train {m.train_accuracy:.2%}, val {m.val_accuracy:.2%}, "
         f"test {m.test_accuracy:.2%} -> {resolve(out)}"
+    )
+
+
+@teacher_app.command("import")
+def teacher_import(
+    weights: Annotated[str, typer.Option(help="State dict (torch.save), TorchScript file or torch.export .pt2.")],
+    out: Annotated[str, typer.Option(help="Where to save weights.pt and meta.json (folder or s3:// URI).")],
+    arch: Annotated[
+        str | None, typer.Option(help="Zoo or torchvision.models name (needed for a state dict), e.g. resnet18.")
+    ] = None,
+    num_classes: Annotated[int | None, typer.Option(min=1, help="Classes (default: read off the model).")] = None,
+    classes: Annotated[Path | None, typer.Option(help="Text file of class names, one a line, in output order.")] = None,
+    image_size: Annotated[int | None, typer.Option(min=8, help="Input size the teacher expects.")] = None,
+    mean: Annotated[
+        str | None, typer.Option(help="Normalisation mean: one value or one per channel, e.g. 0.5,0.5,0.5.")
+    ] = None,
+    std: Annotated[str | None, typer.Option(help="Normalisation std, as --mean.")] = None,
+    eval_dataset: Annotated[
+        str | None, typer.Option(help="Labelled real source to evaluate on (e.g. folder, digits, cifar10).")
+    ] = None,
+    eval_root: Annotated[str | None, typer.Option(help="Root of the eval dataset (a folder of class folders).")] = None,
+    fine_grained: Annotated[
+        bool | None,
+        typer.Option(
+            "--fine-grained/--not-fine-grained",
+            help="A fine-grained teacher (the paper's KD temperature 20); default: from the eval dataset.",
+        ),
+    ] = None,
+) -> None:
+    """Import a teacher trained elsewhere and save it with its meta.json, evaluated when eval data is given."""
+    from study.storage import resolve
+    from study.teacher_import import ImportOptions, import_teacher, parse_floats
+
+    with user_errors():
+        names = None
+        if classes is not None:
+            if not classes.is_file():
+                raise FileNotFoundError(f"--classes: {classes} not found")
+            names = [line.strip() for line in classes.read_text().splitlines() if line.strip()]
+        options = ImportOptions(
+            arch=arch,
+            num_classes=num_classes,
+            classes=names,
+            image_size=image_size,
+            mean=parse_floats(mean, "--mean") if mean else None,
+            std=parse_floats(std, "--std") if std else None,
+            eval_dataset=eval_dataset,
+            eval_root=eval_root,
+            fine_grained=fine_grained,
+        )
+        m = import_teacher(weights, resolve(out), options).meta
+    accs = (
+        f"val {m.val_accuracy:.2%}, test {m.test_accuracy:.2%}"
+        if m.has_eval_data and m.val_accuracy is not None and m.test_accuracy is not None
+        else "no eval data (search with search.metric: agreement)"
+    )
+    console.print(
+        f"teacher {m.teacher_id} ({m.format}, {m.num_classes} classes, {m.image_size}px): {accs} -> {resolve(out)}"
     )
 
 

@@ -39,6 +39,14 @@ class RealSource(Strict):
     root: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _folder_reads_everything(cls, data: Any) -> Any:
+        # a surrogate over a user's folder takes all of it: an unsplit folder of 10,000 images can give 8,000
+        if isinstance(data, dict) and data.get("name") == "folder" and "split" not in data:
+            return {**data, "split": "all"}
+        return data
+
 
 class BalanceSpec(Strict):
     """Selection of a surrogate's images through the teacher, by teacher-predicted class.
@@ -175,6 +183,20 @@ class TeacherSpec(Strict):
     fine_grained: bool | None = None
     image_size: int = Field(default=32, ge=8)
     seed: int = 0
+    # your own data and your own teacher (`kd-study run`: train it when missing, or import it from `weights`)
+    dataset_root: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    train: bool = False
+    weights: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    classes: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_make_it(self) -> TeacherSpec:
+        if self.train and self.weights is not None:
+            raise ValueError("'train: true' and 'weights' both say how to make the teacher: keep one")
+        return self
 
     def resolved_flip(self) -> bool:
         """Whether the teacher trains with horizontal flips (see the class docstring for the default rule)."""
@@ -329,6 +351,10 @@ class SearchSpec(Strict):
     space: dict[str, ParamSpace] = Field(default_factory=dict)
     scheduler: SchedulerSpec = SchedulerSpec()
     max_failures: int = Field(default=1, ge=0)
+    # `agreement`: data-free search on the student's agreement with the teacher over the last `agreement_images`
+    # images of each arm's own surrogate, held out of its training
+    metric: Literal["val_acc", "agreement"] = "val_acc"
+    agreement_images: int = Field(default=1000, gt=0)
 
     @field_validator("space")
     @classmethod

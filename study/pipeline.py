@@ -27,7 +27,16 @@ from study.distill.trial import TrialPaths, card_for_arm, surrogate_name
 from study.populations import measure_arm, val_moments
 from study.report import Report, write_report
 from study.sweep import run_sweep, total_trials
-from study.teacher import Teacher, TeacherError, TeacherMeta, load_meta, load_teacher
+from study.teacher import (
+    META,
+    NO_EVAL_DATA,
+    Teacher,
+    TeacherError,
+    TeacherMeta,
+    load_meta,
+    load_teacher,
+    train_teacher,
+)
 from study.tracking import OUTCOME, OUTCOMES, StudyTracker, short_http_retries
 
 log = logging.getLogger(__name__)
@@ -287,6 +296,7 @@ def publish_report(
     title: str,
     out: Path | None = None,
     expected_trials: int | None = None,
+    metric: str = "val_acc",
 ) -> tuple[Report, str]:
     """Write the report to `<root>/report` and return it with that URI; with `out`, also a local copy there.
 
@@ -298,6 +308,7 @@ def publish_report(
         "title": title,
         "teacher": teacher,
         "expected_trials": expected_trials,
+        "metric": metric,
     }
     if not storage.is_s3(paths.report_dir):
         report = write_report(tracker, Path(paths.report_dir), **kwargs)
@@ -356,6 +367,71 @@ def check_arm_sizes(spec: StudySpec, builds: dict[str, BuildResult], names: dict
             )
 
 
+def check_held_out(spec: StudySpec, builds: dict[str, BuildResult], names: dict[str, str], where: str) -> None:
+    """With `search.metric: agreement` every arm must keep training images beside its held-out slice."""
+    if spec.search.metric != "agreement":
+        return
+    for i, arm in enumerate(spec.arms):
+        manifest = builds[names[arm.name]].manifest
+        images = min(arm.count or manifest.count, manifest.count)
+        if spec.search.agreement_images >= images:
+            raise SpecError(
+                f"{where}: search.agreement_images ({spec.search.agreement_images}) must be below arms.{i} "
+                f"('{arm.name}') image count {images}: the held-out slice comes out of the arm's own images"
+            )
+
+
+def ensure_teacher(spec: StudySpec, paths: StudyPaths, progress: ProgressSink) -> TeacherMeta:
+    """The study's teacher meta: imported from `teacher.weights` or trained (`teacher.train: true`) when missing.
+
+    Training is opt-in, so a typo in `teacher.uri` stops here instead of starting a long training. An existing
+    teacher made for another arch or dataset than the spec sets is an error naming both.
+    """
+    t = spec.teacher
+    if t.dataset_root is not None:  # like teacher.uri and teacher.weights: relative to the study root
+        t = t.model_copy(update={"dataset_root": storage.resolve(t.dataset_root, paths.root)})
+    if not storage.exists(storage.join(paths.teacher, META)):
+        if t.weights is not None:
+            from study.teacher_import import ImportOptions, import_teacher
+
+            options = ImportOptions(
+                arch=t.arch,
+                classes=t.classes,
+                image_size=t.image_size,
+                mean=t.mean,
+                std=t.std,
+                eval_dataset=None if t.dataset == NO_EVAL_DATA else t.dataset,
+                eval_root=t.dataset_root,
+                eval_params=t.params,
+                fine_grained=t.fine_grained,
+            )
+            progress.task("teacher", f"importing teacher {t.arch} from {t.weights}", None)
+            import_teacher(storage.resolve(t.weights, paths.root), paths.teacher, options)
+        elif t.train:
+            progress.task("teacher", f"teacher {t.arch} on {t.dataset}", t.epochs)
+            train_teacher(t, paths.teacher, on_epoch=lambda e, n, _loss: progress.update("teacher", e, n))
+    try:
+        meta = load_meta(paths.teacher)
+    except TeacherError as err:
+        raise SpecError(
+            f"{err}\n  (the spec's teacher.uri is '{t.uri}'; set teacher.train: true to train it, "
+            "or teacher.weights to import one)"
+        ) from None
+    for name, made, wanted in (("arch", meta.arch, t.arch), ("dataset", meta.dataset, t.dataset)):
+        # only what the spec says: a spec that names just `teacher.uri` takes the teacher as it is
+        if name in t.model_fields_set and made != wanted:
+            raise SpecError(
+                f"{paths.teacher}: the teacher's {name} is '{made}' (meta.json), the spec's teacher.{name} is "
+                f"'{wanted}'; fix the spec or point teacher.uri elsewhere"
+            )
+    if spec.search.metric == "val_acc" and not meta.has_eval_data:
+        raise SpecError(
+            f"{paths.teacher}: teacher {meta.teacher_id} has no evaluation data, and search.metric 'val_acc' needs "
+            "its val split: import it with --eval-dataset/--eval-root, or set search.metric: agreement"
+        )
+    return meta
+
+
 def run_study(
     spec: StudySpec,
     root: str | None = None,
@@ -379,8 +455,8 @@ def run_study(
     validate_study(spec, where)
     paths = study_paths(spec, root)
     cards = load_cards(spec, cards_dir)
+    meta = ensure_teacher(spec, paths, progress)
     try:
-        meta = load_meta(paths.teacher)
         teacher = load_teacher(paths.teacher, pick_device())
     except TeacherError as err:
         raise SpecError(f"{err}\n  ({where}: teacher.uri is '{spec.teacher.uri}')") from None
@@ -389,7 +465,9 @@ def run_study(
     outcome.builds.update(build_perturbed_surrogates(spec, cards, paths, meta, progress))
     names = {a.name: surrogate_name(spec, a, cards[a.name], meta.teacher_id) for a in spec.arms}
     check_arm_sizes(spec, outcome.builds, names, where)
-    build_eval_shards(meta, paths.eval_root)
+    check_held_out(spec, outcome.builds, names, where)
+    if meta.has_eval_data:
+        build_eval_shards(meta, paths.eval_root)
     short_http_retries()
     tracker = StudyTracker(paths.tracking_uri, spec, content=study_content(cards, meta))
     record_arms(spec, cards, outcome.builds, teacher, tracker, progress, paths.eval_root)
@@ -402,7 +480,7 @@ def run_study(
             teacher=paths.teacher,
             shards_root=paths.shards,
             cards=cards,
-            eval_root=paths.eval_root,
+            eval_root=paths.eval_root if meta.has_eval_data else None,
             cache=ShardCacheSpec.from_settings(spec.storage.cache, spec.storage.cache_max_gb),
         )
         run_sweep(spec, trial_paths, paths.tune_dir, tracker, lambda done, t: progress.update("sweep", done, t))
@@ -410,7 +488,9 @@ def run_study(
     tracker.set_arm_terminated()
     progress.update("sweep", total, total)
     outcome.trial_outcomes = trial_outcomes(tracker)
-    outcome.report, outcome.report_uri = publish_report(tracker, paths, meta, spec.name, report_out, total)
+    outcome.report, outcome.report_uri = publish_report(
+        tracker, paths, meta, spec.name, report_out, total, metric=spec.search.metric
+    )
     return outcome
 
 
@@ -426,8 +506,11 @@ def open_tracker(spec: StudySpec, paths: StudyPaths, cards_dir: str | None = Non
 def validate_study(spec: StudySpec, where: str) -> None:
     """What pydantic cannot check without the model registry: models the study will build exist."""
     from study.models import list_models
+    from study.models.registry import torchvision_name
 
     known = list_models()
     for field_name, arch in (("student.arch", spec.student.arch), ("teacher.arch", spec.teacher.arch)):
-        if arch not in known:
+        if field_name == "teacher.arch" and arch in ("torchscript", "export"):
+            continue  # an imported program needs no registry entry
+        if arch not in known and torchvision_name(arch) is None:
             raise SpecError(f"{where}: {field_name}: unknown model '{arch}' (known: {', '.join(sorted(known))})")

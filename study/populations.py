@@ -99,13 +99,16 @@ def val_moments(teacher: Teacher, eval_root: str | None = None) -> FeatureMoment
     submitted study runs on the cluster, which has the bucket but not the teacher's dataset.
     """
     meta = teacher.meta
+    if not meta.has_eval_data:
+        return None  # an imported teacher without eval data: nothing to compare against
     try:
         if eval_root is not None:
             from study.data.eval_shards import read_eval_split
 
             images, _ = read_eval_split(eval_root, meta.teacher_id, meta.val_split)
         else:
-            images = load_source(meta.dataset, meta.val_split, meta.image_size, root=meta.dataset_root).images
+            source = (meta.dataset, meta.val_split, meta.image_size)
+            images = load_source(*source, root=meta.dataset_root, params=meta.dataset_params).images
     except Exception as err:  # a teacher whose data is not here: criteria stay data-free
         log.warning("no val split for %s (%s): frechet_val is not measured", meta.dataset, err)
         return None

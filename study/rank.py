@@ -222,7 +222,7 @@ def rank_study_candidates(
     from study.populations import arm_temperature, raw_pool
     from study.report import collect_arms, collect_trials
     from study.resources import resolve_card_path, resolve_spec_path
-    from study.stats import arm_accuracy
+    from study.stats import arm_accuracy, ranking_metric
     from study.teacher import load_teacher
     from study.tracking import StudyTracker
 
@@ -231,7 +231,12 @@ def rank_study_candidates(
     tracker = StudyTracker(paths.tracking_uri, spec)
     arms = collect_arms(tracker)
     trials = collect_trials(tracker, arms)
-    points = model_points(arm_accuracy(trials), arms) if len(trials) else pd.DataFrame()
+    if len(trials) and ranking_metric(trials) != TARGET:
+        raise RankError(
+            f"study '{spec.name}' has no student test accuracies (its teacher has no labelled test split): "
+            "`kd-study rank` predicts test accuracy, so it needs a study with eval data"
+        )
+    points = model_points(arm_accuracy(trials, spec.search.metric), arms) if len(trials) else pd.DataFrame()
     if surrogate_count(points) < MIN_POINTS:
         raise RankError(
             f"study '{spec.name}' has {surrogate_count(points)} surrogate(s) with finished results in "

@@ -25,14 +25,14 @@ import pandas as pd
 from study import report_html, report_plots
 from study.criteria import NOT_DATA_FREE
 from study.report_amounts import ARM_COLUMNS, AmountSection, amount_section, arm_fields
-from study.stats import MIN_POINTS, TOO_FEW, arm_accuracy, correlations
+from study.stats import METRIC_NAMES, MIN_POINTS, TOO_FEW, arm_accuracy, correlations, ranking_metric
 from study.teacher import TeacherMeta
 from study.tracking import ARM, ERROR, OUTCOME, PHASE, TRIAL_ID, StudyTracker
 
 log = logging.getLogger(__name__)
 
 RAW, BUILT = "criteria.raw.", "criteria.built."
-RESULT_METRICS = ("val_acc", "test_acc", "teacher_agreement", "train_loss", "images_per_s")
+RESULT_METRICS = ("val_acc", "test_acc", "teacher_agreement", "agreement", "train_loss", "images_per_s")
 PAPER_CRITERION = "crit_raw_class_entropy"
 
 
@@ -64,6 +64,12 @@ class StudyResults:
     curves: dict[str, list[tuple[str, list[int], list[float]]]] = field(default_factory=dict)
     artifacts: dict[str, dict[str, Path]] = field(default_factory=dict)
     validation: object | None = None  # study.rank.Validation
+    metric: str = "val_acc"  # the search metric: what picks an arm's best search trial
+
+    @property
+    def ranked_by(self) -> str:
+        """The score arms are ranked on: `test_acc`, or `agreement` when the study has no labelled test split."""
+        return ranking_metric(self.trials)
 
     @property
     def criteria_columns(self) -> list[str]:
@@ -134,29 +140,33 @@ def collect_trials(tracker: StudyTracker, arms: pd.DataFrame) -> pd.DataFrame:
 
 
 def surrogate_points(ranking: pd.DataFrame, arms: pd.DataFrame) -> pd.DataFrame:
-    """One row per surrogate: the accuracy of its point arm (the flag `record_arms` logs; else its best-ranked
-    arm) with that arm's criteria. Variants of one surrogate are not independent points."""
+    """One row per surrogate: the score of its point arm (the flag `record_arms` logs; else its best-ranked arm)
+    with that arm's criteria. Variants of one surrogate are not independent points."""
     if not len(ranking):
         return pd.DataFrame()
     joined = ranking.merge(arms.drop(columns=["surrogate"]), on="arm", how="left")
     joined["flag"] = joined["surrogate_point"].astype(str).str.lower() == "true"
-    joined = joined.sort_values(["flag", "test_acc"], ascending=False)
+    joined = joined.sort_values(["flag", str(ranking["ranked_by"].iloc[0])], ascending=False)
     return joined.drop_duplicates("surrogate").drop(columns="flag").reset_index(drop=True)
 
 
-def learning_curves(tracker: StudyTracker, trials: pd.DataFrame) -> dict[str, list[tuple[str, list[int], list[float]]]]:
-    """Per arm: val_acc against images seen for its best search trial by val and each final seed."""
+def learning_curves(
+    tracker: StudyTracker, trials: pd.DataFrame, metric: str = "val_acc"
+) -> dict[str, list[tuple[str, list[int], list[float]]]]:
+    """Per arm: the search `metric` against images seen for its best search trial by it and each final seed."""
     out: dict[str, list[tuple[str, list[int], list[float]]]] = {}
+    if metric not in trials:
+        return out
     for arm, group in trials.groupby("arm"):
         chosen = []
-        search = group[(group["phase"] != "final") & group["val_acc"].notna()]
+        search = group[(group["phase"] != "final") & group[metric].notna()]
         if len(search):
-            chosen.append(("best search trial", search.loc[search["val_acc"].idxmax()]))
+            chosen.append(("best search trial", search.loc[search[metric].idxmax()]))
         for _, row in group[group["phase"] == "final"].iterrows():
             seed = "" if pd.isna(row["seed"]) else f" {int(row['seed'])}"
             chosen.append((f"final seed{seed}", row))
         for label, row in chosen:
-            history = tracker.metric_history(row["run_id"], "val_acc")
+            history = tracker.metric_history(row["run_id"], metric)
             if history:
                 steps, values = zip(*history, strict=True)
                 out.setdefault(str(arm), []).append((label, list(steps), list(values)))
@@ -175,14 +185,19 @@ def arm_artifacts(tracker: StudyTracker, arms: pd.DataFrame, dst: Path) -> dict[
 
 
 def collect(
-    tracker: StudyTracker, teacher: TeacherMeta | None, expected_trials: int | None, artifact_dir: Path
+    tracker: StudyTracker,
+    teacher: TeacherMeta | None,
+    expected_trials: int | None,
+    artifact_dir: Path,
+    metric: str = "val_acc",
 ) -> StudyResults:
     arms = collect_arms(tracker)
     trials = collect_trials(tracker, arms)
-    ranking = arm_accuracy(trials) if len(trials) else pd.DataFrame()
+    ranking = arm_accuracy(trials, metric) if len(trials) else pd.DataFrame()
+    ranked = ranking_metric(trials)
     points = surrogate_points(ranking, arms)
     crit_cols = [c for c in arms.columns if c.startswith(("crit_raw_", "crit_built_"))]
-    corr = correlations(points, crit_cols) if len(points) else pd.DataFrame()
+    corr = correlations(points, crit_cols, ranked) if len(points) else pd.DataFrame()
     results = StudyResults(
         tracker.name,
         tracker.tracking_uri,
@@ -194,11 +209,13 @@ def collect(
         points,
         corr,
         expected_trials,
+        metric=metric,
     )
     if len(trials):
-        results.curves = learning_curves(tracker, trials)
+        results.curves = learning_curves(tracker, trials, metric)
     results.artifacts = arm_artifacts(tracker, arms, artifact_dir)
-    if len(points) >= MIN_POINTS:
+    # the ranking model predicts test accuracy; agreement is not comparable across surrogates (see `finding`)
+    if len(points) >= MIN_POINTS and ranked == "test_acc":
         from study.rank import model_points, validate
 
         results.validation = validate(model_points(ranking, arms))
@@ -219,7 +236,13 @@ def finding(results: StudyResults) -> str:
     if not len(results.ranking):
         return "No trial has finished its budget yet, so there is nothing to rank."
     best = results.ranking.iloc[0]
-    lead = f"The best arm is {best['arm']} ({best['test_acc']:.1%} student test accuracy)."
+    ranked = results.ranked_by
+    lead = f"The best arm is {best['arm']} ({best[ranked]:.1%} student {METRIC_NAMES[ranked]})."
+    if ranked == "agreement":
+        lead += (
+            " The study has no labelled test split, so arms are ranked by the student's agreement with the teacher "
+            "on each arm's held-out surrogate images, not by accuracy."
+        )
     if n < MIN_POINTS:
         return (
             f"{lead} With {n} surrogate(s) there are too few surrogates (< {MIN_POINTS}) to say which criterion "
@@ -260,11 +283,13 @@ def write_report(
     *,
     teacher: TeacherMeta | None = None,
     expected_trials: int | None = None,
+    metric: str = "val_acc",
 ) -> Report:
-    """Write the report of the tracker's study into `out_dir` (one folder per study)."""
+    """Write the report of the tracker's study into `out_dir` (one folder per study); `metric` is the study's
+    `search.metric`, which picks each arm's best search trial."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        results = collect(tracker, teacher, expected_trials, Path(tmp))
+        results = collect(tracker, teacher, expected_trials, Path(tmp), metric)
         plots = report_plots.write_all(results, out_dir, teacher_accuracy)
         for arm, files in results.artifacts.items():
             for name in ("samples.png", "perturbation.png"):

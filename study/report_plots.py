@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
-from study.stats import MIN_POINTS, TOO_FEW
+from study.stats import METRIC_NAMES, MIN_POINTS, TOO_FEW
 
 if TYPE_CHECKING:
     from study.report import StudyResults
@@ -41,7 +41,8 @@ def ranking_plot(results: StudyResults, teacher_acc: float | None, path: Path) -
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(r) + 2.5), 4.2))
     x = np.arange(len(r))
     final = r["ci_low"].notna().to_numpy()
-    acc = 100 * r["test_acc"].to_numpy()
+    ranked = results.ranked_by
+    acc = 100 * r[ranked].to_numpy()
     ax.bar(x, acc, color=[BLUE if f else GREY for f in final])
     low = np.where(final, acc - 100 * r["ci_low"].to_numpy(), 0)
     high = np.where(final, 100 * r["ci_high"].to_numpy() - acc, 0)
@@ -51,16 +52,16 @@ def ranking_plot(results: StudyResults, teacher_acc: float | None, path: Path) -
         ax.text(xi, top + 1.5, f"{a:.1f}", ha="center", fontsize=8)
     handles = [
         Patch(color=BLUE, label="mean of final seeds ± 95% CI (t)"),
-        Patch(color=GREY, label="best search trial by val (no final phase)"),
+        Patch(color=GREY, label=f"best search trial by {METRIC_NAMES[results.metric]} (no final phase)"),
     ]
-    if teacher_acc is not None:
+    if teacher_acc is not None and ranked == "test_acc":
         handles.append(
             ax.axhline(100 * teacher_acc, color="k", ls="--", lw=1, label=f"teacher {100 * teacher_acc:.1f}%")
         )
     ax.set_xticks(x, r["arm"], rotation=25, ha="right")
-    ax.set_ylabel("student test accuracy (%)")
+    ax.set_ylabel(f"student {METRIC_NAMES[ranked]} (%)")
     ax.set_ylim(0, 118)
-    ax.set_title("Student accuracy by arm")
+    ax.set_title("Student accuracy by arm" if ranked == "test_acc" else "Student-teacher agreement by arm")
     ax.legend(handles=handles, loc="upper right", fontsize=8)
     return _save(fig, path)
 
@@ -79,18 +80,19 @@ def criteria_plot(results: StudyResults, population: str, path: Path) -> Path | 
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(max(3.6 * cols, 6), 3.0 * rows), squeeze=False)
     by_name = corr.set_index("criterion")
+    ranked = results.ranked_by
     for ax, name in zip(axes.flat, names, strict=False):
-        ax.scatter(points[name], 100 * points["test_acc"], color=GREEN, zorder=3)
+        ax.scatter(points[name], 100 * points[ranked], color=GREEN, zorder=3)
         for _, p in points.iterrows():
             ax.annotate(
                 str(p["surrogate"]),
-                (p[name], 100 * p["test_acc"]),
+                (p[name], 100 * p[ranked]),
                 fontsize=6.5,
                 xytext=(3, 3),
                 textcoords="offset points",
             )
         ax.set_xlabel(criterion_label(name), fontsize=8)
-        ax.set_ylabel("test acc (%)", fontsize=8)
+        ax.set_ylabel(f"{METRIC_NAMES[ranked]} (%)", fontsize=8)
         ax.tick_params(labelsize=7)
         c = by_name.loc[name]
         title = TOO_FEW if c["n"] < MIN_POINTS else f"ρ = {c['rho']:+.2f} [{c['rho_low']:+.2f}, {c['rho_high']:+.2f}]"
@@ -99,7 +101,7 @@ def criteria_plot(results: StudyResults, population: str, path: Path) -> Path | 
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     what = "raw candidate pool" if population == "raw" else "built set"
-    fig.suptitle(f"Criteria of the {what} vs. student accuracy (one point per surrogate)", fontsize=11)
+    fig.suptitle(f"Criteria of the {what} vs. student {METRIC_NAMES[ranked]} (one point per surrogate)", fontsize=11)
     return _save(fig, path)
 
 
@@ -121,13 +123,13 @@ def curves_plot(results: StudyResults, path: Path) -> Path | None:
             ax.plot(steps, 100 * np.asarray(values), marker="o", ms=3, label=label, **style)
         ax.set_title(arm, fontsize=9)
         ax.set_xlabel("images seen", fontsize=8)
-        ax.set_ylabel("val acc (%)", fontsize=8)
+        ax.set_ylabel(f"{METRIC_NAMES[results.metric]} (%)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     for ax in list(axes.flat)[len(arms) :]:
         ax.axis("off")
-    fig.suptitle("Learning curves: validation accuracy against images seen", fontsize=11)
+    fig.suptitle(f"Learning curves: {METRIC_NAMES[results.metric]} against images seen", fontsize=11)
     return _save(fig, path)
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from study.criteria import NOT_DATA_FREE
 from study.report import StudyResults, criterion_label
 from study.report_html import Code, Image, Note, Para, Section, Table
-from study.stats import MIN_POINTS, TOO_FEW
+from study.stats import METRIC_NAMES, MIN_POINTS, TOO_FEW
 
 
 def pct(v: float) -> str:
@@ -35,27 +35,34 @@ def _ranking(r: StudyResults, ctx: dict) -> Section:
     if not len(r.ranking):
         s.blocks.append(Note("No trial has finished its full budget yet."))
         return s
+    ranked, metric = r.ranked_by, r.metric
+    score, picked = METRIC_NAMES[ranked], METRIC_NAMES[metric]
     s.blocks.append(
         Para(
-            "An arm's accuracy is the mean student test accuracy over its final phase's seeds with a Student-t 95% "
-            "interval; an arm without a final phase shows the best search trial by validation accuracy among trials "
-            "that ran their full budget (no interval). Early-stopped trials never enter a mean."
+            f"Ranked by **{score}** (`{ranked}`). An arm's score is the mean student {score} over its final phase's "
+            f"seeds with a Student-t 95% interval; an arm without a final phase shows the best search trial by "
+            f"{picked} (`{metric}`, the search metric) among trials that ran their full budget (no interval). "
+            "Early-stopped trials never enter a mean."
         )
     )
+    if ranked == "agreement":
+        s.blocks.append(
+            Note(
+                "This study has no labelled test split (the teacher was imported without eval data), so arms are "
+                "ranked by the student's agreement with the teacher on the arm's held-out surrogate images (the last "
+                "`search.agreement_images` of its set, never trained on). Each arm is scored on its own images: "
+                "agreement compares configs within an arm better than arms with each other (a surrogate the teacher "
+                "maps to one class is easy to agree on)."
+            )
+        )
     rows = []
     for rank, row in r.ranking.iterrows():
         ci = "" if not math.isfinite(row["ci_low"]) else f"[{pct(row['ci_low'])}, {pct(row['ci_high'])}]"
-        rows.append(
-            {
-                "#": rank,
-                "arm": row["arm"],
-                "surrogate": row["surrogate"],
-                "test acc": pct(row["test_acc"]),
-                "95% CI": ci,
-                "basis": row["basis"],
-                "val acc": pct(row["best_val_acc"]),
-            }
-        )
+        cells = {"#": rank, "arm": row["arm"], "surrogate": row["surrogate"], score: pct(row[ranked]), "95% CI": ci}
+        cells |= {"basis": row["basis"]}
+        if metric != ranked:
+            cells[picked] = pct(row[f"best_{metric}"])
+        rows.append(cells)
     s.blocks += [Table(pd.DataFrame(rows)), Image("ranking.png", "ranking")]
     return s
 
@@ -65,7 +72,7 @@ def _outcomes(r: StudyResults, ctx: dict) -> Section | None:
         return None
     from study.stats import outcome_counts
 
-    rows = [{"arm": arm, **outcome_counts(g)} for arm, g in r.trials.groupby("arm")]
+    rows = [{"arm": arm, **outcome_counts(g, r.ranked_by)} for arm, g in r.trials.groupby("arm")]
     s = Section("Trials per arm: finished, early-stopped, failed, diverged", [Table(pd.DataFrame(rows))])
     bad = r.trials[(r.trials["status"] == "FAILED") | r.trials["diverged"].astype(bool)]
     if len(bad):
@@ -79,7 +86,8 @@ def _correlations(r: StudyResults, ctx: dict) -> Section:
     s = Section("Which criteria predict distillation quality")
     s.blocks.append(
         Para(
-            f"Rank correlation of each teacher-side criterion with student test accuracy across {n} surrogate(s), one "
+            f"Rank correlation of each teacher-side criterion with student {METRIC_NAMES[r.ranked_by]} across {n} "
+            "surrogate(s), one "
             "point per distinct image source (arms that vary labels, image count or online perturbation of one "
             "surrogate share its images and enter once). Bootstrap 95% intervals (2,000 resamples of the surrogates) "
             "and two-sided permutation p-values. Criteria are measured on two populations: the **raw pool** (a seeded "
@@ -111,6 +119,9 @@ def _correlations(r: StudyResults, ctx: dict) -> Section:
 def _prediction(r: StudyResults, ctx: dict) -> Section:
     s = Section("Predicting before distilling (leave-one-surrogate-out)")
     v = r.validation
+    if r.ranked_by != "test_acc":
+        s.blocks.append(Note("No labelled test split: the ranking model predicts test accuracy, so it is not fitted."))
+        return s
     if v is None:
         s.blocks.append(Note(f"{TOO_FEW}: `kd-study rank` needs at least {MIN_POINTS} surrogates with results."))
         return s
@@ -137,7 +148,10 @@ def _curves(r: StudyResults, ctx: dict) -> Section:
     return Section(
         "Learning curves",
         [
-            Para("Validation accuracy against images seen, per arm: its best search trial and each final seed."),
+            Para(
+                f"{METRIC_NAMES[r.metric].capitalize()} (the search metric) against images seen, per arm: its best "
+                "search trial and each final seed."
+            ),
             Image("learning_curves.png", "learning curves"),
         ],
     )
@@ -191,7 +205,8 @@ def _teacher(r: StudyResults, ctx: dict) -> Section:
     fields = {
         "id": m.teacher_id,
         "arch": m.arch,
-        "dataset": m.dataset,
+        "dataset": m.dataset if m.has_eval_data else "none (imported without eval data)",
+        "format": m.format,
         "classes": m.num_classes,
         "image size": m.image_size,
         "channels": m.channels,

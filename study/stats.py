@@ -1,9 +1,10 @@
 """The report's statistics: an accuracy per arm with its interval, and rank correlations with their uncertainty.
 
 An arm's accuracy is the mean `test_acc` over its final phase's seeds with a Student-t 95% interval (the paper
-reports means over seeds). Without a final phase it is the `test_acc` of the best search trial by `val_acc` among
-those that ran their full budget, labelled so, since one trial has no interval. Early-stopped trials never enter
-a mean: ASHA stops the weak ones, so they would bias it down.
+reports means over seeds). Without a final phase it is the `test_acc` of the best search trial by the search metric
+(`val_acc`, or `agreement` for a data-free search) among those that ran their full budget, labelled so, since one
+trial has no interval. Early-stopped trials never enter a mean: ASHA stops the weak ones, so they would bias it
+down. A study whose teacher has no labelled test split ranks by `agreement` instead (`ranking_metric`).
 
 Correlations are computed over surrogates, one point per distinct image source (DESIGN.md): arms that share a
 source are variants, not independent evidence. Each comes with a bootstrap 95% interval (pairs resampled with
@@ -26,6 +27,15 @@ TOO_FEW = "too few surrogates"
 EXACT_PERMUTATIONS_UP_TO = 7
 LEVEL = 0.95
 ACCURACY = (0.0, 1.0)
+METRIC_NAMES = {"val_acc": "validation accuracy", "test_acc": "test accuracy", "agreement": "held-out agreement"}
+"""How the report names the metrics it ranks or selects on."""
+
+
+def ranking_metric(trials: pd.DataFrame) -> str:
+    """What arms are ranked on: `test_acc` when any trial has one (the teacher has a labelled test split), else
+    `agreement`, the student's agreement with the teacher on the arm's held-out surrogate images (`search.metric:
+    agreement`, the only score a study without labelled data has)."""
+    return "test_acc" if "test_acc" in trials and trials["test_acc"].notna().any() else "agreement"
 
 
 @dataclass(frozen=True)
@@ -54,47 +64,55 @@ def mean_interval(
     return Interval(m, max(m - half, bounds[0]), min(m + half, bounds[1]), n)
 
 
-def full_budget(trials: pd.DataFrame) -> pd.Series:
-    """Trials that finished their whole budget: FINISHED, not early-stopped, not diverged."""
+def full_budget(trials: pd.DataFrame, score: str = "test_acc") -> pd.Series:
+    """Trials that finished their whole budget with a `score`: FINISHED, not early-stopped, not diverged."""
     ok = (trials["status"] == "FINISHED") & ~trials["early_stopped"].astype(bool)
     if "diverged" in trials:
         ok &= ~trials["diverged"].astype(bool)
-    return ok & trials["test_acc"].notna()
+    return ok & (trials[score].notna() if score in trials else False)
 
 
-def arm_accuracy(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: accuracy, its interval, where it comes from (`basis`) and trial counts by outcome."""
+def arm_accuracy(trials: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
+    """Per arm: its score, the score's interval, where it comes from (`basis`) and trial counts by outcome.
+
+    The score column is named by what it is (`ranking_metric`: `test_acc`, or `agreement` without a test split);
+    `best_<metric>` holds the search metric of the trial(s) it comes from, `ranked_by` names the score column.
+    """
+    ranked = ranking_metric(trials)
     rows = []
     for arm, group in trials.groupby("arm", sort=False):
-        ok = full_budget(group)
+        ok = full_budget(group, ranked)
+        if metric != ranked:
+            ok &= group[metric].notna() if metric in group else False
         final = group[ok & (group["phase"] == "final")]
         search = group[ok & (group["phase"] != "final")]
         row: dict = {"arm": arm, "surrogate": group["surrogate"].iloc[0]}
         if len(final):
-            iv = mean_interval(final["test_acc"].to_numpy(), bounds=ACCURACY)
-            row |= {"test_acc": iv.mean, "ci_low": iv.low, "ci_high": iv.high, "n": iv.n}
-            row |= {"basis": f"mean of {iv.n} final seed(s)", "best_val_acc": final["val_acc"].mean()}
+            iv = mean_interval(final[ranked].to_numpy(), bounds=ACCURACY)  # agreement is a share too
+            row |= {ranked: iv.mean, "ci_low": iv.low, "ci_high": iv.high, "n": iv.n}
+            row |= {"basis": f"mean of {iv.n} final seed(s)", f"best_{metric}": final[metric].mean()}
         elif len(search):
-            best = search.loc[search["val_acc"].idxmax()]
-            row |= {"test_acc": best["test_acc"], "ci_low": math.nan, "ci_high": math.nan, "n": 1}
-            row |= {"basis": "best search trial by val (no final phase)", "best_val_acc": best["val_acc"]}
+            best = search.loc[search[metric].idxmax()]
+            row |= {ranked: best[ranked], "ci_low": math.nan, "ci_high": math.nan, "n": 1}
+            row |= {"basis": f"best search trial by {METRIC_NAMES[metric]} (no final phase)"}
+            row |= {f"best_{metric}": best[metric]}
         else:
             continue
-        row |= outcome_counts(group)
+        row |= {"ranked_by": ranked, **outcome_counts(group, ranked)}
         rows.append(row)
     out = pd.DataFrame(rows)
     if len(out):
-        out = out.sort_values("test_acc", ascending=False).reset_index(drop=True)
+        out = out.sort_values(ranked, ascending=False).reset_index(drop=True)
         out.index = out.index + 1
     return out
 
 
-def outcome_counts(group: pd.DataFrame) -> dict[str, int]:
+def outcome_counts(group: pd.DataFrame, score: str = "test_acc") -> dict[str, int]:
     """How an arm's trials ended: finished at full budget, early-stopped, failed, diverged, still running."""
     diverged = group["diverged"].astype(bool) if "diverged" in group else pd.Series(False, index=group.index)
     return {
         "trials": len(group),
-        "full_budget": int(full_budget(group).sum()),
+        "full_budget": int(full_budget(group, score).sum()),
         "early_stopped": int(((group["status"] == "FINISHED") & group["early_stopped"].astype(bool)).sum()),
         "failed": int(((group["status"] == "FAILED") & ~diverged).sum()),
         "diverged": int(diverged.sum()),

@@ -26,7 +26,7 @@ class PhaseStatus:
     failed: int  # FAILED or KILLED runs
     pending: int
     stopped_early: int
-    best_val_acc: float | None  # best val_acc of a trial's latest report, over the arm's trials in this phase
+    best: float | None  # best search metric (val_acc or agreement) of a trial's latest report, over this phase
 
     @property
     def expected(self) -> int:
@@ -55,7 +55,8 @@ def study_status(spec: StudySpec, tracker: StudyTracker) -> list[PhaseStatus] | 
             done = status.count("FINISHED")
             running = sum(s in ("RUNNING", "SCHEDULED") for s in status)
             failed = sum(s in ("FAILED", "KILLED") for s in status)
-            vals = [r.data.metrics["val_acc"] for r in mine if "val_acc" in r.data.metrics]
+            metric = spec.search.metric
+            vals = [r.data.metrics[metric] for r in mine if metric in r.data.metrics]
             vals = [v for v in vals if math.isfinite(v)]
             rows.append(
                 PhaseStatus(
@@ -66,7 +67,7 @@ def study_status(spec: StudySpec, tracker: StudyTracker) -> list[PhaseStatus] | 
                     failed=failed,
                     pending=max(expected - len(mine), 0),
                     stopped_early=sum(r.data.tags.get("early_stopped") == "true" for r in mine),
-                    best_val_acc=max(vals) if vals else None,
+                    best=max(vals) if vals else None,
                 )
             )
     return rows

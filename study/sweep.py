@@ -493,6 +493,7 @@ def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTrac
             sched.reduction_factor,
             experiment=name,
             rungs_uri=rungs_location(tune_dir, name),
+            metric=spec.search.metric,
         )
         if sched.kind == "asha"
         else FIFOScheduler()
@@ -507,6 +508,7 @@ def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTrac
                 spec.seed,
                 final=spec.final,
                 budget_images=spec.budget.images,
+                metric=spec.search.metric,
             ),
             scheduler=scheduler,
             num_samples=total_trials(spec),

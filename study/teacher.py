@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from study import __version__, storage
 from study.config import TeacherSpec
+from study.data.loader import to_teacher_input
 from study.data.real import load_source
 from study.device import pick_device
 from study.distill.augment import AugmentConfig, BatchAugment
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = "weights.pt"
 META = "meta.json"
+NO_EVAL_DATA = "none"
+"""`TeacherMeta.dataset` (and `teacher.dataset` in a spec) of a teacher imported without evaluation data."""
 
 
 class TeacherError(ValueError):
@@ -61,6 +65,11 @@ class TeacherMeta(BaseModel):
     fine_grained: bool | None = None
     weights_sha256: str
     kd_study_version: str = __version__
+    # teachers imported from elsewhere (study.teacher_import); metas written before these fields load unchanged
+    format: Literal["state_dict", "torchscript", "export"] = "state_dict"
+    has_eval_data: bool = True
+    dataset_params: dict[str, Any] = {}
+    imported_from: str | None = None
 
     @property
     def teacher_id(self) -> str:
@@ -87,7 +96,9 @@ def normalise(images_uint8_nchw: torch.Tensor, mean: list[float], std: list[floa
 
 def eval_tensors(meta: TeacherMeta, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A split of the teacher's original data, normalised for the teacher, on `device`."""
-    data = load_source(meta.dataset, split, meta.image_size, root=meta.dataset_root)
+    if not meta.has_eval_data:
+        raise TeacherError(f"teacher {meta.teacher_id} was imported without evaluation data (no '{split}' split)")
+    data = load_source(meta.dataset, split, meta.image_size, root=meta.dataset_root, params=meta.dataset_params)
     if data.labels is None:
         raise TeacherError(f"dataset '{meta.dataset}' split '{split}' has no labels to evaluate on")
     x = torch.from_numpy(data.images).permute(0, 3, 1, 2)
@@ -100,10 +111,14 @@ def eval_split(meta: TeacherMeta, split: str) -> tuple[torch.Tensor, torch.Tenso
     Kept uint8 on the host (4x smaller than float, nothing on the device): `predict_classes` normalises and moves
     one `eval_batch_size` batch at a time, so concurrent trials on a GPU do not each hold whole splits there.
     """
-    data = load_source(meta.dataset, split, meta.image_size, root=meta.dataset_root)
+    if not meta.has_eval_data:
+        raise TeacherError(f"teacher {meta.teacher_id} was imported without evaluation data (no '{split}' split)")
+    data = load_source(meta.dataset, split, meta.image_size, root=meta.dataset_root, params=meta.dataset_params)
     if data.labels is None:
         raise TeacherError(f"dataset '{meta.dataset}' split '{split}' has no labels to evaluate on")
-    return torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(data.labels).long()
+    # eval data need not have the teacher's channels (grey digits for an RGB teacher)
+    images = to_teacher_input(torch.from_numpy(data.images), meta.channels, meta.image_size)
+    return images, torch.from_numpy(data.labels).long()
 
 
 @torch.no_grad()
@@ -155,7 +170,7 @@ def train_teacher(
     """
     torch.manual_seed(spec.seed)
     device = pick_device()
-    train = load_source(spec.dataset, "train", spec.image_size)
+    train = load_source(spec.dataset, "train", spec.image_size, root=spec.dataset_root, params=spec.params)
     if train.labels is None:
         raise TeacherError(f"dataset '{spec.dataset}' has no labels to train a teacher on")
     mean, std = channel_stats(train.images)
@@ -202,6 +217,8 @@ def train_teacher(
         mean=mean,
         std=std,
         dataset=spec.dataset,
+        dataset_root=spec.dataset_root,
+        dataset_params=spec.params,
         epochs=spec.epochs,
         label_smoothing=spec.label_smoothing,
         optimizer=spec.optimizer,
@@ -234,7 +251,10 @@ def train_teacher(
 def load_meta(uri: str) -> TeacherMeta:
     meta_uri = storage.join(uri, META)
     if not storage.exists(meta_uri):
-        raise TeacherError(f"{meta_uri}: teacher metadata not found (train one: kd-study teacher train)")
+        raise TeacherError(
+            f"{meta_uri}: teacher metadata not found "
+            "(train one: kd-study teacher train, or import one: kd-study teacher import)"
+        )
     try:
         return TeacherMeta.model_validate_json(storage.read_text(meta_uri))
     except ValidationError as err:
@@ -251,14 +271,44 @@ def load_teacher(uri: str, device: torch.device | None = None) -> Teacher:
     if hashlib.sha256(data).hexdigest() != meta.weights_sha256:
         raise TeacherError(f"{weights_uri}: sha256 differs from {META} (corrupt or replaced weights)")
     try:
-        model = create_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.channels)
-        model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+        if meta.format == "state_dict":
+            model = create_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.channels)
+            model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+        else:
+            model = model_from_bytes(data, meta.format)
     except (ValueError, RuntimeError, KeyError) as err:
         raise TeacherError(
             f"{storage.join(uri, META)}: arch '{meta.arch}' ({meta.num_classes} classes, {meta.channels} channels) "
-            f"cannot be built with the weights in {weights_uri}: {str(err)[:500]}"
+            f"cannot be built with the {meta.format} weights in {weights_uri}: {str(err)[:500]}"
         ) from None
     model.to(device or torch.device("cpu")).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return Teacher(model, meta)
+
+
+class ExportedProgramModule(torch.nn.Module):
+    """A `torch.export` program as a module that accepts `.eval()`/`.train()` (exported graphs refuse both).
+
+    The program keeps the mode it was exported in (export the teacher in eval mode); the flags are recorded only.
+    """
+
+    def __init__(self, program: torch.nn.Module) -> None:
+        super().__init__()
+        self.program = program
+
+    def train(self, mode: bool = True) -> ExportedProgramModule:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+
+def model_from_bytes(data: bytes, fmt: str) -> torch.nn.Module:
+    """A TorchScript or `torch.export` teacher from its file's bytes, on the CPU (neither loader unpickles code)."""
+    if fmt == "torchscript":
+        return torch.jit.load(io.BytesIO(data), map_location="cpu")
+    if fmt == "export":
+        return ExportedProgramModule(torch.export.load(io.BytesIO(data)).module())
+    raise TeacherError(f"unknown teacher format {fmt!r}")

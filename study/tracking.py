@@ -288,6 +288,7 @@ class MlflowTrialCallback(tune.Callback):
         "val_acc",
         "test_acc",
         "teacher_agreement",
+        "agreement",
         "train_loss",
         "images_per_s",
         "lr",

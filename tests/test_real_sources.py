@@ -58,3 +58,64 @@ def test_class_interleaved_order_visits_classes_round_robin() -> None:
     order = class_interleaved_order(labels)
     assert labels[order].tolist() == [0, 1, 2, 0, 1, 2, 2]
     assert sorted(order.tolist()) == list(range(7))
+
+
+class TestUnsplitFolder:
+    """A folder of class folders without train/val/test: split for a teacher, read whole for a surrogate."""
+
+    @staticmethod
+    def folder(root: Path, per_class: dict[str, int]) -> Path:
+        """One file per grey level, so an image's value names its file."""
+        value = 0
+        for label, n in per_class.items():
+            (root / label).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((12, 12, 3), value, np.uint8)).save(root / label / f"{i}.png")
+                value += 1
+        return root
+
+    @staticmethod
+    def files(data) -> set[int]:
+        return {int(v) for v in data.images[:, 0, 0, 0]}
+
+    def test_splits_are_disjoint_by_file_stratified_and_cover_the_folder(self, tmp_path: Path) -> None:
+        root = str(self.folder(tmp_path, {"ant": 20, "bee": 30}))
+        parts = {s: load_source("folder", s, 8, root=root) for s in ("train", "val", "test")}
+        files = {s: self.files(p) for s, p in parts.items()}
+        assert files["train"].isdisjoint(files["val"]) and files["train"].isdisjoint(files["test"])
+        assert files["val"].isdisjoint(files["test"])
+        assert files["train"] | files["val"] | files["test"] == set(range(50))
+        assert [np.bincount(parts[s].labels).tolist() for s in ("train", "val", "test")] == [[16, 24], [2, 3], [2, 3]]
+        again = load_source("folder", "val", 8, root=root)
+        assert self.files(again) == files["val"]  # deterministic
+
+    def test_fractions_and_seed_are_settable(self, tmp_path: Path) -> None:
+        root = str(self.folder(tmp_path, {"ant": 20, "bee": 20}))
+        half = load_source("folder", "test", 8, root=root, params={"split_fractions": [0.5, 0.0, 0.5]})
+        assert (
+            len(half) == 20
+            and len(load_source("folder", "val", 8, root=root, params={"split_fractions": [0.5, 0, 0.5]})) == 0
+        )
+        other = load_source(
+            "folder", "test", 8, root=root, params={"split_fractions": [0.5, 0.0, 0.5], "split_seed": 1}
+        )
+        assert self.files(other) != self.files(half)
+        with pytest.raises(SourceError, match="split_fractions must be 3 shares"):
+            load_source("folder", "train", 8, root=root, params={"split_fractions": [0.9, 0.2, 0.1]})
+
+    def test_a_surrogate_card_over_a_folder_reads_all_of_it_by_default(self, tmp_path: Path) -> None:
+        from study.config import RealSource
+
+        root = str(self.folder(tmp_path, {"ant": 5, "bee": 5}))
+        source = RealSource(name="folder", root=root)
+        assert source.split == "all" and RealSource(name="digits").split == "train"
+        data = load_source("folder", source.split, 8, root=root)
+        assert self.files(data) == set(range(10))
+
+    def test_teacher_class_order_relabels_the_folder(self, tmp_path: Path) -> None:
+        root = str(self.folder(tmp_path, {"ant": 5, "bee": 5}))
+        data = load_source("folder", "all", 8, root=root, params={"classes": ["bee", "ant"]})
+        assert data.classes == ["bee", "ant"]
+        assert all(label == (1 if v < 5 else 0) for v, label in zip(data.images[:, 0, 0, 0], data.labels, strict=True))
+        with pytest.raises(SourceError, match="has class folders"):
+            load_source("folder", "all", 8, root=root, params={"classes": ["bee", "wasp"]})

@@ -240,7 +240,7 @@ def test_study_on_s3_lands_in_the_bucket_and_resumes_from_a_fresh_directory(
 
     after = study_status(spec, tracker)
     assert all((r.done, r.running, r.failed, r.pending) == (2, 0, 0, 0) for r in after)
-    assert all(r.best_val_acc is not None for r in after)
+    assert all(r.best is not None for r in after)
     shown = runner.invoke(app, ["status", str(spec_file), "--storage", root, "--tracking-uri", tracking])
     assert shown.exit_code == 0 and "final" in shown.output and "digits" in shown.output
 

@@ -94,6 +94,33 @@ def test_arm_accuracy_means_final_seeds_and_never_early_stopped_trials() -> None
     assert (r.loc["b", "failed"], r.loc["b", "diverged"], r.loc["a", "early_stopped"]) == (1, 1, 2)
 
 
+def test_arm_accuracy_picks_by_agreement_and_still_scores_on_test_when_a_test_split_exists() -> None:
+    t = trials_frame(
+        [
+            ("a", "a", "search", "FINISHED", False, False, 0.70, 0.68),
+            ("a", "a", "search", "FINISHED", False, False, 0.60, 0.62),
+        ]
+    ).assign(agreement=[0.80, 0.90])
+    r = arm_accuracy(t, "agreement").set_index("arm")
+    assert r.loc["a", "test_acc"] == 0.62 and r.loc["a", "best_agreement"] == 0.90  # agreement picks, test scores
+    assert r.loc["a", "ranked_by"] == "test_acc" and "by held-out agreement" in r.loc["a", "basis"]
+
+
+def test_arm_accuracy_without_a_test_split_ranks_by_agreement() -> None:
+    t = trials_frame(
+        [
+            ("a", "a", "search", "FINISHED", False, False, np.nan, np.nan),
+            ("a", "a", "final", "FINISHED", False, False, np.nan, np.nan),
+            ("a", "a", "final", "FINISHED", False, False, np.nan, np.nan),
+            ("b", "b", "search", "FINISHED", False, False, np.nan, np.nan),
+        ]
+    ).assign(agreement=[0.5, 0.8, 0.9, 0.95])
+    r = arm_accuracy(t, "agreement")
+    assert list(r["arm"]) == ["b", "a"] and "test_acc" not in r and set(r["ranked_by"]) == {"agreement"}
+    a = r.set_index("arm").loc["a"]
+    assert a["agreement"] == pytest.approx(0.85) and a["n"] == 2 and a["full_budget"] == 3
+
+
 def test_an_accuracy_interval_stays_within_0_and_1() -> None:
     from study.stats import ACCURACY, mean_interval
 

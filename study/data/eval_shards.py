@@ -14,6 +14,8 @@ teacher and study root; the driver then finds them and never needs the dataset.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from study import storage
@@ -28,13 +30,23 @@ def teacher_eval_root(eval_root: str, teacher_id: str) -> str:
     return storage.join(eval_root, teacher_id)
 
 
-def eval_card(dataset: str, split: str, image_size: int, dataset_root: str | None = None) -> CardSpec:
-    """The card of one eval split: the teacher's own dataset, stored as is (no teacher filter, no generator)."""
+def eval_card(
+    dataset: str,
+    split: str,
+    image_size: int,
+    dataset_root: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> CardSpec:
+    """The card of one eval split: the teacher's own dataset, stored as is (no teacher filter, no generator).
+
+    `params` are the source's (`TeacherMeta.dataset_params`): e.g. an imported teacher's class order for a folder,
+    so its labels match the teacher's outputs.
+    """
     return CardSpec(
         name=split,
         kind="real",
         description=f"evaluation split '{split}' of the teacher's dataset '{dataset}'",
-        source=RealSource(name=dataset, split=split, root=dataset_root),
+        source=RealSource(name=dataset, split=split, root=dataset_root, params=params or {}),
         image_size=image_size,
     )
 
@@ -44,7 +56,7 @@ def build_eval_shards(meta, eval_root: str) -> dict[str, BuildResult]:  # meta: 
     root = teacher_eval_root(eval_root, meta.teacher_id)
     results = {}
     for split in dict.fromkeys((meta.val_split, meta.test_split)):
-        card = eval_card(meta.dataset, split, meta.image_size, meta.dataset_root)
+        card = eval_card(meta.dataset, split, meta.image_size, meta.dataset_root, meta.dataset_params)
         try:
             results[split] = build_surrogate(card, root)
         except SourceError as err:

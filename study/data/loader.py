@@ -259,3 +259,20 @@ def to_teacher_input(batch: torch.Tensor, channels: int, image_size: int) -> tor
         )
         x = x.round_().clamp_(0, 255).to(torch.uint8)
     return x.contiguous()
+
+
+def read_range(root: str, manifest: Manifest, start: int, stop: int) -> np.ndarray:
+    """Images [start, stop) in stored order, reading only the shards that hold them (a trial's held-out slice)."""
+    urls, first = [], 0
+    for info, url in zip(manifest.shards, manifest.shard_uris(root), strict=True):
+        if first < stop and first + info.count > start:
+            urls.append((url, info.count))
+        first += info.count
+    parts = []
+    for block, meta in iter_blocks([u for u, _ in urls], dict(urls)):
+        lo = int(meta["start"])
+        parts.append(block[max(start - lo, 0) : max(stop - lo, 0)])
+    out = np.concatenate([p for p in parts if len(p)]) if parts else np.empty((0,))
+    if len(out) != stop - start:
+        raise ShardError(f"{root}: images {start}-{stop} wanted, {len(out)} found (manifest count {manifest.count})")
+    return out

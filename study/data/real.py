@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from study.data.images import LabelledImages, resize_uint8
+from study.data.real_subsets import choose_subset, decode_image_files
 
 SPLITS = ("train", "val", "test")
 
@@ -152,29 +153,93 @@ def load_photo_crops(
     return LabelledImages(out, None, [])
 
 
+FOLDER_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+"""train/val/test shares of an unsplit folder used as a teacher's dataset (the `split_fractions` param)."""
+
+
 @register_source("folder")
 def load_folder(
-    split: str, image_size: int, root: str | None = None, count: int | None = None, seed: int = 0
+    split: str,
+    image_size: int,
+    root: str | None = None,
+    count: int | None = None,
+    seed: int = 0,
+    split_fractions: tuple[float, float, float] | list[float] = FOLDER_SPLIT_FRACTIONS,
+    split_seed: int = 0,
+    classes: list[str] | None = None,
 ) -> LabelledImages:
-    """A folder of labelled images, `root/<split>/<class>/*.png|jpg` or `root/<class>/*` (torchvision ImageFolder)."""
+    """A folder of labelled images: `root/<split>/<class>/*` when it has split folders, else `root/<class>/*`.
+
+    A folder without split folders is cut into disjoint train/val/test parts, stratified per class, by a seeded
+    permutation (`split_seed`) in `split_fractions`, so a teacher trained there is never selected or scored on its
+    own training images. `split: all` reads every image (all split folders, or the whole unsplit folder): what a
+    surrogate card over a user's folder wants. `classes` gives the label order (an imported teacher's), instead of
+    the sub-folders' A-Z order. Images are centre-cropped square and resized (`decode_image`).
+    """
     from torchvision.datasets import ImageFolder
 
     if root is None:
         raise SourceError("source 'folder' needs 'root' (a folder of class sub-folders)")
     base = Path(root).expanduser()
-    folder = base / split if (base / split).is_dir() else base
-    if not folder.is_dir():
-        raise SourceError(f"source 'folder': {folder} does not exist")
-    dataset = ImageFolder(str(folder))
-    n = len(dataset) if count is None else min(count, len(dataset))
-    images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
-    labels = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        img, label = dataset[i]
-        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        images[i] = resize_uint8(arr[None], image_size)[0]
-        labels[i] = label
-    return LabelledImages(images, labels, list(dataset.classes))
+    if not base.is_dir():
+        raise SourceError(f"source 'folder': {base} does not exist")
+    _check_split("folder", split, (*SPLITS, "all"))
+    present = [s for s in SPLITS if (base / s).is_dir()]
+    if present:
+        wanted = present if split == "all" else [split]
+        if split != "all" and split not in present:
+            raise SourceError(f"source 'folder': {base} has split folders {present} but no '{split}/'")
+        parts = [ImageFolder(str(base / s)) for s in wanted]
+        found = list(parts[0].classes)
+        for name, part in zip(wanted, parts, strict=True):
+            if list(part.classes) != found:
+                raise SourceError(f"source 'folder': {base / name} has classes {part.classes}, {wanted[0]} has {found}")
+        samples = [sample for part in parts for sample in part.samples]
+    else:
+        dataset = ImageFolder(str(base))
+        found, samples = list(dataset.classes), list(dataset.samples)
+        if split != "all":
+            labels = np.asarray([label for _, label in samples], dtype=np.int64)
+            chosen = folder_split(labels, split, split_fractions, split_seed, where=str(base))
+            samples = [samples[i] for i in chosen]
+    if classes is not None:
+        if sorted(classes) != sorted(found):
+            raise SourceError(f"source 'folder': {base} has class folders {found}, 'classes' lists {list(classes)}")
+        samples = [(path, list(classes).index(found[label])) for path, label in samples]
+        found = list(classes)
+    labels = np.asarray([label for _, label in samples], dtype=np.int64)
+    chosen = choose_subset(labels, len(samples), count, seed)
+    images = decode_image_files([samples[i][0] for i in chosen], image_size)
+    return LabelledImages(images, labels[chosen], found)
+
+
+def folder_split(
+    labels: np.ndarray, split: str, fractions: tuple[float, float, float] | list[float], seed: int, where: str = ""
+) -> np.ndarray:
+    """Sorted indices of `split` in a stratified, seeded train/val/test cut; the three parts are disjoint.
+
+    Each class is permuted by its own generator (`[seed, class]`); val and test take `round(fraction * n)` images
+    of it (at least one when their fraction is positive) and train the rest.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6 or fractions[0] <= 0:
+        raise SourceError(
+            f"source 'folder': split_fractions must be 3 shares (train > 0, val, test) summing to 1, "
+            f"got {list(fractions)}"
+        )
+    out = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        members = members[np.random.default_rng([seed, int(c)]).permutation(len(members))]
+        n = len(members)
+        n_val, n_test = (max(1, round(f * n)) if f > 0 else 0 for f in fractions[1:])
+        if n - n_val - n_test < 1:
+            raise SourceError(
+                f"source 'folder' {where}: class {int(c)} has {n} images, too few to split {list(fractions)}"
+            )
+        bounds = {"train": (0, n - n_val - n_test), "val": (n - n_val - n_test, n - n_test), "test": (n - n_test, n)}
+        lo, hi = bounds[split]
+        out.append(members[lo:hi])
+    return np.sort(np.concatenate(out)) if out else np.arange(0)
 
 
 from study.data import torchvision_sources  # noqa: E402,F401 - registers the torchvision sources

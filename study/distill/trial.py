@@ -39,7 +39,7 @@ from study import storage
 from study.config import ArmSpec, CardSpec, StudySpec, TrainSpec, load_card
 from study.data import shards
 from study.data.eval_shards import read_eval_split
-from study.data.loader import ShardStream, stream_loader, to_teacher_input
+from study.data.loader import ShardStream, read_range, stream_loader, to_teacher_input
 from study.data.perturb import attack_config, derived_name
 from study.data.shard_cache import ShardCacheSpec
 from study.device import autocast_dtype, pick_device
@@ -127,6 +127,25 @@ def surrogate_name(spec: StudySpec, arm: ArmSpec, card: CardSpec, teacher_id: st
     return card.name
 
 
+def held_out_slice(
+    spec: StudySpec, arm: ArmSpec, root: str, manifest: shards.Manifest, channels: int, image_size: int
+) -> tuple[int | None, torch.Tensor | None]:
+    """(images the trial trains on, held-out uint8 images at the teacher's input) of an arm.
+
+    With `search.metric: agreement` the last `search.agreement_images` images of the arm's built set are held out
+    of training and scored by agreement with the teacher: the one exception to "every trial reads its whole
+    surrogate", so a study needs no labelled data at all. Otherwise nothing is held out.
+    """
+    if spec.search.metric != "agreement":
+        return arm.count, None
+    total = min(arm.count or manifest.count, manifest.count)
+    held = spec.search.agreement_images
+    if held >= total:
+        raise ValueError(f"arm '{arm.name}': search.agreement_images ({held}) leaves no training images of its {total}")
+    images = read_range(root, manifest, total - held, total)
+    return total - held, to_teacher_input(torch.from_numpy(images), channels, image_size)
+
+
 class KDTrial:
     """A trial's state and its training loop; `run` drives it and calls `report` at each report point."""
 
@@ -192,14 +211,16 @@ class KDTrial:
         )
         self.generator = torch.Generator().manual_seed(self.seed)
         cache = paths.cache.open() if paths.cache else None
-        self.stream = ShardStream(root, manifest, t.batch_size, seed=self.seed, limit=arm.count, cache=cache)
+        train_limit, self.heldout = held_out_slice(spec, arm, root, manifest, meta.channels, meta.image_size)
+        self.stream = ShardStream(root, manifest, t.batch_size, seed=self.seed, limit=train_limit, cache=cache)
         self.step = 0
         self.images_seen = 0  # images trained on, counted per batch (a small surrogate's batches repeat images)
         self.amp_dtype = autocast_dtype(self.device, spec.resources.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.val = self._eval_split(meta.val_split)
-        self.test = self._eval_split(meta.test_split)
-        self.test_teacher_pred = self.predict(self.teacher.model, self.test[0])
+        self.val = self._eval_split(meta.val_split) if meta.has_eval_data else None
+        self.test = self._eval_split(meta.test_split) if meta.has_eval_data else None
+        self.test_teacher_pred = self.predict(self.teacher.model, self.test[0]) if self.test is not None else None
+        self.heldout_teacher_pred = self.predict(self.teacher.model, self.heldout) if self.heldout is not None else None
         online = arm.perturbation.mode == "online"
         self.attack = attack_config(arm.perturbation) if online else None
         self.attack_after_mixup = online and arm.perturbation.online_order == "after_mixup"
@@ -213,7 +234,9 @@ class KDTrial:
         if self.paths.eval_root is None:
             return eval_split(meta, split)
         images, labels = read_eval_split(self.paths.eval_root, meta.teacher_id, split)
-        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels).long()
+        # eval data need not have the teacher's channels (grey digits for an RGB teacher)
+        x = to_teacher_input(torch.from_numpy(images), meta.channels, meta.image_size)
+        return x, torch.from_numpy(labels).long()
 
     # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -250,12 +273,20 @@ class KDTrial:
         return predict_classes(model, images, meta.mean, meta.std, self.device, self.spec.budget.eval_batch_size)
 
     def evaluate(self) -> dict[str, float]:
-        test_pred = self.predict(self.student, self.test[0])
-        return {
-            "val_acc": (self.predict(self.student, self.val[0]) == self.val[1]).float().mean().item(),
-            "test_acc": (test_pred == self.test[1]).float().mean().item(),
-            "teacher_agreement": (test_pred == self.test_teacher_pred).float().mean().item(),
-        }
+        """`val_acc`, `test_acc` and `teacher_agreement` (on test) when the teacher has eval data; `agreement` on
+        the arm's held-out surrogate images when the search uses it."""
+        metrics = {}
+        if self.val is not None and self.test is not None:
+            test_pred = self.predict(self.student, self.test[0])
+            metrics = {
+                "val_acc": (self.predict(self.student, self.val[0]) == self.val[1]).float().mean().item(),
+                "test_acc": (test_pred == self.test[1]).float().mean().item(),
+                "teacher_agreement": (test_pred == self.test_teacher_pred).float().mean().item(),
+            }
+        if self.heldout is not None:
+            agree = self.predict(self.student, self.heldout) == self.heldout_teacher_pred
+            metrics["agreement"] = agree.float().mean().item()
+        return metrics
 
     def _loss(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)):
@@ -400,5 +431,6 @@ def diverged_result(images_seen: int, reason: str) -> dict[str, Any]:
         "diverged_reason": reason,
         "val_acc": 0.0,
         "teacher_agreement": 0.0,
+        "agreement": 0.0,
         "images_seen": float(images_seen),
     }

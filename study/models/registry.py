@@ -53,10 +53,36 @@ def create_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module
         ValueError: `name` is not registered (the message lists the known names), or `num_classes` /
             `in_channels` is not a positive integer.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    if name not in _REGISTRY and torchvision_name(name) is None:
+        raise ValueError(
+            f"unknown model {name!r}; known models: {', '.join(list_models())}, "
+            "or a torchvision.models classification model (e.g. resnet18, efficientnet_b0)"
+        )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r} for model {name!r}")
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive integer, got {in_channels!r} for model {name!r}")
-    return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels)
+    if name in _REGISTRY:
+        return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels)
+    if in_channels != 3:
+        raise ValueError(f"torchvision model {name!r} takes 3-channel input, not {in_channels}")
+    import torchvision
+
+    return torchvision.models.get_model(torchvision_name(name), weights=None, num_classes=num_classes)
+
+
+TORCHVISION_PREFIX = "torchvision."
+
+
+def torchvision_name(name: str) -> str | None:
+    """The torchvision.models classification name `name` stands for, or None.
+
+    A zoo name wins over torchvision's (`vgg11` is the zoo's CIFAR VGG); `torchvision.vgg11` picks torchvision's.
+    torchvision's own models keep their own stems (ImageNet-style, e.g. resnet18's 7x7 conv), unlike `tv_*`.
+    """
+    import torchvision
+
+    bare = name.removeprefix(TORCHVISION_PREFIX)
+    if name in _REGISTRY and not name.startswith(TORCHVISION_PREFIX):
+        return None
+    return bare if bare in torchvision.models.list_models(module=torchvision.models) else None
