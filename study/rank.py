@@ -42,12 +42,11 @@ class RankError(ValueError):
 def model_points(ranking: pd.DataFrame, arms: pd.DataFrame) -> pd.DataFrame:
     """The points the model fits: one per surrogate and amount (its flagged, else best-ranked, arm at that count),
     with `log_amount`. A study without amounts gives one point per surrogate, as the report's correlations do."""
-    if not len(ranking):
-        return pd.DataFrame()
-    joined = ranking.merge(arms.drop(columns=["surrogate"]), on="arm", how="left")
-    joined["flag"] = joined["surrogate_point"].astype(str).str.lower() == "true"
-    joined = joined.sort_values(["flag", "test_acc"], ascending=False)
-    points = joined.drop_duplicates(["surrogate", "count"]).drop(columns="flag").reset_index(drop=True)
+    from study.report import surrogate_points
+
+    points = surrogate_points(ranking, arms, per=("surrogate", "count"))
+    if not len(points):
+        return points
     points[AMOUNT] = np.log10(pd.to_numeric(points["count"], errors="coerce"))
     return points
 

@@ -139,15 +139,16 @@ def collect_trials(tracker: StudyTracker, arms: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["arm", "trial_id"]).reset_index(drop=True) if len(df) else df
 
 
-def surrogate_points(ranking: pd.DataFrame, arms: pd.DataFrame) -> pd.DataFrame:
-    """One row per surrogate: the score of its point arm (the flag `record_arms` logs; else its best-ranked arm)
-    with that arm's criteria. Variants of one surrogate are not independent points."""
+def surrogate_points(ranking: pd.DataFrame, arms: pd.DataFrame, per: tuple[str, ...] = ("surrogate",)) -> pd.DataFrame:
+    """One row per surrogate (per `per`: `kd-study rank` keeps one per surrogate and amount): the score of its point
+    arm (the flag `record_arms` logs; else its best-ranked arm) with that arm's criteria. Variants of one surrogate
+    are not independent points."""
     if not len(ranking):
         return pd.DataFrame()
     joined = ranking.merge(arms.drop(columns=["surrogate"]), on="arm", how="left")
     joined["flag"] = joined["surrogate_point"].astype(str).str.lower() == "true"
     joined = joined.sort_values(["flag", str(ranking["ranked_by"].iloc[0])], ascending=False)
-    return joined.drop_duplicates("surrogate").drop(columns="flag").reset_index(drop=True)
+    return joined.drop_duplicates(list(per)).drop(columns="flag").reset_index(drop=True)
 
 
 def learning_curves(

@@ -87,6 +87,7 @@ def test_model_points_keep_one_point_per_surrogate_and_amount() -> None:
             "arm": ["a_n10", "a_n20", "a_n20_adv", "b"],
             "surrogate": ["a", "a", "a", "b"],
             "test_acc": [0.2, 0.3, 0.35, 0.5],
+            "ranked_by": "test_acc",  # as stats.arm_accuracy records it
         }
     )
     arms = pd.DataFrame(
