@@ -9,7 +9,11 @@ recipe (RandAugment, crop, mixup, T from the spec) and the same seeds; the table
 over seeds and the attack's success rate. Runs against whatever `study` is first on PYTHONPATH, so the same
 script measures the code before and after a change:
 
-    PYTHONPATH=/path/to/checkout python benchmarks/attack_effect.py [--images 12000 --seeds 0 --epsilon 0.1255]
+    PYTHONPATH=/path/to/checkout python benchmarks/attack_effect.py [--images 12000 --seeds 0 --arms all]
+
+The default (3 arms x 2 surrogates, 1 seed) takes about 10 minutes on 2 CPU cores; `--arms all` adds the
+earlier online order and `offline_clean`. Seeds matter: one seed's accuracy on a poorly matched surrogate can
+move by several points, so compare arms over 3 seeds before reading a difference.
 
 Prints `attack_effect_<surrogate>_<arm>: ratio=X` (accuracy / the surrogate's `none` accuracy) lines, then a
 Markdown table.
@@ -59,7 +63,8 @@ def study_spec(args: argparse.Namespace, surrogate: str, name: str, perturbation
             "seed": 0,  # offline arms read the derived set built with the study seed; trials vary `seed`
             "student": {"arch": args.student},
             "arms": [{"name": name, "card": surrogate, "perturbation": perturbation}],
-            "train": {"batch_size": args.batch, "temperature": args.temperature, "lr": args.lr},
+            "train": {"batch_size": args.batch, "temperature": args.temperature, "lr": args.lr}
+            | ({} if args.flip is None else {"flip": args.flip == "on"}),
             "budget": {"images": args.images, "report_every": args.images},
         }
     )
@@ -73,16 +78,27 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--temperature", type=float, default=4.0, help="the quickstart's T")
+    parser.add_argument("--flip", choices=["on", "off"], default=None, help="student flips (default: the spec's)")
     parser.add_argument("--student", default="resnet8")
     parser.add_argument("--teacher-arch", default="resnet8")
     parser.add_argument("--teacher-epochs", type=int, default=12)
     parser.add_argument("--teacher-size", type=int, default=16, help="teacher input px (16: 4x cheaper than 32)")
     parser.add_argument("--surrogates", nargs="+", default=list(SURROGATES))
-    parser.add_argument("--arms", nargs="+", default=None, help="subset of arm names")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=None,
+        help="arm names, or 'all' (default: none, the first online order (the authors' where known), offline)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", default=None, help="keep teacher and shards here (default: a temp dir)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    known = arms(args.epsilon)
+    online = next(name for name in known if name.startswith("online"))
+    chosen = set(known) if args.arms == ["all"] else set(args.arms or ["none", online, "offline"])
+    if chosen - set(known):
+        parser.error(f"unknown arms {sorted(chosen - set(known))}: this checkout has {sorted(known)}")
     with tempfile.TemporaryDirectory(prefix="kd-bench-attack-") as tmp:
         root = Path(args.workdir or tmp)
         teacher = str(root / "teacher")
@@ -98,7 +114,7 @@ def main() -> None:
             source = build_surrogate(load_card(resolve_card_path(surrogate)), shards_root, teacher=teacher)
             none_acc = None
             for name, fields in arms(args.epsilon).items():
-                if args.arms and name not in args.arms:
+                if name not in chosen:
                     continue
                 perturbation = PerturbationSpec.model_validate(fields)
                 start = time.perf_counter()

@@ -25,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from study.stats import ACCURACY, mean_interval
 
@@ -152,31 +153,48 @@ def mixture_rows(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_amounts(points: pd.DataFrame, mixtures: pd.DataFrame, references: dict[str, float], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """Curves on a log amount axis ticked at the amounts run; the curves at one amount sit a few percent apart
+    on x (a dodge) so that their intervals do not hide each other, and the legend sits outside the axes."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    families = list(dict.fromkeys(points["family"]))
+    dodge = {f: 1.0 + 0.03 * (i - (len(families) - 1) / 2) for i, f in enumerate(families)}
     for i, (family, curve) in enumerate(points.groupby("family", sort=False)):
         curve = curve.sort_values("count")
         mixture = (curve["components"] != "").any()
         yerr = np.vstack([curve["test_acc"] - curve["ci_low"], curve["ci_high"] - curve["test_acc"]])
-        ax.errorbar(curve["count"], curve["test_acc"], yerr=np.nan_to_num(yerr), marker="o", capsize=3,
-                    linestyle="--" if mixture else "-", color=colours[i % len(colours)],
+        ax.errorbar(curve["count"] * dodge[family], curve["test_acc"], yerr=np.nan_to_num(yerr), marker="o",
+                    capsize=3, linestyle="--" if mixture else "-", color=colours[i % len(colours)],
                     label=f"{family} (mixture)" if mixture else family)  # fmt: skip
     if len(mixtures) and "blend predicts" in mixtures:
-        ax.scatter(mixtures["amount"], mixtures["blend predicts"], marker="x", s=60, color="black", zorder=5,
+        x = mixtures["amount"] * mixtures["mixture"].map(lambda arm: dodge.get(_family_of(points, arm), 1.0))
+        ax.scatter(x, mixtures["blend predicts"], marker="x", s=60, color="black", zorder=5,
                    label="linear blend of components")  # fmt: skip
     for j, (label, acc) in enumerate(references.items()):
         ax.axhline(acc, color="grey", linestyle=":" if j else "-.", linewidth=1)
         ax.annotate(label, (0.01, acc), xycoords=("axes fraction", "data"), va="bottom", fontsize=8, color="grey")
     ax.set_xscale("log")
-    ax.set_xlabel("surrogate images (log scale)")
+    amounts = sorted({int(c) for c in points["count"]})
+    ax.xaxis.set_major_locator(FixedLocator(amounts))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(amounts[0] / 1.5, amounts[-1] * 1.5)
+    ax.set_ylim(-0.02, 1.06)  # accuracies; room above 1 for the references' labels
+    ax.set_xlabel("surrogate images (log scale; curves at one amount are drawn slightly apart)")
     ax.set_ylabel("student test accuracy")
-    ax.set_title("Accuracy vs amount of surrogate data")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    basis = "best search trial, no intervals" if points["ci_low"].isna().all() else "95% t intervals over seeds"
+    ax.set_title(f"Accuracy vs amount of surrogate data ({basis})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _family_of(points: pd.DataFrame, arm: str) -> str | None:
+    match = points.loc[points["arm"] == arm, "family"]
+    return str(match.iloc[0]) if len(match) else None
 
 
 def _fmt(frame: pd.DataFrame) -> pd.DataFrame:
