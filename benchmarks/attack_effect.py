@@ -113,7 +113,7 @@ def main() -> None:
         for surrogate in args.surrogates:
             source = build_surrogate(load_card(resolve_card_path(surrogate)), shards_root, teacher=teacher)
             none_acc = None
-            for name, fields in arms(args.epsilon).items():
+            for name, fields in known.items():
                 if name not in chosen:
                     continue
                 perturbation = PerturbationSpec.model_validate(fields)

@@ -189,12 +189,9 @@ def score_candidates(points: pd.DataFrame, candidates: pd.DataFrame, alpha: floa
             f"{MIN_POINTS} to fit and validate a model (add surrogates to the study and run it)"
         )
     features = model_features(points)
-    if AMOUNT in features and (AMOUNT not in candidates or candidates[AMOUNT].isna().any()):
-        missing = (
-            candidates["card"].tolist()
-            if AMOUNT not in candidates
-            else candidates.loc[candidates[AMOUNT].isna(), "card"].tolist()
-        )
+    amounts = candidates[AMOUNT] if AMOUNT in candidates else pd.Series(math.nan, index=candidates.index)
+    if AMOUNT in features and amounts.isna().any():
+        missing = candidates.loc[amounts.isna(), "card"].tolist()
         raise RankError(
             f"the study's model uses the amount of images, and candidate(s) {missing} have none: set `count` on "
             f"the card or pass `--count N` (the images the candidate would supply)"
@@ -239,8 +236,7 @@ def rank_study_candidates(
     if surrogate_count(points) < MIN_POINTS:
         raise RankError(
             f"study '{spec.name}' has {surrogate_count(points)} surrogate(s) with finished results in "
-            f"{paths.tracking_uri}; "
-            f"`kd-study rank` needs at least {MIN_POINTS} to fit and validate its model"
+            f"{paths.tracking_uri}; `kd-study rank` needs at least {MIN_POINTS} to fit and validate its model"
         )
     validation = validate(points)
     cards = [load_card(resolve_card_path(name, cards_dir)) for name in candidates]  # all validated before any pass

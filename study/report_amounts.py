@@ -167,7 +167,8 @@ def plot_amounts(points: pd.DataFrame, mixtures: pd.DataFrame, references: dict[
                     capsize=3, linestyle="--" if mixture else "-", color=colours[i % len(colours)],
                     label=f"{family} (mixture)" if mixture else family)  # fmt: skip
     if len(mixtures) and "blend predicts" in mixtures:
-        x = mixtures["amount"] * mixtures["mixture"].map(lambda arm: dodge.get(_family_of(points, arm), 1.0))
+        family_of = dict(zip(points["arm"], points["family"], strict=True))
+        x = mixtures["amount"] * mixtures["mixture"].map(family_of).map(dodge).fillna(1.0)
         ax.scatter(x, mixtures["blend predicts"], marker="x", s=60, color="black", zorder=5,
                    label="linear blend of components")  # fmt: skip
     for j, (label, acc) in enumerate(references.items()):
@@ -190,11 +191,6 @@ def plot_amounts(points: pd.DataFrame, mixtures: pd.DataFrame, references: dict[
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _family_of(points: pd.DataFrame, arm: str) -> str | None:
-    match = points.loc[points["arm"] == arm, "family"]
-    return str(match.iloc[0]) if len(match) else None
 
 
 def _fmt(frame: pd.DataFrame) -> pd.DataFrame:
