@@ -50,10 +50,11 @@ def ranking_plot(results: StudyResults, teacher_acc: float | None, path: Path) -
         ax.errorbar(x[final], acc[final], yerr=[low[final], high[final]], fmt="none", ecolor="k", capsize=4)
     for xi, a, top in zip(x, acc, acc + high, strict=True):
         ax.text(xi, top + 1.5, f"{a:.1f}", ha="center", fontsize=8)
-    handles = [
-        Patch(color=BLUE, label="mean of final seeds ± 95% CI (t)"),
-        Patch(color=GREY, label=f"best search trial by {METRIC_NAMES[results.metric]} (no final phase)"),
-    ]
+    handles = []  # a legend entry only for the bar kinds the plot shows
+    if final.any():
+        handles.append(Patch(color=BLUE, label="mean of final seeds ± 95% CI (t)"))
+    if not final.all():
+        handles.append(Patch(color=GREY, label=f"best search trial by {METRIC_NAMES[results.metric]} (no final phase)"))
     if teacher_acc is not None and ranked == "test_acc":
         handles.append(
             ax.axhline(100 * teacher_acc, color="k", ls="--", lw=1, label=f"teacher {100 * teacher_acc:.1f}%")
