@@ -274,6 +274,19 @@ class StudyTracker:
         return client.search_runs([self.experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'", max_results=10_000)
 
 
+def trial_error_text(trial: Any) -> str:
+    """The error a trial raised. Tune writes it to the driver's staging copy of the trial dir (`error_file`) and
+    copies that to the storage path only at its next experiment sync, while `get_error()` reads the storage path:
+    read at `on_trial_error` time, storage may not have it yet (CI lost a shard error that way). So the staged file
+    comes first, storage second."""
+    staged = trial.error_file
+    if staged and os.path.exists(staged):
+        text = Path(staged).read_text(errors="replace").strip()
+        if text:
+            return text
+    return str(trial.get_error() or "the trial raised (no error text was recorded)")
+
+
 class MlflowTrialCallback(tune.Callback):
     """Driver-side: one MLflow child run per Tune trial, reopened (not duplicated) when a trial resumes.
 
@@ -386,7 +399,7 @@ class MlflowTrialCallback(tune.Callback):
         tracker.writer.submit("drop runs of lost trials", drop_lost)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = str(trial.get_error() or "the trial raised (no error text was recorded)")
+        error = trial_error_text(trial)
 
         def fail(client: MlflowClient, run_id: str) -> None:
             client.log_batch(run_id, tags=[RunTag(OUTCOME, "failed"), RunTag(ERROR, error[-MAX_TAG_LEN:])])

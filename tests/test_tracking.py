@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ray import tune
+
 from study.config import StudySpec
-from study.tracking import StudyTracker, experiment_name
+from study.tracking import StudyTracker, experiment_name, trial_error_text
 
 
 def spec(**kw) -> StudySpec:
@@ -45,3 +47,37 @@ def test_artifacts_of_a_sqlite_store_live_beside_the_database(tmp_path: Path, mo
     tracker.log_arm_artifacts(run_id, {"x.json": b"{}"})
     assert not (tmp_path / "mlruns").exists()
     assert list((db_dir / "mlartifacts").rglob("x.json"))
+
+
+class _ErrorRecorder(tune.Callback):
+    """What a driver-side callback can read of a trial's error at the moment Tune reports it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, object]] = []
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self.seen.append((trial_error_text(trial), trial.get_error()))
+
+
+def test_a_trials_error_text_is_read_before_tune_syncs_it_to_storage(ray_session, tmp_path: Path) -> None:
+    """Tune writes the error to its driver staging dir and copies it to storage only at its next sync. CI once
+    recorded "no error text" for a failed trial that way; a long sync period makes that race certain here."""
+
+    def raises_a_shard_error(config: dict) -> None:  # nested: Ray ships it by value (tests/ is not importable)
+        raise OSError("shard-000002.tar: truncated tar header")
+
+    recorder = _ErrorRecorder()
+    tuner = tune.Tuner(
+        raises_a_shard_error,
+        run_config=tune.RunConfig(
+            name="errors",
+            storage_path=str(tmp_path / "store"),
+            sync_config=tune.SyncConfig(sync_period=3600),
+            callbacks=[recorder],
+            verbose=0,
+        ),
+    )
+    tuner.fit()
+    [(text, from_storage)] = recorder.seen
+    assert "shard-000002.tar: truncated tar header" in text
+    assert from_storage is None  # the race is real: storage had not received the file yet
