@@ -3,8 +3,10 @@ beats its parts.
 
 Frank & Davis (CVPR 2025) fix every surrogate at 50K images and name the size/quality trade-off as open work;
 this section answers it from the arms a study ran. Arms expanded from one `counts:` list (`amount_of`) form one
-curve; an arm's accuracy is the mean `test_acc` of its final-phase seeds with a Student-t interval when a final
-phase ran, else the test accuracy of its best search trial by `val_acc` (no interval). A mixture is shown beside
+curve; an arm's accuracy is the one the ranking gives it (`stats.arm_accuracy`: the mean `test_acc` of its
+full-budget final-phase seeds with a Student-t interval when a final phase ran, else the test accuracy of its best
+full-budget search trial by the study's search metric, without an interval), so the curve and the ranking table never
+disagree about an arm. A mixture is shown beside
 its components with the accuracy a linear blend predicts, `sum_i w_i * acc_i` over the components' arms at the
 mixture's amount (the nearest amount on a log scale when that one was not run): a mixture above it gains from
 blending, one below loses.
@@ -27,7 +29,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from study.stats import ACCURACY, mean_interval
+from study.stats import arm_accuracy
 
 FRACTIONS = (0.90, 0.95, 0.99)
 PLOT = "accuracy_vs_amount.png"
@@ -83,26 +85,6 @@ def references_of(points: pd.DataFrame, teacher_dataset: str | None, teacher_acc
     if teacher_acc is not None and teacher_acc == teacher_acc:
         out["teacher"] = float(teacher_acc)
     return out
-
-
-def arm_accuracy(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: test accuracy, its t interval over final seeds (NaN without a final phase) and its basis."""
-    rows = []
-    for arm, group in trials.groupby("arm", sort=False):
-        done = group[group["test_acc"].notna() & (group["status"] == "FINISHED")]
-        if "early_stopped" in done:
-            full = done[~done["early_stopped"].astype(bool)]
-            done = full if len(full) else done
-        final = done[done["phase"] == "final"]
-        if len(final):
-            iv = mean_interval(final["test_acc"].to_numpy(dtype=np.float64), bounds=ACCURACY)
-            rows.append({"arm": arm, "test_acc": iv.mean, "ci_low": iv.low, "ci_high": iv.high, "n": iv.n,
-                         "basis": f"mean of {iv.n} final seed(s)"})  # fmt: skip
-        elif len(done):
-            best = done.loc[done["val_acc"].fillna(-1).idxmax()]
-            rows.append({"arm": arm, "test_acc": float(best["test_acc"]), "ci_low": math.nan, "ci_high": math.nan,
-                         "n": 1, "basis": "best search trial by val"})  # fmt: skip
-    return pd.DataFrame(rows, columns=["arm", "test_acc", "ci_low", "ci_high", "n", "basis"])
 
 
 def smallest_reaching(curve: pd.DataFrame, target: float) -> float:
@@ -220,13 +202,18 @@ def amount_section(
     out_dir: Path,
     teacher_dataset: str | None = None,
     teacher_acc: float | None = None,
+    metric: str = "val_acc",
 ) -> AmountSection | None:
     """The section, or None when the study has neither amounts (a curve of two or more) nor mixtures.
 
-    `trials`: one row per trial run (arm, phase, status, val_acc, test_acc, optional early_stopped); `arms`: rows
-    of `arm_fields` (ARM_COLUMNS); the teacher's dataset and accuracy give the references to reach.
+    `trials`: one row per trial run, as the ranking reads them (arm, surrogate, phase, status, early_stopped,
+    `metric`, test_acc); `arms`: rows of `arm_fields` (ARM_COLUMNS); the teacher's dataset and accuracy give the
+    references to reach. A study without a test split has no accuracy to plot against amount: no section.
     """
-    acc = arm_accuracy(trials)
+    ranking = arm_accuracy(trials, metric) if len(trials) else pd.DataFrame()
+    if ranking.empty or ranking["ranked_by"].iloc[0] != "test_acc":
+        return None
+    acc = ranking[["arm", "test_acc", "ci_low", "ci_high", "n", "basis"]]
     points = arms[ARM_COLUMNS].merge(acc, on="arm", how="inner").dropna(subset=["count", "test_acc"])
     references = references_of(points, teacher_dataset, teacher_acc)
     has_curve = (points.groupby("family")["arm"].count() >= 2).any() if len(points) else False
