@@ -5,11 +5,10 @@ Frank & Davis (CVPR 2025) fix every surrogate at 50K images and name the size/qu
 this section answers it from the arms a study ran. Arms expanded from one `counts:` list (`amount_of`) form one
 curve; an arm's accuracy is the one the ranking gives it (`stats.arm_accuracy`: the mean `test_acc` of its
 full-budget final-phase seeds with a Student-t interval when a final phase ran, else the test accuracy of its best
-full-budget search trial by the study's search metric, without an interval), so the curve and the ranking table never
-disagree about an arm. A mixture is shown beside
-its components with the accuracy a linear blend predicts, `sum_i w_i * acc_i` over the components' arms at the
-mixture's amount (the nearest amount on a log scale when that one was not run): a mixture above it gains from
-blending, one below loses.
+full-budget search trial by the study's search metric, without an interval), so the curve and the ranking table
+never disagree about an arm. A mixture is shown beside its components with the accuracy a linear blend predicts,
+`sum_i w_i * acc_i` over the components' arms at the mixture's amount (the nearest amount on a log scale when that
+one was not run): a mixture above it gains from blending, one below loses.
 
 `amount_section` takes plain tables (the trials, and per arm its logged params), so any report can call it.
 """
