@@ -302,7 +302,7 @@ def write_report(
         write_parquet(results, parquet)
         text = finding(results)
         amounts = amount_section(
-            results.trials, results.arms, out_dir, teacher.dataset if teacher else None, teacher_accuracy, metric
+            results.ranking, results.arms, out_dir, teacher.dataset if teacher else None, teacher_accuracy
         )
         plots += amounts.plots if amounts else []
         sections = report_sections(results, out_dir, teacher_accuracy, text, amounts)

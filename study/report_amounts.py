@@ -3,14 +3,14 @@ beats its parts.
 
 Frank & Davis (CVPR 2025) fix every surrogate at 50K images and name the size/quality trade-off as open work;
 this section answers it from the arms a study ran. Arms expanded from one `counts:` list (`amount_of`) form one
-curve; an arm's accuracy is the one the ranking gives it (`stats.arm_accuracy`: the mean `test_acc` of its
+curve; an arm's accuracy is the one the report's ranking gives it (`stats.arm_accuracy`: the mean `test_acc` of its
 full-budget final-phase seeds with a Student-t interval when a final phase ran, else the test accuracy of its best
 full-budget search trial by the study's search metric, without an interval), so the curve and the ranking table
 never disagree about an arm. A mixture is shown beside its components with the accuracy a linear blend predicts,
 `sum_i w_i * acc_i` over the components' arms at the mixture's amount (the nearest amount on a log scale when that
 one was not run): a mixture above it gains from blending, one below loses.
 
-`amount_section` takes plain tables (the trials, and per arm its logged params), so any report can call it.
+`amount_section` takes plain tables (the ranking, and per arm its logged params), so any report can call it.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
-from study.stats import arm_accuracy
 
 FRACTIONS = (0.90, 0.95, 0.99)
 PLOT = "accuracy_vs_amount.png"
@@ -196,20 +194,18 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def amount_section(
-    trials: pd.DataFrame,
+    ranking: pd.DataFrame,
     arms: pd.DataFrame,
     out_dir: Path,
     teacher_dataset: str | None = None,
     teacher_acc: float | None = None,
-    metric: str = "val_acc",
 ) -> AmountSection | None:
     """The section, or None when the study has neither amounts (a curve of two or more) nor mixtures.
 
-    `trials`: one row per trial run, as the ranking reads them (arm, surrogate, phase, status, early_stopped,
-    `metric`, test_acc); `arms`: rows of `arm_fields` (ARM_COLUMNS); the teacher's dataset and accuracy give the
-    references to reach. A study without a test split has no accuracy to plot against amount: no section.
+    `ranking`: the report's per-arm scores (`stats.arm_accuracy`), so the curve never rescores an arm; `arms`: rows
+    of `arm_fields` (ARM_COLUMNS); the teacher's dataset and accuracy give the references to reach. A study
+    without a test split has no accuracy to plot against amount: no section.
     """
-    ranking = arm_accuracy(trials, metric) if len(trials) else pd.DataFrame()
     if ranking.empty or ranking["ranked_by"].iloc[0] != "test_acc":
         return None
     acc = ranking[["arm", "test_acc", "ci_low", "ci_high", "n", "basis"]]

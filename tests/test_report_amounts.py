@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from study.report_amounts import amount_section, arm_table
+from study.stats import arm_accuracy
 
 
 def trial(arm: str, test_acc: float, val_acc: float | None = None, phase: str = "search") -> dict:
@@ -55,7 +56,7 @@ def study() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_amount_thresholds_blend_and_intervals(study, tmp_path: Path) -> None:
     trials, arms = study
-    section = amount_section(trials, arms, tmp_path, teacher_dataset="digits", teacher_acc=0.95)
+    section = amount_section(arm_accuracy(trials), arms, tmp_path, teacher_dataset="digits", teacher_acc=0.95)
     assert section is not None and section.references == {"in-domain": 0.90, "teacher": 0.95}
     points = section.points.set_index("arm")
     assert points.loc["b_n100", "test_acc"] == 0.60
@@ -77,27 +78,26 @@ def test_amount_thresholds_blend_and_intervals(study, tmp_path: Path) -> None:
 
 def test_no_section_without_amounts_or_mixtures(tmp_path: Path) -> None:
     arms = arm_table({"x": params("x", 100), "y": params("y", 100)})
-    assert amount_section(pd.DataFrame([trial("x", 0.5), trial("y", 0.6)]), arms, tmp_path) is None
+    assert amount_section(arm_accuracy(pd.DataFrame([trial("x", 0.5), trial("y", 0.6)])), arms, tmp_path) is None
 
 
 def test_the_curve_scores_an_arm_as_the_ranking_does(study, tmp_path: Path) -> None:
     """Early-stopped and diverged trials never score an arm: not in the ranking table, not on the curve."""
-    from study.stats import arm_accuracy
-
     trials, arms = study
     cut_short = {**trial("a_n100", 0.99, val_acc=0.99), "early_stopped": True}
     diverged = {**trial("a_n1000", 0.99, val_acc=0.99), "diverged": True}
     trials = pd.concat([trials, pd.DataFrame([cut_short, diverged])], ignore_index=True)
     trials["diverged"] = trials["diverged"].fillna(False).astype(bool)
-    section = amount_section(trials, arms, tmp_path)
+    ranking = arm_accuracy(trials)
+    section = amount_section(ranking, arms, tmp_path)
     assert section is not None
     points = section.points.set_index("arm")["test_acc"]
     assert points["a_n100"] == 0.50 and points["a_n1000"] == 0.70
-    ranking = arm_accuracy(trials).set_index("arm")["test_acc"]
-    assert (points == ranking.reindex(points.index)).all()
+    scores = ranking.set_index("arm")["test_acc"]
+    assert (points == scores.reindex(points.index)).all()
 
 
 def test_no_section_without_a_test_split(study, tmp_path: Path) -> None:
     trials, arms = study
     unlabelled = trials.assign(test_acc=math.nan, agreement=trials["val_acc"])
-    assert amount_section(unlabelled, arms, tmp_path, metric="agreement") is None
+    assert amount_section(arm_accuracy(unlabelled, "agreement"), arms, tmp_path) is None
