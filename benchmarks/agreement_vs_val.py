@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.config import StudySpec
-from study.pipeline import run_study
+from study.orchestrate.pipeline import run_study
 
 
 def study_spec(root: str, trials: int, images: int, arms: list[str]) -> StudySpec:

@@ -33,8 +33,9 @@ from study.config import PerturbationSpec, StudySpec, TeacherSpec, load_card
 from study.data.build import build_surrogate
 from study.data.perturb import build_perturbed
 from study.distill.trial import KDTrial, TrialPaths
+from study.orchestrate.teacher_training import train_teacher
 from study.resources import resolve_card_path
-from study.teacher import load_meta, train_teacher
+from study.teacher.checkpoint import load_meta
 
 SURROGATES = ("photo_crops", "dead_leaves")
 HAS_ORDER = "online_order" in PerturbationSpec.model_fields

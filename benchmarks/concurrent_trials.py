@@ -1,6 +1,7 @@
 """Several real KD trials sharing one node: aggregate and per-trial img/s against one trial alone.
 
-K = 1, 2, 4 trials of the same spec run at once, either through Ray Tune (`--mode ray`: `study.sweep.run_sweep`
+K = 1, 2, 4 trials of the same spec run at once, either through Ray Tune (`--mode ray`:
+`study.orchestrate.sweep.run_sweep`
 with `resources.cpu = cpus / K` and, on a GPU, `resources.gpu = 1 / K`, the fractional packing a cluster uses) or as
 K plain processes (`--mode processes`, for a machine without Ray). A trial's rate is the median `images_per_s`
 of its reports after the first (warm-up); the aggregate is the sum over the K trials, which run concurrently.
@@ -36,9 +37,9 @@ from kd_step import make_teacher
 
 from study.config import CardSpec, StudySpec
 from study.data.build import build_surrogate
-from study.data.eval_shards import build_eval_shards
+from study.data.eval_splits import build_eval_shards
 from study.distill.trial import KDTrial, TrialPaths
-from study.teacher import load_meta
+from study.teacher.checkpoint import load_meta
 
 
 def setup(root: Path, args: argparse.Namespace, k: int) -> tuple[StudySpec, TrialPaths]:
@@ -78,7 +79,7 @@ def steady_rate(rates: list[float]) -> float:
 
 
 def run_with_ray(root: Path, args: argparse.Namespace, k: int) -> list[dict]:
-    from study.sweep import run_sweep
+    from study.orchestrate.sweep import run_sweep
     from study.tracking import StudyTracker
 
     spec, paths = setup(root, args, k)

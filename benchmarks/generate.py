@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from study.data.generators import create_generator, list_generators
 from study.data.generators import shaders as shader_module
+from study.data.generators.registry import create_generator, list_generators
 from study.data.generators.shaders import bundled_programs
 
 # images per measurement at 32 px and at 224 px (small at 224: dead leaves is O(pixels x shapes))

@@ -60,7 +60,7 @@ def shard_source(root: str, count: int, batch_size: int = BATCH) -> BatchSource:
     """Batches decoded from real kd-study shards by the trial's reader (ShardStream), one epoch, as (N, C, H, W)."""
     from study.config import CardSpec
     from study.data.build import build_surrogate
-    from study.data.loader import ShardStream
+    from study.data.shards.reader import ShardStream
 
     card = CardSpec(name="bench_noise", kind="generated", generator="uniform_noise", count=count, image_size=SIZE)
     built = build_surrogate(card, root)

@@ -27,7 +27,7 @@ from study.device import pick_device
 from study.distill.loss import kd_loss
 from study.distill.trial import KDTrial, TrialPaths
 from study.models import create_model
-from study.teacher import META, WEIGHTS, TeacherMeta
+from study.teacher.checkpoint import META, WEIGHTS, TeacherMeta
 
 
 def make_teacher(root: Path, arch: str, size: int) -> str:
@@ -108,7 +108,7 @@ def kd_study_loop(
     The surrogate is larger than the trial's shuffle buffer (4,096 images) plus everything the run consumes, so
     the loop keeps reading and decoding shard blocks inside the measured window, as a long trial does.
     """
-    from study.data import loader
+    from study.data.shards import reader as loader
 
     count = 4096 + batch * (warmup + steps) + 4096
     card = CardSpec(

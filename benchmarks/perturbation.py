@@ -2,7 +2,7 @@
 derived surrogate built once), same teacher, student and surrogate, in one run.
 
 Measures the trial loop's images/s (KDTrial's own `images_per_s`, evaluation excluded) for three arms of one
-surrogate: `online` (boundary attack on each batch, `study.distill.attack`), `offline` (the precomputed derived
+surrogate: `online` (boundary attack on each batch, `study.teacher.attack`), `offline` (the precomputed derived
 shards, `study.data.perturb`) and `none` (plain KD, for scale), plus the one-time offline build. The ratio is
 offline / online trial speed; the build line says after how many trial images the offline build has paid off.
 
@@ -25,7 +25,7 @@ from study.config import ArmSpec, CardSpec, PerturbationSpec, RealSource, StudyS
 from study.data.build import build_surrogate
 from study.data.perturb import build_perturbed
 from study.distill.trial import KDTrial, TrialPaths
-from study.teacher import train_teacher
+from study.orchestrate.teacher_training import train_teacher
 
 
 def trial_speed(spec: StudySpec, arm: ArmSpec, paths: TrialPaths) -> tuple[float, dict[str, float]]:

@@ -7,7 +7,7 @@ occasional 503 SlowDown, which botocore retries. Three setups per K, all measure
 
 * `local`: the shards in a local folder (the baseline);
 * `s3`: straight from S3 through the proxy (every epoch of every reader downloads the whole surrogate);
-* `cached`: from S3 through the node-local shard cache (`study.data.shard_cache`; a fresh cache per K): the
+* `cached`: from S3 through the node-local shard cache (`study.data.shards.cache`; a fresh cache per K): the
   first reader to need a shard downloads it, every other read on the node is local.
 
 Lines: `s3_load_kK: ratio=X` with X = per-reader img/s from S3 / per-reader img/s locally, and
@@ -46,8 +46,8 @@ def read_surrogate(
 ) -> None:
     """One trial's reader: whole surrogate, `epochs` times, shuffled batches; reports img/s and S3 counters."""
     os.environ.update(env)
-    from study.data.loader import ShardStream
-    from study.data.shard_cache import ShardCache, ShardCacheSpec, cache_counters
+    from study.data.shards.cache import ShardCache, ShardCacheSpec, cache_counters
+    from study.data.shards.reader import ShardStream
 
     manifest = shards.read_manifest(root)
     cache = ShardCache(ShardCacheSpec(cache_dir, max_bytes=1 << 40)) if cache_dir else None

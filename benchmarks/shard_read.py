@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study import storage
 from study.data import shards
-from study.data.loader import ShardStream, stream_loader
+from study.data.shards.reader import ShardStream, stream_loader
 from tests.fault_proxy import FaultProxy, FaultRates
 from tests.s3_servers import run_moto
 

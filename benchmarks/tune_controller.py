@@ -3,7 +3,8 @@
 Both sides run 128 trials of a stand-in trainable that imports no torch and sleeps 1 s per report for 10 reports,
 on 32 logical GPUs (1 GPU, 0 CPU per trial), in one Ray runtime (start-up excluded, printed separately):
 
-* kd-study: `study.sweep.run_sweep` itself (per-arm Optuna searcher, per-arm ASHA rungs persisted after every
+* kd-study: `study.orchestrate.sweep.run_sweep` itself
+  (per-arm Optuna searcher, per-arm ASHA rungs persisted after every
   decision, the driver-side MLflow callback writing every report to a real sqlite store), 4 arms x 32 trials;
 * plain: `tune.Tuner` with the default searcher (random search over the same space) and scheduler (FIFO), no
   callback.
@@ -49,7 +50,7 @@ def standin_trial(config: dict, spec_json: str = "", paths: object = None) -> No
 def kd_study_side(tmp: Path, args: argparse.Namespace) -> float:
     from study.config import StudySpec
     from study.distill.trial import TrialPaths
-    from study.sweep import run_sweep
+    from study.orchestrate.sweep import run_sweep
     from study.tracking import StudyTracker
 
     spec = StudySpec.model_validate(

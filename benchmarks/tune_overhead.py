@@ -1,7 +1,8 @@
 """What Ray Tune + MLflow plumbing costs per KD trial, against the same trials run in-process one after another.
 
 Eight real KD trials (random resnet8 teacher -> resnet8 student, 32 px uniform-noise surrogate, the paper's full
-recipe, `--threads` intra-op threads per trial) run through `study.sweep.run_sweep` at `max_concurrent: 1`: the
+recipe, `--threads` intra-op threads per trial) run through
+`study.orchestrate.sweep.run_sweep` at `max_concurrent: 1`: the
 per-arm searcher, the driver-side MLflow callback on a sqlite store, a checkpoint to Tune's storage at every
 report, eval on the eval shards. Then the same eight configs (same learning rates and seeds) run in this process
 with `KDTrial.run`, one after another, with the same threads. Ray start-up is excluded and printed separately.
@@ -33,10 +34,10 @@ from kd_step import make_teacher
 
 from study.config import CardSpec, StudySpec
 from study.data.build import build_surrogate
-from study.data.eval_shards import build_eval_shards
+from study.data.eval_splits import build_eval_shards
 from study.distill.trial import KDTrial, TrialPaths
-from study.sweep import TRIAL_KEYS, run_sweep
-from study.teacher import load_meta
+from study.orchestrate.sweep import TRIAL_KEYS, run_sweep
+from study.teacher.checkpoint import load_meta
 from study.tracking import StudyTracker
 
 

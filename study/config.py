@@ -230,10 +230,10 @@ class TrainSpec(Strict):
 
 
 class PerturbationSpec(Strict):
-    """Adversarial boundary perturbation of an arm (Frank & Davis, CVPR 2025; `study.distill.attack`).
+    """Adversarial boundary perturbation of an arm (Frank & Davis, CVPR 2025; `study.teacher.attack`).
 
     The attack's parameters define the arm and are never searched; they are in the spec, so they change the
-    study's science hash. Defaults equal `study.distill.attack.AttackConfig`'s (pixel units of [0, 1] images;
+    study's science hash. Defaults equal `study.teacher.attack.AttackConfig`'s (pixel units of [0, 1] images;
     a test pins the equality, this module does not import torch).
 
     * `none`: the surrogate as built.
@@ -453,7 +453,7 @@ class TrackingSpec(Strict):
 
 
 class CriteriaSpec(Strict):
-    """Teacher-side criteria (`study.criteria`): images per population (raw candidate pool, built set)."""
+    """Teacher-side criteria (`study.criteria.measures`): images per population (raw candidate pool, built set)."""
 
     images: int = Field(default=2048, ge=64)
 

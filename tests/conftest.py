@@ -52,7 +52,7 @@ def ray_session():
 def digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small digits teacher trained once per session (resnet8, a few epochs, > 90% test accuracy)."""
     from study.config import TeacherSpec
-    from study.teacher import train_teacher
+    from study.orchestrate.teacher_training import train_teacher
 
     out = tmp_path_factory.mktemp("teacher")
     train_teacher(TeacherSpec(arch="resnet8", epochs=12, batch_size=64, lr=0.1), str(out))

@@ -162,7 +162,7 @@ class TestKubeRay:
                 assert volumes[shm["name"]]["emptyDir"]["medium"] == "Memory"
 
     def test_settings_from_configmap_and_optional_secret(self, ray_cluster: dict[str, Any]) -> None:
-        from study.jobs import STORAGE_ENV, TRACKING_ENV
+        from study.orchestrate.jobs import STORAGE_ENV, TRACKING_ENV
 
         (config_map,) = [d for d in kuberay_docs("raycluster.yaml") if d["kind"] == "ConfigMap"]
         assert {STORAGE_ENV, TRACKING_ENV} <= set(config_map["data"])
@@ -180,8 +180,8 @@ class TestKubeRay:
 
     def test_rayjob_runs_the_study_driver_on_a_valid_bundled_spec(self) -> None:
         from study.config import StudySpec
-        from study.jobs import DRIVER_MODULE, SPEC_ENV, check_submittable
-        from study.pipeline import load_cards
+        from study.orchestrate.jobs import DRIVER_MODULE, SPEC_ENV, check_submittable
+        from study.orchestrate.pipeline import load_cards
 
         (job,) = kuberay_docs("rayjob.yaml")
         assert shlex.split(job["spec"]["entrypoint"]) == ["python", "-m", DRIVER_MODULE]

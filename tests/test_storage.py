@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from study import storage
-from study.data.s3_stream import register_webdataset_s3
+from study.data.shards.s3_stream import register_webdataset_s3
 from study.storage import StorageError
 from tests.fault_proxy import FaultProxy, FaultRates
 from tests.s3_servers import S3Server, free_port

@@ -7,7 +7,8 @@ from pathlib import Path
 from ray import tune
 
 from study.config import StudySpec
-from study.tracking import StudyTracker, experiment_name, trial_error_text
+from study.orchestrate.trial_runs import trial_error_text
+from study.tracking import StudyTracker, experiment_name
 
 
 def spec(**kw) -> StudySpec:

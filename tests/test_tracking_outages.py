@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from study.config import StudySpec
-from study.tracking import MlflowTrialCallback, StudyTracker
+from study.orchestrate.trial_runs import MlflowTrialCallback
+from study.tracking import StudyTracker
 
 pytestmark = pytest.mark.slow
 

@@ -31,9 +31,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from study import storage
 from study.config import BalanceSpec, CardSpec
-from study.data.loader import to_teacher_input
 from study.data.shards import SelectionRecord, ShardError
-from study.teacher import Teacher, normalise, predict
+from study.data.shards.reader import to_teacher_input
+from study.teacher.checkpoint import Teacher
+from study.teacher.inference import normalise, predict
 
 log = logging.getLogger(__name__)
 

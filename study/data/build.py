@@ -17,7 +17,6 @@ import logging
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,39 +25,12 @@ from study import storage
 from study.config import CardSpec
 from study.data import shards
 from study.data.balance import ScanProgress, Selection, load_selection, save_selection, scan, scan_order
+from study.data.build_plan import BlockPlan, BuildResult, ReferenceStats, plan_shards, stats_record
 from study.data.images import LabelledImages, class_interleaved_order
-from study.data.real import load_source
-from study.teacher import Teacher, TeacherMeta, load_meta, load_teacher
+from study.data.sources.registry import load_source
+from study.teacher.checkpoint import Teacher, TeacherMeta, load_meta, load_teacher
 
 log = logging.getLogger(__name__)
-
-ReferenceStats = tuple[list[float], list[float]]
-BlockPlan = tuple[int, list[int], list[int] | None]
-"""One block of a shard: (position of its first image in stored order, candidate indices, teacher predictions)."""
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    root: str
-    manifest: shards.Manifest
-    shards_written: int
-    shards_kept: int
-    reused: bool
-    selection_reused: bool = False
-
-
-def stats_record(reference_stats: ReferenceStats | None) -> list[list[float]] | None:
-    return (
-        None
-        if reference_stats is None
-        else [[float(v) for v in reference_stats[0]], [float(v) for v in reference_stats[1]]]
-    )
-
-
-def plan_shards(count: int, per_sample: int, per_shard: int) -> list[list[tuple[int, int]]]:
-    """Shard -> list of (start, n) image ranges, one per block."""
-    blocks = [(s, min(per_sample, count - s)) for s in range(0, count, per_sample)]
-    return [blocks[i : i + per_shard] for i in range(0, len(blocks), per_shard)]
 
 
 def _generate_ids(generator: Any, seed: int, ids: list[int], image_size: int) -> np.ndarray:
@@ -91,7 +63,7 @@ def write_shard_task(
     card = CardSpec.model_validate_json(card_json)
     generator = None
     if data is None:
-        from study.data.generators import create_generator
+        from study.data.generators.registry import create_generator
 
         assert card.generator is not None
         generator = create_generator(card.generator, card.params, reference_stats=reference_stats)
@@ -161,7 +133,7 @@ def _select(
         order = scan_order(card, budget)
         source = lambda start, n: data.images[order[start : start + n]]  # noqa: E731
     else:
-        from study.data.generators import create_generator
+        from study.data.generators.registry import create_generator
 
         assert card.generator is not None
         generator = create_generator(card.generator, card.params, reference_stats=reference_stats)
@@ -220,7 +192,8 @@ def build_surrogate(
 
         return build_mixture(
             card, out_root, count=count, reference_stats=reference_stats, teacher_id=teacher_id, meta=meta,
-            get_teacher=get_teacher, teacher=teacher, workers=workers, ray_address=ray_address, on_shard=on_shard,
+            get_teacher=get_teacher, teacher=teacher, build_component=build_surrogate, workers=workers,
+            ray_address=ray_address, on_shard=on_shard,
             replace_stale=replace_stale,
         )  # fmt: skip
     if card.balance is not None and meta is None:
@@ -229,7 +202,7 @@ def build_surrogate(
         )
     generator_version = None
     if card.kind == "generated":
-        from study.data.generators import create_generator
+        from study.data.generators.registry import create_generator
 
         assert card.generator is not None
         generator_version = create_generator(card.generator, card.params, reference_stats=reference_stats).version

@@ -33,13 +33,13 @@ import numpy as np
 from study import storage
 from study.config import BalanceSpec, CardSpec, SpecError, load_card
 from study.data import shards
+from study.data.build_plan import BuildResult, ReferenceStats, plan_shards
 from study.data.images import class_interleaved_order
-from study.data.loader import read_all
+from study.data.shards.reader import read_all
 from study.resources import resolve_card_path
 
 if TYPE_CHECKING:
-    from study.data.build import BuildResult, ReferenceStats
-    from study.teacher import Teacher, TeacherMeta
+    from study.teacher.checkpoint import Teacher, TeacherMeta
 
 log = logging.getLogger(__name__)
 
@@ -168,19 +168,19 @@ def build_mixture(
     meta: TeacherMeta | None,
     get_teacher: Callable[[], Teacher],
     teacher: Teacher | str | None,
+    build_component: Callable[..., BuildResult],
     workers: int = 1,
     ray_address: str | None = None,
     on_shard: Callable[[int, int], None] | None = None,
     replace_stale: bool = False,
 ) -> BuildResult:
-    """Build the components (reusing what exists), then the mixture under `<out_root>/<card.name>/`."""
-    from study.data.build import BuildResult, build_surrogate, plan_shards
-
+    """Build the components with `build_component` (`study.data.build.build_surrogate`, passed in so that the two
+    modules do not import each other), reusing what exists, then the mixture under `<out_root>/<card.name>/`."""
     components = component_cards(card)
     if uses_teacher(card) and meta is None:
         raise shards.ShardError(f"card '{card.name}': it selects images through a teacher; give one (--teacher)")
     builds = [
-        build_surrogate(
+        build_component(
             c,
             out_root,
             reference_stats=reference_stats,

@@ -1,7 +1,7 @@
 """Offline adversarial boundary perturbation: a `derived` surrogate built once per teacher x surrogate.
 
 Frank & Davis (CVPR 2025) train students on surrogate images pushed to the teacher's decision boundary
-(`study.distill.attack`). Attacking every batch online costs tens of teacher forward/backward passes per image
+(`study.teacher.attack`). Attacking every batch online costs tens of teacher forward/backward passes per image
 on every trial; an arm with `perturbation.mode: offline` instead reads the perturbed images precomputed here,
 so every trial (and every search sample) of the arm reuses one attack pass.
 
@@ -32,11 +32,12 @@ import torch
 from study import storage
 from study.config import PerturbationSpec
 from study.data import shards
-from study.data.build import BuildResult
-from study.data.loader import iter_blocks, to_teacher_input
+from study.data.build_plan import BuildResult
+from study.data.shards.reader import iter_blocks, to_teacher_input
 from study.device import pick_device
-from study.distill.attack import KINDS, AttackConfig, boundary_attack
-from study.teacher import Teacher, load_teacher, normalise, predict
+from study.teacher.attack import KINDS, AttackConfig, boundary_attack
+from study.teacher.checkpoint import Teacher, load_teacher
+from study.teacher.inference import normalise, predict
 
 log = logging.getLogger(__name__)
 

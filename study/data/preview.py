@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from study.data.loader import read_all
 from study.data.shards import read_manifest
+from study.data.shards.reader import read_all
 
 PAD = 2
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from study.config import FINE_GRAINED_SOURCES, CardSpec, TeacherSpec, TrainSpec
-from study.teacher import TeacherMeta
+from study.teacher.checkpoint import TeacherMeta
 
 SYNTHETIC_TEMPERATURE = 20.0
 REAL_TEMPERATURE = 2.0

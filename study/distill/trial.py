@@ -7,7 +7,7 @@ teacher's original val and test splits and a checkpoint is written, so Tune can 
 A resumed trial replays its data stream up to the checkpoint and continues with the saved RNG state, so it
 matches an uninterrupted run.
 
-Adversarial boundary perturbation (the arm's `perturbation`, `study.distill.attack`): `offline` arms read the
+Adversarial boundary perturbation (the arm's `perturbation`, `study.teacher.attack`): `offline` arms read the
 derived surrogate `study.data.perturb` built for this teacher (kd-study's own variant: attacked once, augmented at
 training time). `online` arms attack every batch. Order `after_mixup` (the default) is the authors' (their training
 loop: augmentation, mixup, the bold-driver attack, the deeper attack, KD): the batch is augmented and mixed up, the
@@ -38,18 +38,19 @@ import torch
 from study import storage
 from study.config import ArmSpec, CardSpec, StudySpec, TrainSpec, load_card
 from study.data import shards
-from study.data.eval_shards import read_eval_split
-from study.data.loader import ShardStream, read_range, stream_loader, to_teacher_input
+from study.data.eval_splits import eval_split, read_eval_split
 from study.data.perturb import attack_config, derived_name
-from study.data.shard_cache import ShardCacheSpec
+from study.data.shards.cache import ShardCacheSpec
+from study.data.shards.reader import ShardStream, read_range, stream_loader, to_teacher_input
 from study.device import autocast_dtype, pick_device
-from study.distill.attack import boundary_attack
 from study.distill.augment import AugmentConfig, BatchAugment
 from study.distill.loss import kd_loss, onehot_kd_loss
 from study.distill.temperature import kd_temperature, student_flip
 from study.models import create_model
 from study.resources import resolve_card_path
-from study.teacher import eval_split, load_teacher, predict_classes
+from study.teacher.attack import boundary_attack
+from study.teacher.checkpoint import load_teacher
+from study.teacher.inference import predict_classes
 
 log = logging.getLogger(__name__)
 

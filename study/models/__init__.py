@@ -11,14 +11,7 @@ resnet8 ... resnet110, resnet8x4, resnet32x4 (`cifar_resnet`); wrn_16_1, wrn_16_
 """
 
 # The family modules register their models on import.
-from study.models import (
-    cifar_resnet,
-    mobilenetv2,
-    shufflenetv2,
-    torchvision_resnet,
-    vgg,
-    wide_resnet,
-)
+from study.models import cifar_resnet, mobilenetv2, shufflenetv2, torchvision_resnet, vgg, wide_resnet
 from study.models.registry import ModelFactory, create_model, list_models, register_model
 
 __all__ = [

@@ -33,7 +33,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from study.data.generators import Generator, GeneratorError, ReferenceStats, image_rng, register_generator
+from study.data.generators.registry import Generator, GeneratorError, ReferenceStats, image_rng, register_generator
 
 Shape = Literal["circle", "square", "triangle"]
 _SQUARE_HALF_SIDE = np.sqrt(np.pi) / 2.0  # a square of the same area as the circle of radius 1

@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from study.data.generators import (
+from study.data.generators.registry import (
     Generator,
     GeneratorError,
     ReferenceStats,

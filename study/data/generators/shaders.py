@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from study.data.generators import Generator, GeneratorError, ReferenceStats, image_rng, register_generator
+from study.data.generators.registry import Generator, GeneratorError, ReferenceStats, image_rng, register_generator
 from study.resources import bundled_dir
 
 APT_PACKAGES = ["libegl1", "libegl-mesa0", "libgl1-mesa-dri", "libgbm1", "libgles2"]

@@ -1,0 +1,69 @@
+"""`kd-study report / rank`: the report of a study, and candidate surrogates scored against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from study.cli.console import console, user_errors
+from study.cli.options import RayAddressOption, RootOption, StorageOption, TrackingOption, load_spec
+
+
+def report(
+    spec: Annotated[str, typer.Argument(help="Study spec (YAML path or bundled name).")],
+    storage: StorageOption = None,
+    root: RootOption = None,
+    tracking_uri: TrackingOption = None,
+    ray_address: RayAddressOption = None,
+    out: Annotated[Path | None, typer.Option(help="Also copy the report to this local folder.")] = None,
+) -> None:
+    """Rebuild the report (to <root>/report/<study name>) from the MLflow store alone."""
+    from study.orchestrate.pipeline import open_tracker, publish_report, study_paths
+    from study.orchestrate.sweep import total_trials
+    from study.teacher.checkpoint import load_meta
+
+    with user_errors():
+        spec_path, study_spec = load_spec(spec, storage, root, tracking_uri, ray_address)
+        paths = study_paths(study_spec)
+        meta = load_meta(paths.teacher)
+        tracker = open_tracker(study_spec, paths, str(spec_path.resolve().parent))
+        result, uri = publish_report(
+            tracker, paths, meta, study_spec.name, out, total_trials(study_spec), metric=study_spec.search.metric
+        )
+    console.print(f"finding: {result.finding}", soft_wrap=True)
+    console.print(
+        f"report: [bold]{uri}[/] (report.html, report.md; {len(result.ranking)} arms)"
+        + (f", copy in {out}" if out else ""),
+        soft_wrap=True,
+    )
+
+
+def rank(
+    spec: Annotated[str, typer.Argument(help="A finished study's spec (YAML path or bundled name).")],
+    candidates: Annotated[list[str], typer.Option("--candidates", help="Candidate cards (names or YAML paths).")],
+    root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
+    count: Annotated[
+        int | None, typer.Option(min=1, help="Images each candidate would supply (default: its card's count).")
+    ] = None,
+) -> None:
+    """Score candidate surrogates from raw-pool criteria (teacher passes only), with a model fitted on the study."""
+    from study.orchestrate.rank_candidates import rank_study_candidates
+
+    with user_errors():
+        # RankError: a clear message, exit 2
+        scored, validation = rank_study_candidates(spec, root, candidates, count=count)
+    table = Table(title="Candidate surrogates, predicted student test accuracy")
+    for col in ("#", "card", "predicted acc", "class entropy (raw pool)"):
+        table.add_column(col, justify="left" if col == "card" else "right", no_wrap=True)
+    for i, row in scored.iterrows():
+        table.add_row(str(i), row["card"], f"{row['predicted_test_acc']:.1%}", f"{row['crit_raw_class_entropy']:.3f}")
+    console.print(table)
+    console.print(validation.verdict(), soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (report, rank):
+        app.command()(command)

@@ -1,0 +1,509 @@
+"""The study's steps in order: validate, build surrogates, measure criteria, run the sweep, report.
+
+`kd-study run` and `kd-study quickstart` both drive these; each step skips what is already done, so a rerun
+resumes and a finished study reruns in seconds without adding MLflow runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from study import storage
+from study.config import ArmSpec, CardSpec, SpecError, StudySpec
+from study.criteria.measures import FeatureMoments
+from study.criteria.populations import measure_arm, val_moments
+from study.data import shards
+from study.data.build import build_surrogate
+from study.data.build_plan import BuildResult
+from study.data.eval_splits import build_eval_shards
+from study.data.mixture import uses_teacher
+from study.data.shards.cache import ShardCacheSpec
+from study.device import pick_device
+from study.distill.trial import TrialPaths, card_for_arm, surrogate_name
+from study.orchestrate.sweep import run_sweep, total_trials
+from study.orchestrate.teacher_training import train_teacher
+from study.report.study_report import Report, write_report
+from study.teacher.checkpoint import META, NO_EVAL_DATA, Teacher, TeacherError, TeacherMeta, load_meta, load_teacher
+from study.tracking import OUTCOME, OUTCOMES, StudyTracker, short_http_retries
+
+log = logging.getLogger(__name__)
+
+
+class ProgressSink(Protocol):
+    """What the pipeline tells a UI; the CLI implements it with rich, tests with nothing."""
+
+    def task(self, key: str, description: str, total: int | None) -> None: ...
+    def update(self, key: str, completed: int, total: int | None = None) -> None: ...
+
+
+class NoProgress:
+    def task(self, key: str, description: str, total: int | None) -> None:
+        pass
+
+    def update(self, key: str, completed: int, total: int | None = None) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """Every location of a study as an absolute URI (a folder or `s3://...`), resolved once on the driver."""
+
+    root: str
+    shards: str
+    tune_dir: str
+    teacher: str
+    tracking_uri: str
+    report_dir: str
+    eval_root: str = ""
+
+
+def study_paths(spec: StudySpec, root: str | None = None) -> StudyPaths:
+    """Resolve the spec's storage against `root` (or its own `storage.root`, which may be `s3://bucket/prefix`).
+
+    Relative parts join onto the root as URIs. A relative `sqlite:///` tracking URI resolves beside a local root;
+    under an S3 root it is an error, since a sqlite file cannot live in a bucket.
+    """
+    base = storage.resolve(root or spec.storage.root)
+    uri = spec.tracking.uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        relative = uri[len("sqlite:///") :]
+        if storage.is_s3(base):
+            raise SpecError(
+                f"tracking.uri '{uri}' is a sqlite file relative to storage.root '{base}', which is on S3 where a "
+                "sqlite file cannot live: give --tracking-uri (an absolute sqlite:////path/mlflow.db on this "
+                "machine, or the http:// address of an MLflow server that every node reaches)"
+            )
+        uri = "sqlite:///" + storage.resolve(relative, base)
+    return StudyPaths(
+        root=base,
+        shards=storage.resolve(spec.storage.shards, base),
+        tune_dir=storage.resolve(spec.storage.tune, base),
+        teacher=storage.resolve(spec.teacher.uri, base),
+        tracking_uri=uri,
+        report_dir=storage.resolve(f"report/{spec.name}", base),  # one folder per study sharing a root
+        eval_root=storage.resolve("eval", base),
+    )
+
+
+@dataclass
+class StudyOutcome:
+    paths: StudyPaths
+    teacher: TeacherMeta
+    builds: dict[str, BuildResult] = field(default_factory=dict)
+    sweep_ran: bool = False
+    report: Report | None = None
+    report_uri: str = ""
+    trial_outcomes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        """Trials that raised after their retries (diverged trials are results, not failures)."""
+        return self.trial_outcomes.get("failed", 0)
+
+
+def load_cards(spec: StudySpec, cards_dir: str | None = None) -> dict[str, CardSpec]:
+    """Every arm's card, resolved once here (relative paths against `cards_dir`, the spec file's folder) and
+    validated, its generator's params checked, before anything runs; trials receive these, never paths."""
+    from study.data.generators.registry import create_generator
+    from study.data.mixture import component_cards
+
+    cards = {}
+    for arm in spec.arms:
+        card = card_for_arm(arm, cards_dir)
+        for part in component_cards(card) if card.kind == "mixture" else [card]:
+            if part.kind == "generated":
+                assert part.generator is not None
+                try:
+                    create_generator(part.generator, part.params, reference_stats=([0.5], [0.25]))
+                except ValueError as err:
+                    raise SpecError(f"card '{part.name}' (arm '{arm.name}'): {err}") from None
+        if arm.count and card.count and arm.count > card.count:
+            field = f"counts of arm '{arm.amount_of}'" if arm.amount_of else "count"
+            raise SpecError(f"arm '{arm.name}': {field}: {arm.count} exceeds card '{card.name}' count {card.count}")
+        cards[arm.name] = card
+    return cards
+
+
+def study_content(cards: dict[str, CardSpec], meta: TeacherMeta) -> dict[str, object]:
+    """What the spec names but does not contain, for the science hash: the teacher's weights, each card's
+    normalised content (defaults filled in, so formatting and comments do not count) and generator version."""
+    from study.data.generators.registry import create_generator
+    from study.data.mixture import component_cards
+
+    def version(card: CardSpec) -> str | None:
+        if card.kind == "generated" and card.generator:
+            return create_generator(card.generator, card.params, reference_stats=(meta.mean, meta.std)).version
+        return None
+
+    content: dict[str, object] = {"teacher_weights_sha256": meta.weights_sha256}
+    for arm, card in sorted(cards.items()):
+        # a mixture's snapshot holds its resolved components' cards; their generator versions count too
+        entry: dict[str, object] = {"card": card.model_dump(mode="json"), "generator_version": version(card)}
+        if card.kind == "mixture":
+            entry["component_generator_versions"] = [version(c) for c in component_cards(card)]
+        content[f"card.{arm}"] = entry
+    return content
+
+
+def build_surrogates(
+    cards: dict[str, CardSpec], paths: StudyPaths, meta: TeacherMeta, progress: ProgressSink, workers: int = 1
+) -> dict[str, BuildResult]:
+    results: dict[str, BuildResult] = {}
+    for card in {c.name: c for c in cards.values()}.values():
+        key = f"build:{card.name}"
+        progress.task(key, f"surrogate {card.name}", None)
+        results[card.name] = build_surrogate(
+            card,
+            paths.shards,
+            reference_stats=(meta.mean, meta.std),
+            teacher_id=meta.teacher_id,
+            teacher=paths.teacher if uses_teacher(card) else None,
+            workers=workers,
+            on_shard=lambda done, total, k=key: progress.update(k, done, total),
+            replace_stale=True,
+        )
+    return results
+
+
+def build_perturbed_surrogates(
+    spec: StudySpec, cards: dict[str, CardSpec], paths: StudyPaths, meta: TeacherMeta, progress: ProgressSink
+) -> dict[str, BuildResult]:
+    """The derived surrogate of every offline-perturbed arm that lacks one (once per teacher x surrogate x attack)."""
+    from study.data.perturb import build_perturbed
+
+    results: dict[str, BuildResult] = {}
+    for arm in spec.arms:
+        if arm.perturbation.mode != "offline":
+            continue
+        card = cards[arm.name]
+        name = surrogate_name(spec, arm, card, meta.teacher_id)
+        if name in results:
+            continue
+        key = f"perturb:{name}"
+        progress.task(key, f"perturbed {name}", None)
+        results[name] = build_perturbed(
+            storage.join(paths.shards, card.name),
+            paths.teacher,
+            paths.shards,
+            arm.perturbation,
+            seed=spec.seed,
+            name=name,
+            ray_address=spec.resources.ray_address,
+            on_shard=lambda done, total, k=key: progress.update(k, done, total),
+        )
+    return results
+
+
+def surrogate_points(spec: StudySpec, cards: dict[str, CardSpec]) -> dict[str, bool]:
+    """Per arm, whether it is its surrogate's point in the report's correlations (one point per image source).
+
+    Arms of one card share a raw pool, so they would enter a correlation as copies of one point; the card's point
+    is its plain arm (no perturbation, soft labels, all images), else its first arm in the spec.
+    """
+    chosen: dict[str, str] = {}
+    for arm in spec.arms:
+        plain = arm.perturbation.mode == "none" and arm.labels == "soft" and arm.count is None
+        name = cards[arm.name].name
+        if name not in chosen or (plain and not _is_plain(spec.arm(chosen[name]))):
+            chosen[name] = arm.name
+    return {arm.name: chosen[cards[arm.name].name] == arm.name for arm in spec.arms}
+
+
+def _is_plain(arm: ArmSpec) -> bool:
+    return arm.perturbation.mode == "none" and arm.labels == "soft" and arm.count is None
+
+
+def record_arms(
+    spec: StudySpec,
+    cards: dict[str, CardSpec],
+    builds: dict[str, BuildResult],
+    teacher: Teacher,
+    tracker: StudyTracker,
+    progress: ProgressSink,
+    eval_root: str | None = None,
+) -> None:
+    """Parent run per arm with card params, raw-pool and built-set criteria and artifacts, measured once per arm.
+
+    `eval_root` holds the teacher's val split for the Fréchet reference (else it is loaded from its dataset)."""
+    progress.task("criteria", "criteria (teacher forward passes)", len(spec.arms))
+    points = surrogate_points(spec, cards)
+    reference: list[FeatureMoments | None] = []
+    for i, arm in enumerate(spec.arms):
+        card = cards[arm.name]
+        image_set = surrogate_name(spec, arm, card, teacher.meta.teacher_id)
+        build = builds[image_set]
+        params = {
+            "surrogate": card.name,
+            "image_set": image_set,
+            "surrogate_point": points[arm.name],
+            "kind": card.kind,
+            "generator": card.generator or "",
+            "source": card.source.name if card.source else "",
+            "card_params": card.params,
+            "count": arm.count or build.manifest.count,
+            "amount_of": arm.amount_of or "",
+            "components": {r.name: r.weight for r in build.manifest.components or []},
+            "labels": arm.labels,
+            "teacher": teacher.meta.teacher_id,
+            "arm_train": arm.train,
+            "perturbation": arm.perturbation.model_dump(),
+        }
+        run_id = tracker.arm_run(arm.name, params)
+        logged, _ = tracker.run_data(run_id)
+        if arm.perturbation.mode == "offline" and "perturbation.success_rate" not in logged:
+            derived = build.manifest.card
+            tracker.log_arm_metrics(
+                run_id, {f"perturbation.{k}": derived[k] for k in ("success_rate", "attacked", "successes")}
+            )
+            tracker.log_arm_artifacts(
+                run_id,
+                {
+                    "perturbation_histograms.json": json.dumps(
+                        {k: derived[k] for k in ("histogram_before", "histogram_after", "attacked", "successes")}
+                        | {"classes": teacher.meta.classes, "source": derived["source"]}
+                    ).encode()
+                },
+            )
+        if "criteria.raw.class_entropy" not in logged:
+            if not reference:
+                reference.append(val_moments(teacher, eval_root))
+            found = measure_arm(spec, arm, card, build, teacher, reference[0])
+            tracker.log_arm_metrics(run_id, found.logged_metrics())
+            files = {"manifest.json": build.manifest.model_dump_json(indent=2).encode(), **found.artifacts}
+            if arm.perturbation.mode == "offline":
+                files.pop("perturbation_histograms.json", None)
+            tracker.log_arm_artifacts(run_id, files)
+        progress.update("criteria", i + 1)
+
+
+def publish_report(
+    tracker: StudyTracker,
+    paths: StudyPaths,
+    teacher: TeacherMeta | None,
+    title: str,
+    out: Path | None = None,
+    expected_trials: int | None = None,
+    metric: str = "val_acc",
+) -> tuple[Report, str]:
+    """Write the report to `<root>/report` and return it with that URI; with `out`, also a local copy there.
+
+    With an S3 root the files are written in a temporary folder and uploaded, so nothing stays on the machine
+    that ran the driver (a batch job's disk goes away); `out` is the way to keep a local copy.
+    """
+    kwargs = {
+        "teacher_accuracy": teacher.test_accuracy if teacher else None,
+        "title": title,
+        "teacher": teacher,
+        "expected_trials": expected_trials,
+        "metric": metric,
+    }
+    if not storage.is_s3(paths.report_dir):
+        report = write_report(tracker, Path(paths.report_dir), **kwargs)
+        if out is not None and Path(out).resolve() != Path(paths.report_dir).resolve():
+            shutil.copytree(paths.report_dir, out, dirs_exist_ok=True)
+        return report, paths.report_dir
+    with tempfile.TemporaryDirectory(prefix="kd-report-") as tmp:
+        report = write_report(tracker, Path(tmp), **kwargs)
+        for file in sorted(Path(tmp).rglob("*")):
+            if file.is_file():
+                storage.upload_file(file, storage.join(paths.report_dir, file.relative_to(tmp).as_posix()))
+        if out is not None:
+            shutil.copytree(tmp, out, dirs_exist_ok=True)
+            local = Path(out)
+            report = replace(
+                report,
+                markdown=local / report.markdown.name,
+                html=local / report.html.name,
+                parquet=local / report.parquet.name,
+                plots=[local / p.name for p in report.plots],
+            )
+    return report, paths.report_dir
+
+
+def trial_outcomes(tracker: StudyTracker) -> dict[str, int]:
+    """How many trial runs ended with each `kd_study.outcome` (runs without one have not ended)."""
+    counts: dict[str, int] = {}
+    for run in tracker.trial_runs():
+        outcome = run.data.tags.get(OUTCOME, "unfinished")
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+def sweep_complete(spec: StudySpec, tracker: StudyTracker) -> bool:
+    counts = trial_outcomes(tracker)
+    return sum(counts.get(o, 0) for o in OUTCOMES) >= total_trials(spec)
+
+
+def check_arm_sizes(spec: StudySpec, builds: dict[str, BuildResult], names: dict[str, str], where: str) -> None:
+    """An empty surrogate is an error; one smaller than a batch works (its batches repeat images) but is
+    worth a warning, since every batch then holds duplicates."""
+    for i, arm in enumerate(spec.arms):
+        build = builds[names[arm.name]]
+        images = min(arm.count or build.manifest.count, build.manifest.count)
+        if build.manifest.count == 0:
+            raise SpecError(f"{where}: arms.{i} ('{arm.name}'): surrogate {build.root} holds 0 images")
+        if arm.count and arm.count > build.manifest.count:
+            field = f"arms.{i}.count" if not arm.amount_of else f"counts of arm '{arm.amount_of}'"
+            raise shards.ShardError(
+                f"{build.root}: {field}: arm '{arm.name}' wants {arm.count} images, it holds {build.manifest.count}"
+            )
+        batch = spec.train_for(arm).batch_size
+        if images < batch:
+            log.warning(
+                "arm '%s' has %d images, fewer than one batch of %d: its batches repeat images", arm.name, images, batch
+            )
+
+
+def check_held_out(spec: StudySpec, builds: dict[str, BuildResult], names: dict[str, str], where: str) -> None:
+    """With `search.metric: agreement` every arm must keep training images beside its held-out slice."""
+    if spec.search.metric != "agreement":
+        return
+    for i, arm in enumerate(spec.arms):
+        manifest = builds[names[arm.name]].manifest
+        images = min(arm.count or manifest.count, manifest.count)
+        if spec.search.agreement_images >= images:
+            raise SpecError(
+                f"{where}: search.agreement_images ({spec.search.agreement_images}) must be below arms.{i} "
+                f"('{arm.name}') image count {images}: the held-out slice comes out of the arm's own images"
+            )
+
+
+def ensure_teacher(spec: StudySpec, paths: StudyPaths, progress: ProgressSink) -> TeacherMeta:
+    """The study's teacher meta: imported from `teacher.weights` or trained (`teacher.train: true`) when missing.
+
+    Training is opt-in, so a typo in `teacher.uri` stops here instead of starting a long training. An existing
+    teacher made for another arch or dataset than the spec sets is an error naming both.
+    """
+    t = spec.teacher
+    if t.dataset_root is not None:  # like teacher.uri and teacher.weights: relative to the study root
+        t = t.model_copy(update={"dataset_root": storage.resolve(t.dataset_root, paths.root)})
+    if not storage.exists(storage.join(paths.teacher, META)):
+        if t.weights is not None:
+            from study.orchestrate.teacher_import import ImportOptions, import_teacher
+
+            options = ImportOptions(
+                arch=t.arch,
+                classes=t.classes,
+                image_size=t.image_size,
+                mean=t.mean,
+                std=t.std,
+                eval_dataset=None if t.dataset == NO_EVAL_DATA else t.dataset,
+                eval_root=t.dataset_root,
+                eval_params=t.params,
+                fine_grained=t.fine_grained,
+            )
+            progress.task("teacher", f"importing teacher {t.arch} from {t.weights}", None)
+            import_teacher(storage.resolve(t.weights, paths.root), paths.teacher, options)
+        elif t.train:
+            progress.task("teacher", f"teacher {t.arch} on {t.dataset}", t.epochs)
+            train_teacher(t, paths.teacher, on_epoch=lambda e, n, _loss: progress.update("teacher", e, n))
+    try:
+        meta = load_meta(paths.teacher)
+    except TeacherError as err:
+        raise SpecError(
+            f"{err}\n  (the spec's teacher.uri is '{t.uri}'; set teacher.train: true to train it, "
+            "or teacher.weights to import one)"
+        ) from None
+    for name, made, wanted in (("arch", meta.arch, t.arch), ("dataset", meta.dataset, t.dataset)):
+        # only what the spec says: a spec that names just `teacher.uri` takes the teacher as it is
+        if name in t.model_fields_set and made != wanted:
+            raise SpecError(
+                f"{paths.teacher}: the teacher's {name} is '{made}' (meta.json), the spec's teacher.{name} is "
+                f"'{wanted}'; fix the spec or point teacher.uri elsewhere"
+            )
+    if spec.search.metric == "val_acc" and not meta.has_eval_data:
+        raise SpecError(
+            f"{paths.teacher}: teacher {meta.teacher_id} has no evaluation data, and search.metric 'val_acc' needs "
+            "its val split: import it with --eval-dataset/--eval-root, or set search.metric: agreement"
+        )
+    return meta
+
+
+def run_study(
+    spec: StudySpec,
+    root: str | None = None,
+    progress: ProgressSink | None = None,
+    cards_dir: str | None = None,
+    build_workers: int = 1,
+    report_out: Path | None = None,
+    spec_path: str | None = None,
+) -> StudyOutcome:
+    """Everything after the teacher: build what is missing, criteria, sweep (resumed if interrupted), report.
+
+    The study always ends with its report: failed and diverged trials are outcomes recorded in MLflow and listed
+    there (`StudyOutcome.failed` tells the CLI to exit non-zero). Everything checkable is checked before the
+    first build: the spec (`validate_study`), the cards (resolved against `cards_dir`, default: the spec file's
+    folder) and the teacher.
+    """
+    progress = progress or NoProgress()
+    where = spec_path or f"study '{spec.name}'"
+    if cards_dir is None and spec_path is not None:
+        cards_dir = str(Path(spec_path).resolve().parent)
+    validate_study(spec, where)
+    paths = study_paths(spec, root)
+    cards = load_cards(spec, cards_dir)
+    meta = ensure_teacher(spec, paths, progress)
+    try:
+        teacher = load_teacher(paths.teacher, pick_device())
+    except TeacherError as err:
+        raise SpecError(f"{err}\n  ({where}: teacher.uri is '{spec.teacher.uri}')") from None
+    outcome = StudyOutcome(paths, meta)
+    outcome.builds = build_surrogates(cards, paths, meta, progress, build_workers)
+    outcome.builds.update(build_perturbed_surrogates(spec, cards, paths, meta, progress))
+    names = {a.name: surrogate_name(spec, a, cards[a.name], meta.teacher_id) for a in spec.arms}
+    check_arm_sizes(spec, outcome.builds, names, where)
+    check_held_out(spec, outcome.builds, names, where)
+    if meta.has_eval_data:
+        build_eval_shards(meta, paths.eval_root)
+    short_http_retries()
+    tracker = StudyTracker(paths.tracking_uri, spec, content=study_content(cards, meta))
+    record_arms(spec, cards, outcome.builds, teacher, tracker, progress, paths.eval_root)
+    total = total_trials(spec)
+    progress.task("sweep", f"KD trials ({len(spec.arms)} arms x {spec.search.trials_per_arm})", total)
+    if not sweep_complete(spec, tracker):
+        if not storage.is_s3(paths.tune_dir):
+            Path(paths.tune_dir).mkdir(parents=True, exist_ok=True)
+        trial_paths = TrialPaths(
+            teacher=paths.teacher,
+            shards_root=paths.shards,
+            cards=cards,
+            eval_root=paths.eval_root if meta.has_eval_data else None,
+            cache=ShardCacheSpec.from_settings(spec.storage.cache, spec.storage.cache_max_gb),
+        )
+        run_sweep(spec, trial_paths, paths.tune_dir, tracker, lambda done, t: progress.update("sweep", done, t))
+        outcome.sweep_ran = True
+    tracker.set_arm_terminated()
+    progress.update("sweep", total, total)
+    outcome.trial_outcomes = trial_outcomes(tracker)
+    outcome.report, outcome.report_uri = publish_report(
+        tracker, paths, meta, spec.name, report_out, total, metric=spec.search.metric
+    )
+    return outcome
+
+
+def open_tracker(spec: StudySpec, paths: StudyPaths, cards_dir: str | None = None) -> StudyTracker:
+    """The tracker of an existing study (its experiment name needs the teacher's and the cards' contents)."""
+    try:
+        meta = load_meta(paths.teacher)
+    except TeacherError as err:
+        raise SpecError(f"{err}\n  (the spec's teacher.uri is '{spec.teacher.uri}')") from None
+    return StudyTracker(paths.tracking_uri, spec, content=study_content(load_cards(spec, cards_dir), meta))
+
+
+def validate_study(spec: StudySpec, where: str) -> None:
+    """What pydantic cannot check without the model registry: models the study will build exist."""
+    from study.models import list_models
+    from study.models.registry import torchvision_name
+
+    known = list_models()
+    for field_name, arch in (("student.arch", spec.student.arch), ("teacher.arch", spec.teacher.arch)):
+        if field_name == "teacher.arch" and arch in ("torchscript", "export"):
+            continue  # an imported program needs no registry entry
+        if arch not in known and torchvision_name(arch) is None:
+            raise SpecError(f"{where}: {field_name}: unknown model '{arch}' (known: {', '.join(sorted(known))})")

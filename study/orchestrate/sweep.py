@@ -1,0 +1,529 @@
+"""Ray Tune orchestration: one Tuner, an independent search and early stopping per arm, resumable.
+
+Why per arm: the study needs every arm's best student, not the best arm. A single search would spend its budget on
+the strongest surrogates and starve the weak ones, and one set of ASHA rungs would stop weak arms' trials early just
+for being on a weak surrogate. Why one Tuner: concurrent Tuners starve each other and Ray does not support them.
+So `PerArmSearch` keeps one seeded Optuna study per arm and hands out trials round-robin (equal trials per arm),
+and `PerArmASHA` keeps one set of ASHA rungs per arm.
+
+A trial's config always carries `arm`, `seed` and `phase` (`TRIAL_KEYS`); everything else in it overrides the
+arm's `TrainSpec`. Only phases in `EARLY_STOPPED_PHASES` are early-stopped, so a later phase (e.g. `final`:
+the best configs rerun with several seeds, queued with `PerArmSearch.enqueue`) runs to its full budget.
+
+Resume uses public APIs only. Tune saves the searcher with the experiment (`Searcher.save`/`restore`, here as
+JSON) but not the scheduler, so `PerArmASHA` writes its rungs beside the experiment after every decision and
+reloads them when a restored Tuner hands it its first trial. Tune restores callbacks and the scheduler from its own
+pickle; what must not be pickled (the UI hook, the rungs' location, the MLflow client) is looked up at call time
+in `LIVE`, keyed by experiment name, which `run_sweep` fills before every `fit`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from study import storage
+from study.config import FinalSpec, ParamSpace, StudySpec
+from study.distill.trial import TrialPaths, tune_trainable
+from study.orchestrate.trial_runs import MlflowTrialCallback
+from study.tracking import StudyTracker
+
+log = logging.getLogger(__name__)
+
+METRIC, MODE = "val_acc", "max"
+TRIAL_KEYS = ("arm", "seed", "phase")
+EARLY_STOPPED_PHASES = frozenset({"search"})
+RUNGS_SUFFIX = ".kd_study_rungs.json"
+
+
+def rungs_location(tune_dir: str, experiment: str) -> str:
+    """Where an experiment's ASHA rungs live: beside its Tune folder, not inside it. Tune stages the experiment
+    folder on the driver and syncs the staged copy back over the folder, which would restore a stale file."""
+    return storage.join(tune_dir, experiment + RUNGS_SUFFIX)
+
+
+@dataclass
+class LiveContext:
+    """What a restored Tuner's unpickled callbacks and scheduler need from the process that runs it."""
+
+    on_update: Callable[[int, int], None] | None = None
+    rungs_uri: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+LIVE: dict[str, LiveContext] = {}
+
+
+def optuna_space(space: dict[str, ParamSpace]) -> dict[str, optuna.distributions.BaseDistribution]:
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for name, p in space.items():
+        if p.type == "choice":
+            out[name] = optuna.distributions.CategoricalDistribution(p.values or [])
+        elif p.type == "int":
+            out[name] = optuna.distributions.IntDistribution(int(p.low or 0), int(p.high or 0))
+        else:
+            out[name] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.type == "loguniform")
+    return out
+
+
+def objective_value(result: dict | None, metric: str) -> float | None:
+    """The value Optuna and ASHA see: a diverged trial scores 0 (a result, not a failure)."""
+    if not result:
+        return None
+    if result.get("diverged"):
+        return 0.0
+    value = result.get(metric)
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+# ------------------------------------------------------------------------------------------------ search
+class PerArmSearch(Searcher):
+    """One Optuna (TPE) study per arm; trials are dealt to arms round-robin, `trials_per_arm` each.
+
+    The state is plain data (saved as JSON with the experiment): each arm's Optuna trials and which Tune trial
+    holds which Optuna trial. Each suggestion uses a sampler seeded from (study seed, arm, trial number), so an
+    interrupted and resumed study suggests exactly what an uninterrupted one would.
+    """
+
+    def __init__(
+        self,
+        arms: list[str],
+        space: dict[str, ParamSpace],
+        trials_per_arm: int,
+        seed: int,
+        metric: str = METRIC,
+        final: FinalSpec | None = None,
+        budget_images: int = 0,
+    ) -> None:
+        super().__init__(metric=metric, mode=MODE)
+        self.final, self.budget_images = final, budget_images
+        self.search_results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+        self.final_queued: list[str] = []  # arms whose final phase has been queued
+        self.arms, self.trials_per_arm, self.seed, self.objective = list(arms), trials_per_arm, seed, metric
+        self.space = optuna_space(space)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per arm is noise
+        self.studies = {arm: optuna.create_study(direction="maximize") for arm in self.arms}
+        self.started: dict[str, int] = dict.fromkeys(self.arms, 0)
+        self.trials: dict[str, dict[str, Any]] = {}  # Tune trial id -> {arm, phase, number}
+        self.queued: list[dict[str, Any]] = []
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # metric and mode are fixed by the study
+
+    def enqueue(self, config: dict[str, Any]) -> None:
+        """Run `config` (with `arm`, `seed`, `phase`) before any further search trial, e.g. a final-phase rerun."""
+        missing = [k for k in TRIAL_KEYS if k not in config]
+        if missing:
+            raise ValueError(f"a queued trial config needs {missing}")
+        self.queued.append(dict(config))
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.queued:
+            config = self.queued.pop(0)
+            self.trials[trial_id] = {"arm": config["arm"], "phase": config["phase"], "number": None}
+            return config
+        open_arms = [a for a in self.arms if self.started[a] < self.trials_per_arm]
+        if not open_arms:
+            if self.final is not None and len(self.final_queued) < len(self.arms):
+                return None  # an arm's search is still running: its final phase comes after it
+            return Searcher.FINISHED
+        arm = min(open_arms, key=lambda a: (self.started[a], self.arms.index(a)))
+        seed = trial_seed(self.seed, arm, "search", self.started[arm])
+        config: dict[str, Any] = {}
+        number = None
+        if self.space:
+            study = self.studies[arm]
+            number = len(study.trials)
+            study.sampler = optuna.samplers.TPESampler(seed=self.seed + 1000 * self.arms.index(arm) + 7919 * number)
+            config.update(study.ask(self.space).params)
+        self.started[arm] += 1
+        self.trials[trial_id] = {"arm": arm, "phase": "search", "number": number, "params": config}
+        return {**config, "arm": arm, "seed": seed, "phase": "search"}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        info = self.trials.get(trial_id)
+        if info is None:
+            return
+        if info["phase"] == "search" and self.final is not None:
+            self._record_search_result(trial_id, info, result, error)
+        if info["number"] is None:
+            return
+        study = self.studies[info["arm"]]
+        if study.trials[info["number"]].state.is_finished():
+            return
+        value = None if error else objective_value(result, self.objective)
+        if value is None:
+            # TPE ignores failed trials; only crashes land here (a diverged trial is told 0 above)
+            study.tell(info["number"], state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(info["number"], value)
+
+    # -------------------------------------------------------------------------------------- final phase
+    def _record_search_result(self, trial_id: str, info: dict[str, Any], result: dict | None, error: bool) -> None:
+        arm = info["arm"]
+        if any(r["trial_id"] == trial_id for r in self.search_results[arm]):
+            return
+        value = None if error else objective_value(result, self.objective)
+        full = bool(result) and not error and not (result or {}).get("diverged")
+        full = full and float((result or {}).get("images_seen", 0)) >= self.budget_images
+        self.search_results[arm].append(
+            {"trial_id": trial_id, "params": info.get("params", {}), "value": value, "full": full}
+        )
+        if len(self.search_results[arm]) >= self.trials_per_arm and arm not in self.final_queued:
+            self._queue_final(arm)
+
+    def _queue_final(self, arm: str) -> None:
+        """Queue the arm's top-k configs (by the search metric, among search trials that reached the full budget
+        and did not diverge) with `seeds` distinct seeds each; ties keep the earlier trial."""
+        assert self.final is not None
+        eligible = [r for r in self.search_results[arm] if r["full"] and r["value"] is not None]
+        best = sorted(eligible, key=lambda r: -r["value"])[: self.final.top_k]
+        for rank, record in enumerate(best):
+            for k in range(self.final.seeds):
+                seed = trial_seed(self.seed, arm, "final", rank * self.final.seeds + k)
+                self.enqueue({**record["params"], "arm": arm, "seed": seed, "phase": "final"})
+        self.final_queued.append(arm)
+        log.info("arm %s: final phase queued for %d config(s) x %d seeds", arm, len(best), self.final.seeds)
+
+    # -------------------------------------------------------------------------------------- state
+    def state(self) -> dict[str, Any]:
+        def trial_state(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+            return {
+                "params": t.params,
+                "distributions": {k: optuna.distributions.distribution_to_json(d) for k, d in t.distributions.items()},
+                "state": t.state.name,
+                "value": t.value,
+            }
+
+        return {
+            "arms": self.arms,
+            "studies": {arm: [trial_state(t) for t in study.trials] for arm, study in self.studies.items()},
+            "started": self.started,
+            "trials": self.trials,
+            "queued": self.queued,
+            "search_results": self.search_results,
+            "final_queued": self.final_queued,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # a restored searcher never ran __init__
+        for arm, trials in state["studies"].items():
+            study = optuna.create_study(direction="maximize")
+            for t in trials:
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        params=t["params"],
+                        distributions={
+                            k: optuna.distributions.json_to_distribution(d) for k, d in t["distributions"].items()
+                        },
+                        state=optuna.trial.TrialState[t["state"]],
+                        value=t["value"],
+                    )
+                )
+            self.studies[arm] = study
+        self.started = dict(state["started"])
+        self.trials = dict(state["trials"])
+        self.queued = list(state["queued"])
+        self.search_results = {arm: list(r) for arm, r in state.get("search_results", {}).items()}
+        self.final_queued = list(state.get("final_queued", []))
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps(self.state()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.load_state(json.loads(Path(checkpoint_path).read_text()))
+
+    def finished_values(self, arm: str) -> list[float]:
+        """The objective values Optuna holds for `arm` (complete trials only)."""
+        return [t.value for t in self.studies[arm].trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+# ------------------------------------------------------------------------------------------------ early stopping
+class ArmRungs:
+    """One arm's ASHA rungs (Li et al., MLSys 2020), the same decisions as Ray's `ASHAScheduler` with one bracket.
+
+    Milestones are `grace * rf^k` reports up to `max_reports`; at its first result at or past a milestone a trial
+    is recorded there and stopped when below the `1 - 1/rf` quantile of the values recorded there before it.
+    """
+
+    def __init__(self, max_reports: int, grace_reports: int, reduction_factor: int) -> None:
+        self.max_reports, self.rf = max_reports, reduction_factor
+        grace = min(grace_reports, max_reports)
+        count = int(np.log(max_reports / grace) / np.log(reduction_factor) + 1)
+        self.rungs: list[tuple[int, dict[str, float]]] = [
+            (int(grace * reduction_factor**k), {}) for k in reversed(range(count))
+        ]
+
+    def on_result(self, trial_id: str, iteration: int, value: float | None) -> str:
+        if iteration >= self.max_reports:
+            return TrialScheduler.STOP
+        for milestone, recorded in self.rungs:
+            if iteration < milestone or trial_id in recorded:
+                continue
+            cutoff = np.nanpercentile(list(recorded.values()), (1 - 1 / self.rf) * 100) if recorded else None
+            decision = TrialScheduler.STOP if cutoff is not None and value is not None and value < cutoff else None
+            if value is not None:
+                recorded[trial_id] = value
+            return decision or TrialScheduler.CONTINUE
+        return TrialScheduler.CONTINUE
+
+    def state(self) -> list[list[Any]]:
+        return [[m, dict(r)] for m, r in self.rungs]
+
+    def load_state(self, state: list[list[Any]]) -> None:
+        self.rungs = [(int(m), {k: float(v) for k, v in r.items()}) for m, r in state]
+
+
+class PerArmASHA(FIFOScheduler):
+    """ASHA rungs kept separately for each arm (trials compete only with trials of their own arm).
+
+    The rungs are written to `rungs_uri` (next to the Tune experiment) after every recorded result and read back
+    the first time a restored Tuner calls in, so a killed-and-resumed study stops the same trials as an
+    uninterrupted one. The location comes from `LIVE[experiment]` when set (a restored Tuner's unpickled copy
+    may have been made on another machine), else from the constructor.
+    """
+
+    def __init__(
+        self,
+        max_reports: int,
+        grace_reports: int,
+        reduction_factor: int,
+        experiment: str = "",
+        rungs_uri: str | None = None,
+        metric: str = METRIC,
+    ) -> None:
+        super().__init__()
+        self.objective = metric
+        self.max_reports, self.grace_reports, self.reduction_factor = max_reports, grace_reports, reduction_factor
+        self.experiment, self.default_rungs_uri = experiment, rungs_uri
+        self.arm_rungs: dict[str, ArmRungs] = {}
+        self.loaded = False
+
+    @property
+    def metric(self) -> str:
+        return self.objective
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "loaded": False}
+
+    @property
+    def rungs_uri(self) -> str | None:
+        live = LIVE.get(self.experiment)
+        return live.rungs_uri if live and live.rungs_uri else self.default_rungs_uri
+
+    def _load(self) -> None:
+        if self.loaded:
+            return
+        self.loaded = True
+        uri = self.rungs_uri
+        if uri and storage.exists(uri):
+            self.load_state(json.loads(storage.read_text(uri)))
+            log.info("early-stopping rungs restored from %s", uri)
+
+    def _save(self) -> None:
+        if self.rungs_uri:
+            storage.write_text(self.rungs_uri, json.dumps(self.state()))
+
+    def rungs_for(self, arm: str) -> ArmRungs:
+        if arm not in self.arm_rungs:
+            self.arm_rungs[arm] = ArmRungs(self.max_reports, self.grace_reports, self.reduction_factor)
+        return self.arm_rungs[arm]
+
+    def decide(self, arm: str, phase: str, trial_id: str, iteration: int, result: dict) -> str:
+        """The stopping decision for one result; the public core that tests feed recorded results into."""
+        if phase not in EARLY_STOPPED_PHASES:
+            return TrialScheduler.CONTINUE
+        return self.rungs_for(arm).on_result(trial_id, iteration, objective_value(result, self.objective))
+
+    def state(self) -> dict[str, Any]:
+        return {arm: rungs.state() for arm, rungs in self.arm_rungs.items()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for arm, rungs in state.items():
+            self.rungs_for(arm).load_state(rungs)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        self._load()
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        self._load()
+        config = trial.config
+        decision = self.decide(
+            config["arm"], config.get("phase", "search"), trial.trial_id, int(result["training_iteration"]), result
+        )
+        self._save()
+        return decision
+
+    def debug_string(self) -> str:
+        return f"PerArmASHA over {sorted(self.arm_rungs)}"
+
+
+# ------------------------------------------------------------------------------------------------ progress
+class TrialProgress(tune.Callback):
+    """Counts trials that reached an outcome and tells the UI through `LIVE[experiment].on_update`."""
+
+    def __init__(self, experiment: str, total: int) -> None:
+        self.experiment, self.total, self.done = experiment, total, 0
+
+    def _tick(self) -> None:
+        self.done += 1
+        live = LIVE.get(self.experiment)
+        if live and live.on_update:
+            live.on_update(self.done, self.total)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._tick()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._tick()
+
+
+# ------------------------------------------------------------------------------------------------ the sweep
+def total_trials(spec: StudySpec) -> int:
+    """Search trials plus the final phase's reruns (top_k x seeds per arm, when the spec asks for one)."""
+    final = spec.final.top_k * spec.final.seeds if spec.final is not None else 0
+    return (spec.search.trials_per_arm + final) * len(spec.arms)
+
+
+def trial_resources(spec: StudySpec) -> dict[str, float]:
+    """Ray resources of one trial. Fractions pack trials: `gpu: 0.25` runs four trials on each GPU (small
+    students leave most of a GPU idle; Ray sets CUDA_VISIBLE_DEVICES so the four share the same device)."""
+    return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+
+
+def trial_seed(study_seed: int, arm: str, phase: str, index: int) -> int:
+    """A trial's own seed, derived from (study seed, arm, phase, index): reproducible, distinct across trials and
+    arms (so an empty search space still gives an arm independent runs), independent of scheduling order."""
+    digest = hashlib.sha256(f"{study_seed}/{arm}/{phase}/{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def ray_address(spec: StudySpec) -> str:
+    """The spec's cluster, else the one a Ray job runs in, else a new local runtime (never a stranger's)."""
+    return spec.resources.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def max_reports(spec: StudySpec) -> int:
+    return spec.budget.reports
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What the sweep left behind: Tune's result grid and where its experiment lives."""
+
+    grid: tune.ResultGrid
+    experiment_dir: str
+    restored: bool
+
+
+def run_sweep(
+    spec: StudySpec,
+    paths: TrialPaths,
+    tune_dir: str,
+    tracker: StudyTracker,
+    on_update: Callable[[int, int], None] | None = None,
+    trainable_fn: Callable[..., None] | None = None,
+) -> SweepResult:
+    """Run (or resume) the study's trials in one Tuner. Failed trials do not raise: they are outcomes.
+
+    `trainable_fn` replaces the KD trial (same signature as `tune_trainable`): benchmarks measure the plumbing
+    around a stand-in trial with it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=ray_address(spec),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=False,
+        )
+    trainable = tune.with_resources(
+        tune.with_parameters(trainable_fn or tune_trainable, spec_json=spec.model_dump_json(), paths=paths),
+        trial_resources(spec),
+    )
+    name = tracker.name
+    experiment_dir = storage.join(tune_dir, name)
+    LIVE[name] = LiveContext(on_update=on_update, rungs_uri=rungs_location(tune_dir, name))
+    tracker.make_live()
+    # On S3 Tune gets a pyarrow filesystem and a bucket/key path, so state and checkpoints live in the bucket and
+    # a study resumes from any machine (Ray refuses a head-local storage_path on a multi-node cluster).
+    filesystem, fs_experiment_dir = storage.arrow_filesystem(experiment_dir)
+    restored = tune.Tuner.can_restore(fs_experiment_dir, storage_filesystem=filesystem)
+    try:
+        if restored:
+            log.info("resuming Tune experiment %s", experiment_dir)
+            # errored trials already used their retries (search.max_failures): they stay failed outcomes
+            tuner = tune.Tuner.restore(
+                fs_experiment_dir, trainable=trainable, resume_errored=False, storage_filesystem=filesystem
+            )
+        else:
+            tuner = new_tuner(spec, trainable, tune_dir, tracker)
+        grid = tuner.fit()
+        tracker.flush()
+    finally:
+        LIVE.pop(name, None)
+    return SweepResult(grid, experiment_dir, restored)
+
+
+def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTracker) -> tune.Tuner:
+    name = tracker.name
+    filesystem, storage_path = storage.arrow_filesystem(tune_dir)
+    sched = spec.search.scheduler
+    scheduler: TrialScheduler = (
+        PerArmASHA(
+            max_reports(spec),
+            sched.grace_reports,
+            sched.reduction_factor,
+            experiment=name,
+            rungs_uri=rungs_location(tune_dir, name),
+            metric=spec.search.metric,
+        )
+        if sched.kind == "asha"
+        else FIFOScheduler()
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=PerArmSearch(
+                [a.name for a in spec.arms],
+                spec.search.space,
+                spec.search.trials_per_arm,
+                spec.seed,
+                final=spec.final,
+                budget_images=spec.budget.images,
+                metric=spec.search.metric,
+            ),
+            scheduler=scheduler,
+            num_samples=total_trials(spec),
+            max_concurrent_trials=spec.resources.max_concurrent or None,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            callbacks=[MlflowTrialCallback(tracker, spec.budget.images), TrialProgress(name, total_trials(spec))],
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # retries of a trial that raised; a diverged trial does not raise (it is a result)
+            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+        ),
+    )

@@ -1,0 +1,263 @@
+"""The report's sections, in reading order: one function per section, each returning a `Section` (or None).
+
+Kept apart from the data collection (`study.report`) and the rendering (`study.report.document`) so that adding a
+section is adding one function to `SECTIONS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from study.criteria.measures import NOT_DATA_FREE
+from study.report.document import Code, Image, Note, Para, Section, Table
+from study.report.stats import METRIC_NAMES, MIN_POINTS, TOO_FEW
+from study.report.tables import StudyResults, criterion_label
+
+
+def pct(v: float) -> str:
+    return "" if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
+
+
+def _finding(r: StudyResults, ctx: dict) -> Section:
+    s = Section("Finding", [Para(ctx["finding"])])
+    if r.partial:
+        s.blocks.append(Note(f"{r.partial.capitalize()}: every number below may still change."))
+    return s
+
+
+def _ranking(r: StudyResults, ctx: dict) -> Section:
+    s = Section("Ranking")
+    if not len(r.ranking):
+        s.blocks.append(Note("No trial has finished its full budget yet."))
+        return s
+    ranked, metric = r.ranked_by, r.metric
+    score, picked = METRIC_NAMES[ranked], METRIC_NAMES[metric]
+    s.blocks.append(
+        Para(
+            f"Ranked by **{score}** (`{ranked}`). An arm's score is the mean student {score} over its final phase's "
+            f"seeds with a Student-t 95% interval; an arm without a final phase shows the best search trial by "
+            f"{picked} (`{metric}`, the search metric) among trials that ran their full budget (no interval). "
+            "Early-stopped trials never enter a mean."
+        )
+    )
+    if ranked == "agreement":
+        s.blocks.append(
+            Note(
+                "This study has no labelled test split (the teacher was imported without eval data), so arms are "
+                "ranked by the student's agreement with the teacher on the arm's held-out surrogate images (the last "
+                "`search.agreement_images` of its set, never trained on). Each arm is scored on its own images: "
+                "agreement compares configs within an arm better than arms with each other (a surrogate the teacher "
+                "maps to one class is easy to agree on)."
+            )
+        )
+    rows = []
+    for rank, row in r.ranking.iterrows():
+        ci = "" if not math.isfinite(row["ci_low"]) else f"[{pct(row['ci_low'])}, {pct(row['ci_high'])}]"
+        cells = {"#": rank, "arm": row["arm"], "surrogate": row["surrogate"], score: pct(row[ranked]), "95% CI": ci}
+        cells |= {"basis": row["basis"]}
+        if metric != ranked:
+            cells[picked] = pct(row[f"best_{metric}"])
+        rows.append(cells)
+    s.blocks += [Table(pd.DataFrame(rows)), Image("ranking.png", "ranking")]
+    return s
+
+
+def _outcomes(r: StudyResults, ctx: dict) -> Section | None:
+    if not len(r.trials):
+        return None
+    from study.report.stats import outcome_counts
+
+    rows = [{"arm": arm, **outcome_counts(g, r.ranked_by)} for arm, g in r.trials.groupby("arm")]
+    s = Section("Trials per arm: finished, early-stopped, failed, diverged", [Table(pd.DataFrame(rows))])
+    bad = r.trials[(r.trials["status"] == "FAILED") | r.trials["diverged"].astype(bool)]
+    if len(bad):
+        listing = bad[["arm", "trial_id", "phase", "status", "run_id"]].astype(str)
+        s.blocks += [Para("Failed or diverged trials (their MLflow runs hold the error):"), Table(listing)]
+    return s
+
+
+def _correlations(r: StudyResults, ctx: dict) -> Section:
+    n = len(r.points)
+    s = Section("Which criteria predict distillation quality")
+    s.blocks.append(
+        Para(
+            f"Rank correlation of each teacher-side criterion with student {METRIC_NAMES[r.ranked_by]} across {n} "
+            "surrogate(s), one "
+            "point per distinct image source (arms that vary labels, image count or online perturbation of one "
+            "surrogate share its images and enter once). Bootstrap 95% intervals (2,000 resamples of the surrogates) "
+            "and two-sided permutation p-values. Criteria are measured on two populations: the **raw pool** (a seeded "
+            "sample of the candidates before teacher-filtered selection; the paper's class entropy) and the **built "
+            "set** the student trains on."
+        )
+    )
+    if n < MIN_POINTS:
+        s.blocks.append(Note(f"{TOO_FEW}: {n} < {MIN_POINTS}, so no correlation is reported as a number."))
+    if len(r.correlations):
+        c = r.correlations
+        table = pd.DataFrame(
+            {
+                "criterion": [criterion_label(x) for x in c["criterion"]],
+                "Spearman ρ [95% CI], p": c["rho_text"],
+                "Kendall τ [95% CI], p": c["tau_text"],
+            }
+        )
+        s.blocks.append(Table(table))
+        if any(x.split("_", 2)[2] in NOT_DATA_FREE for x in c["criterion"]):
+            s.blocks.append(Para("† not data-free: measured against the teacher's own validation split."))
+    s.blocks += [
+        Image("criteria_raw.png", "criteria of the raw pool"),
+        Image("criteria_built.png", "criteria of the built set"),
+    ]
+    return s
+
+
+def _prediction(r: StudyResults, ctx: dict) -> Section:
+    s = Section("Predicting before distilling (leave-one-surrogate-out)")
+    v = r.validation
+    if r.ranked_by != "test_acc":
+        s.blocks.append(Note("No labelled test split: the ranking model predicts test accuracy, so it is not fitted."))
+        return s
+    if v is None:
+        s.blocks.append(Note(f"{TOO_FEW}: `kd-study rank` needs at least {MIN_POINTS} surrogates with results."))
+        return s
+    s.blocks.append(Para(v.verdict()))  # type: ignore[attr-defined]
+    table = v.predictions.copy()  # type: ignore[attr-defined]
+    for col in table.columns[1:]:
+        table[col] = table[col].map(pct)
+    s.blocks.append(Table(table))
+    return s
+
+
+def _criteria_values(r: StudyResults, ctx: dict) -> Section | None:
+    cols = r.criteria_columns
+    if not cols:
+        return None
+    frame = r.arms.set_index("arm")[cols].T
+    frame.insert(0, "criterion", [criterion_label(c) for c in frame.index])
+    for arm in frame.columns[1:]:
+        frame[arm] = frame[arm].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
+    return Section("Criteria per arm", [Table(frame.reset_index(drop=True))])
+
+
+def _curves(r: StudyResults, ctx: dict) -> Section:
+    return Section(
+        "Learning curves",
+        [
+            Para(
+                f"{METRIC_NAMES[r.metric].capitalize()} (the search metric) against images seen, per arm: its best "
+                "search trial and each final seed."
+            ),
+            Image("learning_curves.png", "learning curves"),
+        ],
+    )
+
+
+def _histograms(r: StudyResults, ctx: dict) -> Section:
+    return Section(
+        "Teacher class histograms: raw pool vs. built set",
+        [
+            Para(
+                "Share of each teacher-predicted class in the raw candidate pool and in the set the student trains on "
+                "(balanced selection flattens the built set, so only the raw pool tells balanced surrogates apart)."
+            ),
+            Image("class_histograms.png", "class histograms"),
+        ],
+    )
+
+
+def _samples(r: StudyResults, ctx: dict) -> Section:
+    s = Section("Sample grid per arm")
+    for arm in sorted(r.artifacts):
+        if (ctx["out_dir"] / f"samples_{arm}.png").is_file():
+            s.blocks += [Para(f"**{arm}**"), Image(f"samples_{arm}.png", f"samples of {arm}")]
+    return s
+
+
+def _perturbed(r: StudyResults, ctx: dict) -> Section | None:
+    arms = [a for a in sorted(r.artifacts) if "perturbation_histograms.json" in r.artifacts[a]]
+    if not arms:
+        return None
+    s = Section("Perturbed arms: before and after the attack", [Image("perturbation_histograms.png", "histograms")])
+    for arm in arms:
+        h = json.loads(r.artifacts[arm]["perturbation_histograms.json"].read_text())
+        success = r.arms.set_index("arm").get("crit_built_attack_success", pd.Series(dtype=float)).get(arm)
+        line = f"**{arm}**: {h.get('attacked', '?')} images attacked"
+        if success is not None and math.isfinite(success):
+            line += f", success rate {success:.1%}"
+        s.blocks.append(Para(line + ". Each pair: the original, then its image just after crossing the boundary."))
+        if (ctx["out_dir"] / f"perturbation_{arm}.png").is_file():
+            s.blocks.append(Image(f"perturbation_{arm}.png", f"before and after, {arm}"))
+    return s
+
+
+def _teacher(r: StudyResults, ctx: dict) -> Section:
+    s = Section("Teacher")
+    if r.teacher is None:
+        acc = ctx["teacher_accuracy"]
+        s.blocks.append(Para(f"Test accuracy {pct(acc)}." if acc is not None else "Teacher metadata not available."))
+        return s
+    m = r.teacher
+    fields = {
+        "id": m.teacher_id,
+        "arch": m.arch,
+        "dataset": m.dataset if m.has_eval_data else "none (imported without eval data)",
+        "format": m.format,
+        "classes": m.num_classes,
+        "image size": m.image_size,
+        "channels": m.channels,
+        "train acc": pct(m.train_accuracy or math.nan),
+        "val acc": pct(m.val_accuracy or math.nan),
+        "test acc": pct(m.test_accuracy or math.nan),
+    }
+    s.blocks.append(Table(pd.DataFrame({"field": list(fields), "value": [str(v) for v in fields.values()]})))
+    return s
+
+
+def _spec(r: StudyResults, ctx: dict) -> Section:
+    try:
+        text = json.dumps(json.loads(r.spec_json), indent=2)
+    except json.JSONDecodeError:
+        text = r.spec_json
+    return Section("Study spec", [Code(text)])
+
+
+def _mlflow(r: StudyResults, ctx: dict) -> Section:
+    return Section(
+        "MLflow",
+        [
+            Para(
+                f"Experiment `{r.name}` in `{r.tracking_uri}`: a parent run per arm (criteria, manifest, sample grid, "
+                f"histograms) and a child run per trial (learning curve). Browse: `mlflow ui --backend-store-uri "
+                f"{r.tracking_uri}`. `results.parquet` holds one row per trial with `crit_raw_*` / `crit_built_*` "
+                "columns (`crit_class_entropy` is the raw pool's, the paper's measure)."
+            )
+        ],
+    )
+
+
+SECTIONS: list[Callable[[StudyResults, dict], Section | None]] = [
+    _finding,
+    _ranking,
+    _outcomes,
+    _correlations,
+    _prediction,
+    _criteria_values,
+    _curves,
+    _histograms,
+    _perturbed,
+    _samples,
+    _teacher,
+    _spec,
+    _mlflow,
+]
+
+
+def sections(results: StudyResults, out_dir: Path, teacher_accuracy: float | None, finding: str) -> list[Section]:
+    ctx = {"out_dir": out_dir, "teacher_accuracy": teacher_accuracy, "finding": finding}
+    made = [f(results, ctx) for f in SECTIONS]
+    return [s for s in made if s is not None]

@@ -1,0 +1,190 @@
+"""Teacher-filtered surrogates (balanced and long-tail), resumable and Ray-task builds, and the preview grid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from study.config import BalanceSpec, CardSpec
+from study.data import shards
+from study.data.balance import selection_uri, teacher_predictions
+from study.data.build import build_surrogate
+from study.data.preview import write_preview
+from study.data.shards.reader import iter_blocks, read_all
+from study.teacher.checkpoint import load_teacher
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def digits_card(balance: dict, **kw) -> CardSpec:
+    fields = dict(name="digits_bal", kind="real", source={"name": "digits", "split": "train"}, images_per_sample=32)
+    return CardSpec(**{**fields, "samples_per_shard": 2, **kw}, balance=balance)
+
+
+def leaves_card(balance: dict | None = None, **kw) -> CardSpec:
+    fields = dict(name="leaves", kind="generated", generator="dead_leaves", seed=3, images_per_sample=16)
+    return CardSpec(**{**fields, **kw}, balance=balance)
+
+
+@pytest.fixture(scope="module")
+def teacher(digits_teacher: Path):
+    return load_teacher(str(digits_teacher))
+
+
+@pytest.fixture(scope="module")
+def balanced(teacher, tmp_path_factory: pytest.TempPathFactory):
+    return build_surrogate(digits_card({"per_class": 20}), str(tmp_path_factory.mktemp("bal")), teacher=teacher)
+
+
+def sha256s(manifest: shards.Manifest) -> list[str]:
+    return [s.sha256 for s in manifest.shards]
+
+
+class TestSelection:
+    def test_balanced_selection_keeps_equal_counts_per_teacher_class(self, balanced, teacher) -> None:
+        m, sel = balanced.manifest, balanced.manifest.selection
+        assert m.count == 200 and m.class_histogram == [20] * 10
+        assert sel.complete and sel.achieved == [20] * 10 and sel.quotas == [20] * 10
+        assert m.teacher == teacher.meta.teacher_id
+        # the raw pool is every scanned candidate; scanning stops at the one that fills the last quota
+        assert sum(sel.raw_histogram) == sel.candidates_scanned and sel.candidates_scanned < sel.candidates_budget
+        assert all(r >= 20 for r in sel.raw_histogram)
+        assert sel.acceptance_rate == pytest.approx(sel.candidates_scanned / 200) and sel.acceptance_rate >= 1.0
+        shards.verify(balanced.root)
+
+    def test_kept_images_are_class_interleaved_with_their_predictions_and_candidates(self, balanced, teacher) -> None:
+        blocks = list(iter_blocks(balanced.manifest.shard_uris(balanced.root)))
+        preds = [p for _, meta in blocks for p in meta["teacher_predictions"]]
+        candidates = [c for _, meta in blocks for c in meta["candidates"]]
+        assert preds[:30] == list(range(10)) * 3
+        assert len(set(candidates)) == 200
+        images, _ = read_all(balanced.root, balanced.manifest)
+        assert teacher_predictions(teacher, images).tolist() == preds  # stored predictions belong to the images
+
+    def test_a_small_candidate_budget_stops_early_and_the_manifest_says_so(self, teacher, tmp_path: Path) -> None:
+        result = build_surrogate(digits_card({"per_class": 20, "candidates": 100}), str(tmp_path), teacher=teacher)
+        sel = result.manifest.selection
+        assert sel.candidates_budget == 100 and sel.candidates_scanned == 100 and not sel.complete
+        assert sum(sel.raw_histogram) == 100
+        assert sum(sel.achieved) == result.manifest.count < 200
+        assert any(a < q for a, q in zip(sel.achieved, sel.quotas, strict=True))
+        assert sel.acceptance_rate == pytest.approx(100 / sel.kept)
+
+    def test_long_tail_quotas_decay_geometrically(self) -> None:
+        spec = BalanceSpec(per_class=100, mode="long_tail", imbalance=10)
+        assert spec.quotas(10) == [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
+        assert BalanceSpec(per_class=7).quotas(3) == [7, 7, 7]
+
+    def test_long_tail_build_meets_its_quotas(self, teacher, tmp_path: Path) -> None:
+        balance = {"per_class": 24, "mode": "long_tail", "imbalance": 4}
+        result = build_surrogate(digits_card(balance), str(tmp_path), teacher=teacher)
+        expected = BalanceSpec(**balance).quotas(10)
+        assert expected[0] == 24 and expected[-1] == 6
+        assert result.manifest.selection.achieved == expected == result.manifest.class_histogram
+
+    def test_balance_without_a_teacher_is_refused_naming_the_card(self, tmp_path: Path) -> None:
+        with pytest.raises(shards.ShardError, match=r"card 'digits_bal'.*--teacher"):
+            build_surrogate(digits_card({"per_class": 5}), str(tmp_path))
+
+    def test_imbalance_belongs_to_long_tail_only(self) -> None:
+        with pytest.raises(ValueError, match="long_tail"):
+            BalanceSpec(per_class=5, imbalance=3)
+
+
+class TestDeterminismAndResume:
+    def test_same_seed_and_teacher_give_identical_shards(self, teacher, tmp_path: Path) -> None:
+        card = leaves_card({"per_class": 4, "candidates": 600})
+        a = build_surrogate(card, str(tmp_path / "a"), teacher=teacher)
+        b = build_surrogate(card, str(tmp_path / "b"), teacher=teacher)
+        assert a.manifest.count > 0 and sha256s(a.manifest) == sha256s(b.manifest)
+        assert a.manifest.selection == b.manifest.selection
+
+    def test_rerun_reuses_the_selection_and_rewrites_only_the_missing_shard(self, balanced, teacher) -> None:
+        root = Path(balanced.root)
+        selection_mtime = Path(selection_uri(balanced.root)).stat().st_mtime_ns
+        (root / shards.MANIFEST).unlink()
+        (root / "shard-000001.tar").unlink()
+        again = build_surrogate(digits_card({"per_class": 20}), str(root.parent), teacher=teacher)
+        assert (
+            again.selection_reused and again.shards_written == 1 and again.shards_kept == len(again.manifest.shards) - 1
+        )
+        assert Path(selection_uri(balanced.root)).stat().st_mtime_ns == selection_mtime
+        assert again.manifest == balanced.manifest
+
+    def test_a_different_teacher_cannot_reuse_a_finished_balanced_build(self, balanced, teacher) -> None:
+        other = type(teacher)(teacher.model, teacher.meta.model_copy(update={"weights_sha256": "f" * 64}))
+        with pytest.raises(shards.ShardError, match="teacher"):
+            build_surrogate(digits_card({"per_class": 20}), str(Path(balanced.root).parent), teacher=other)
+
+    def test_sigkilled_cli_build_resumes_without_rewriting_finished_shards(
+        self, digits_teacher: Path, teacher, tmp_path: Path
+    ) -> None:
+        # one image per shard: the shard phase lasts long enough to be killed part-way
+        fields = {"balance": {"per_class": 60, "candidates": 1500}, "images_per_sample": 1, "samples_per_shard": 1}
+        card = leaves_card(**fields)
+        card_path = tmp_path / "leaves.yaml"
+        card_path.write_text(yaml.safe_dump(card.model_dump(mode="json")))
+        out = tmp_path / "out"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-c", "from study.cli import app; app()", "data", "build", str(card_path),
+               "--out", str(out), "--teacher", str(digits_teacher)]  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        root = out / "leaves"
+        deadline = time.monotonic() + 60
+        while len(list(root.glob("shard-*.tar"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+        assert not (root / shards.MANIFEST).exists(), "the build finished before it could be killed"
+        finished = {p.name: p.stat().st_mtime_ns for p in root.glob("shard-*.tar")}
+        assert len(finished) >= 3
+
+        resumed = build_surrogate(card, str(out), teacher=teacher)
+        assert resumed.selection_reused and resumed.shards_kept == len(finished)
+        assert resumed.shards_written == len(resumed.manifest.shards) - len(finished) > 0
+        assert {p.name: p.stat().st_mtime_ns for p in root.glob("shard-*.tar") if p.name in finished} == finished
+        shards.verify(resumed.root)
+        clean = build_surrogate(card, str(tmp_path / "clean"), teacher=teacher)
+        assert sha256s(resumed.manifest) == sha256s(clean.manifest)
+
+
+def test_ray_task_build_is_byte_identical_to_a_local_build(ray_session, teacher, tmp_path: Path) -> None:
+    generated = leaves_card(count=96, samples_per_shard=2)  # 3 shards
+    real = digits_card({"per_class": 6}, samples_per_shard=1)  # 2 shards, data shared through the object store
+    for card in (generated, real):
+        local = build_surrogate(card, str(tmp_path / "local"), teacher=teacher)
+        remote = build_surrogate(card, str(tmp_path / "ray"), teacher=teacher, ray_address="auto")
+        assert remote.shards_written == len(remote.manifest.shards) > 1
+        assert sha256s(remote.manifest) == sha256s(local.manifest)
+        shards.verify(remote.root)
+
+
+def test_preview_writes_a_labelled_grid_of_the_first_images(balanced, tmp_path: Path) -> None:
+    path = write_preview(balanced.root, tmp_path / "preview", count=64, scale=4)
+    img = np.asarray(Image.open(path).convert("RGB"))
+    # 8 x 8 tiles of 32 px upscaled 4x, with 2 px gaps
+    assert img.shape == (8 * 130 + 2, 8 * 130 + 2, 3)
+    assert img.std() > 20 and len(np.unique(img.reshape(-1, 3), axis=0)) > 16
+    # the teacher-class label (yellow text) sits in the corner of a tile
+    corner = img[2:18, 2:18].astype(int)
+    assert ((corner[..., 0] > 150) & (corner[..., 1] > 150) & (corner[..., 2] < 60)).any()
+
+
+def test_cli_preview_writes_one_png_per_surrogate(balanced, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from study.cli.app import app
+
+    result = CliRunner().invoke(app, ["data", "preview", balanced.root, "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p" / "digits_bal.png").stat().st_size > 10_000

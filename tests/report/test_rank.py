@@ -1,0 +1,103 @@
+"""`kd-study rank`'s model: recovers a known ordering from synthetic criteria; refuses with too few surrogates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study.report.rank import AMOUNT, RankError, model_features, model_points, score_candidates, validate
+
+
+def synthetic(n: int, seed: int) -> pd.DataFrame:
+    """Surrogates whose accuracy is a known linear function of two criteria; a third criterion is noise."""
+    rng = np.random.default_rng(seed)
+    entropy, vendi, noise = rng.uniform(0, 1, n), rng.uniform(1, 50, n), rng.normal(size=n)
+    acc = 0.1 + 0.5 * entropy + 0.006 * vendi
+    return pd.DataFrame(
+        {
+            "surrogate": [f"s{i}" for i in range(n)],
+            "test_acc": acc,
+            "crit_raw_class_entropy": entropy,
+            "crit_raw_feature_vendi": vendi,
+            "crit_raw_edge_density": noise,
+        }
+    )
+
+
+def test_rank_recovers_a_known_ordering_of_candidates() -> None:
+    candidates = synthetic(6, seed=1).drop(columns="test_acc").rename(columns={"surrogate": "card"})
+    truth = 0.5 * candidates["crit_raw_class_entropy"] + 0.006 * candidates["crit_raw_feature_vendi"]
+    scored = score_candidates(synthetic(12, seed=0), candidates, alpha=0.01)
+    assert scored["card"].tolist() == candidates["card"][np.argsort(-truth.to_numpy())].tolist()
+
+
+def test_leave_one_out_validation_beats_entropy_when_a_second_criterion_matters() -> None:
+    v = validate(synthetic(12, seed=0), alpha=0.01)
+    assert v.model_rho > 0.95 and v.model_rho > v.entropy_rho and v.beats_entropy
+    assert "beats class entropy alone" in v.verdict() and len(v.predictions) == 12
+
+
+def test_validation_says_plainly_when_the_model_does_not_beat_entropy() -> None:
+    points = synthetic(8, seed=2)
+    points["test_acc"] = points["crit_raw_class_entropy"]  # entropy alone is perfect
+    v = validate(points)
+    assert not v.beats_entropy and "does NOT beat class entropy alone" in v.verdict()
+
+
+def test_rank_refuses_below_five_surrogates() -> None:
+    with pytest.raises(RankError, match="at least 5"):
+        score_candidates(synthetic(4, seed=0), synthetic(2, seed=1))
+
+
+def amount_study(n: int, counts: tuple[int, ...], seed: int) -> pd.DataFrame:
+    """Surrogates at several amounts each; accuracy rises with log10(amount) and with class entropy."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        entropy = rng.uniform(0, 1)
+        for c in counts:
+            rows.append({"surrogate": f"s{i}", "count": c, AMOUNT: np.log10(c), "crit_raw_class_entropy": entropy,
+                         "test_acc": 0.05 + 0.3 * entropy + 0.15 * np.log10(c)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_amount_is_a_feature_of_an_amount_study_and_its_surrogates_leave_together() -> None:
+    points = amount_study(6, (100, 1000, 10000), seed=0)
+    assert AMOUNT in model_features(points)
+    v = validate(points, alpha=0.01)
+    assert v.n == 6 and len(v.predictions) == 18 and v.model_rho > 0.95 and v.beats_entropy
+    assert "and the amount" in v.verdict() and "18 surrogate-amount points" in v.verdict()
+    # one amount per surrogate: the amount is confounded with the surrogate, so it is no feature
+    assert AMOUNT not in model_features(points[points["count"] == 1000].assign(**{AMOUNT: np.arange(6.0)}))
+
+
+def test_candidates_are_scored_at_the_amount_they_supply() -> None:
+    study = amount_study(6, (100, 1000, 10000), seed=0)
+    same = {"crit_raw_class_entropy": [0.5, 0.5]}
+    scored = score_candidates(study, pd.DataFrame({"card": ["small", "large"], AMOUNT: [2.0, 4.0], **same}))
+    assert scored["card"].tolist() == ["large", "small"]
+    with pytest.raises(RankError, match=r"\['small'\].*--count"):
+        score_candidates(study, pd.DataFrame({"card": ["small", "large"], AMOUNT: [np.nan, 4.0], **same}))
+
+
+def test_model_points_keep_one_point_per_surrogate_and_amount() -> None:
+    ranking = pd.DataFrame(
+        {
+            "arm": ["a_n10", "a_n20", "a_n20_adv", "b"],
+            "surrogate": ["a", "a", "a", "b"],
+            "test_acc": [0.2, 0.3, 0.35, 0.5],
+            "ranked_by": "test_acc",  # as stats.arm_accuracy records it
+        }
+    )
+    arms = pd.DataFrame(
+        {
+            "arm": ["a_n10", "a_n20", "a_n20_adv", "b"],
+            "surrogate": ["a", "a", "a", "b"],
+            "count": [10.0, 20.0, 20.0, 50.0],
+            "surrogate_point": ["", "", "", ""],
+        }
+    )
+    points = model_points(ranking, arms)
+    assert sorted(points["arm"]) == ["a_n10", "a_n20_adv", "b"]
+    assert points.set_index("arm").loc["a_n10", AMOUNT] == pytest.approx(1.0)
