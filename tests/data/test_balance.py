@@ -135,7 +135,7 @@ class TestDeterminismAndResume:
         card_path.write_text(yaml.safe_dump(card.model_dump(mode="json")))
         out = tmp_path / "out"
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-c", "from study.cli import app; app()", "data", "build", str(card_path),
+        cmd = [sys.executable, "-c", "from study.cli.app import app; app()", "data", "build", str(card_path),
                "--out", str(out), "--teacher", str(digits_teacher)]  # fmt: skip
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         root = out / "leaves"

@@ -80,7 +80,7 @@ def kd_study(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.update(RAY_AUTH_MODE="disabled", TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", RAY_ADDRESS="")
     script = Path(sys.executable).parent / "kd-study"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-c", "from study.cli import app; app()"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-c", "from study.cli.app import app; app()"]
     return subprocess.Popen(
         [*cmd, *args],
         cwd=cwd,
