@@ -322,6 +322,7 @@ def publish_report(
                 markdown=local / report.markdown.name,
                 html=local / report.html.name,
                 parquet=local / report.parquet.name,
+                correlations=local / report.correlations.name if report.correlations else None,
                 plots=[local / p.name for p in report.plots],
             )
     return report, paths.report_dir
