@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,7 @@ from study.orchestrate.sweep import run_sweep, total_trials
 from study.orchestrate.teacher_training import train_teacher
 from study.report.study_report import Report, write_report
 from study.teacher.checkpoint import META, NO_EVAL_DATA, Teacher, TeacherError, TeacherMeta, load_meta, load_teacher
-from study.tracking import OUTCOME, OUTCOMES, StudyTracker, short_http_retries
+from study.tracking import ARM, OUTCOME, OUTCOMES, PHASE, StudyTracker, short_http_retries
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +322,7 @@ def publish_report(
                 markdown=local / report.markdown.name,
                 html=local / report.html.name,
                 parquet=local / report.parquet.name,
+                correlations=local / report.correlations.name if report.correlations else None,
                 plots=[local / p.name for p in report.plots],
             )
     return report, paths.report_dir
@@ -336,8 +338,30 @@ def trial_outcomes(tracker: StudyTracker) -> dict[str, int]:
 
 
 def sweep_complete(spec: StudySpec, tracker: StudyTracker) -> bool:
-    counts = trial_outcomes(tracker)
-    return sum(counts.get(o, 0) for o in OUTCOMES) >= total_trials(spec)
+    """Whether every trial the sweep will ever run has ended, so that a rerun skips Tune altogether.
+
+    Counted per arm from the store: `trials_per_arm` search trials with an outcome, then the final phase the
+    searcher queues for the arm (`PerArmSearch`): `seeds` reruns of each of its best `top_k` search trials that
+    completed their budget with a finite search metric. An arm whose search trials all diverged, failed or stopped
+    early queues no final trial; counting against `total_trials` would call such a study unfinished forever, and
+    every rerun would re-enter Tune.
+    """
+    runs = tracker.trial_runs()
+    metric = spec.search.metric
+    for arm in spec.arms:
+        ended = [r for r in runs if r.data.tags.get(ARM) == arm.name and r.data.tags.get(OUTCOME) in OUTCOMES]
+        search = [r for r in ended if r.data.tags.get(PHASE, "search") == "search"]
+        if len(search) < spec.search.trials_per_arm:
+            return False
+        if spec.final is None:
+            continue
+        eligible = sum(
+            r.data.tags.get(OUTCOME) == "completed" and math.isfinite(r.data.metrics.get(metric, math.nan))
+            for r in search
+        )
+        if len(ended) - len(search) < min(spec.final.top_k, eligible) * spec.final.seeds:
+            return False
+    return True
 
 
 def check_arm_sizes(spec: StudySpec, builds: dict[str, BuildResult], names: dict[str, str], where: str) -> None:

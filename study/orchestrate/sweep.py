@@ -39,7 +39,7 @@ from ray.tune.search import Searcher
 from study import storage
 from study.config import FinalSpec, ParamSpace, StudySpec
 from study.distill.trial import TrialPaths, tune_trainable
-from study.orchestrate.trial_runs import MlflowTrialCallback
+from study.orchestrate.trial_runs import MlflowTrialCallback, reached_budget
 from study.tracking import StudyTracker
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,10 @@ class PerArmSearch(Searcher):
     The state is plain data (saved as JSON with the experiment): each arm's Optuna trials and which Tune trial
     holds which Optuna trial. Each suggestion uses a sampler seeded from (study seed, arm, trial number), so an
     interrupted and resumed study suggests exactly what an uninterrupted one would.
+
+    A search trial is eligible for the final phase when it reached the budget its own result reports
+    (`budget_images`: per arm in `budget.mode: epochs`); `budget_images` here only stands in for results that
+    report none (`fixed_budget_images`).
     """
 
     def __init__(
@@ -107,7 +111,7 @@ class PerArmSearch(Searcher):
         seed: int,
         metric: str = METRIC,
         final: FinalSpec | None = None,
-        budget_images: int = 0,
+        budget_images: int | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=MODE)
         self.final, self.budget_images = final, budget_images
@@ -179,7 +183,7 @@ class PerArmSearch(Searcher):
             return
         value = None if error else objective_value(result, self.objective)
         full = bool(result) and not error and not (result or {}).get("diverged")
-        full = full and float((result or {}).get("images_seen", 0)) >= self.budget_images
+        full = full and reached_budget(result, self.budget_images)
         self.search_results[arm].append(
             {"trial_id": trial_id, "params": info.get("params", {}), "value": value, "full": full}
         )
@@ -420,6 +424,14 @@ def ray_address(spec: StudySpec) -> str:
     return spec.resources.ray_address or os.environ.get("RAY_ADDRESS") or "local"
 
 
+def fixed_budget_images(spec: StudySpec) -> int | None:
+    """The images every trial trains on when that is one number for the study (`budget.mode: images`); None in
+    `budget.mode: epochs`, where each arm's budget is its epochs times its own image count and only the trial
+    knows it (it reports `budget_images`). Never compare a trial with `budget.images` directly: epochs mode leaves
+    it at its default, which no epochs trial reaches."""
+    return spec.budget.images if spec.budget.mode == "images" else None
+
+
 def max_reports(spec: StudySpec) -> int:
     return spec.budget.reports
 
@@ -508,7 +520,7 @@ def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTrac
                 spec.search.trials_per_arm,
                 spec.seed,
                 final=spec.final,
-                budget_images=spec.budget.images,
+                budget_images=fixed_budget_images(spec),
                 metric=spec.search.metric,
             ),
             scheduler=scheduler,
@@ -520,7 +532,10 @@ def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTrac
             name=name,
             storage_path=storage_path,
             storage_filesystem=filesystem,
-            callbacks=[MlflowTrialCallback(tracker, spec.budget.images), TrialProgress(name, total_trials(spec))],
+            callbacks=[
+                MlflowTrialCallback(tracker, fixed_budget_images(spec)),
+                TrialProgress(name, total_trials(spec)),
+            ],
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # retries of a trial that raised; a diverged trial does not raise (it is a result)

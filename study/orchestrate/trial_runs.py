@@ -21,6 +21,22 @@ from study.tracking import ERROR, LIVE_TRACKERS, MAX_TAG_LEN, OUTCOME, TRIAL_ID,
 log = logging.getLogger(__name__)
 
 
+def reached_budget(result: dict | None, study_budget: int | None) -> bool:
+    """Whether a trial's latest result is at the end of its budget in images seen.
+
+    The budget is the one the trial reports (`budget_images`): with `budget.mode: epochs` it is the arm's epochs times
+    its own image count, so it differs per arm and never equals `budget.images`. `study_budget` is for results that
+    carry no budget of their own (a stand-in trainable); None (epochs mode) leaves such a result short of its budget,
+    since nothing says what its budget was.
+    """
+    result = result or {}
+    budget = result.get("budget_images", study_budget)
+    if budget is None:
+        log.warning("a trial result carries no budget_images and the study has no fixed budget: counted as short")
+        return False
+    return float(result.get("images_seen", 0)) >= float(budget)
+
+
 def trial_error_text(trial: Any) -> str:
     """The error a trial raised. Tune writes it to the driver's staging copy of the trial dir (`error_file`) and
     copies that to the storage path only at its next experiment sync, while `get_error()` reads the storage path:
@@ -56,7 +72,7 @@ class MlflowTrialCallback(tune.Callback):
         "s3_bytes_read",
     )
 
-    def __init__(self, tracker: StudyTracker, budget_images: int) -> None:
+    def __init__(self, tracker: StudyTracker, budget_images: int | None) -> None:
         self.tracker = tracker
         self.budget_images = budget_images
         self.run_ids: dict[str, str] = {}
@@ -114,8 +130,7 @@ class MlflowTrialCallback(tune.Callback):
         last = trial.last_result or {}
         if last.get("diverged"):
             return "diverged", str(last.get("diverged_reason", ""))
-        # an arm's own budget (`budget.mode: epochs` scales it with the arm's amount), else the study's
-        if float(last.get("images_seen", 0)) < float(last.get("budget_images", self.budget_images)):
+        if not reached_budget(last, self.budget_images):
             return "early_stopped", ""
         return "completed", ""
 

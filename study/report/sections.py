@@ -15,12 +15,16 @@ import pandas as pd
 
 from study.criteria.measures import NOT_DATA_FREE
 from study.report.document import Code, Image, Note, Para, Section, Table
-from study.report.stats import METRIC_NAMES, MIN_POINTS, TOO_FEW
+from study.report.stats import ADJUSTMENT, ALPHA, METRIC_NAMES, MIN_POINTS, TOO_FEW, family_size
 from study.report.tables import StudyResults, criterion_label
 
 
 def pct(v: float) -> str:
     return "" if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
+
+
+def p_value(v: float) -> str:
+    return "" if v is None or not math.isfinite(v) else f"{v:.3f}"
 
 
 def _finding(r: StudyResults, ctx: dict) -> Section:
@@ -95,6 +99,16 @@ def _correlations(r: StudyResults, ctx: dict) -> Section:
             "set** the student trains on."
         )
     )
+    if len(r.correlations):
+        m = family_size(r.correlations)
+        s.blocks.append(
+            Para(
+                f"Each p-value is shown raw (`p`) and {ADJUSTMENT}-adjusted ({ADJUSTMENT} p) over one family: all {m} "
+                "tests in this table (every criterion × population, Spearman and Kendall). With this many tests some "
+                f"raw p-values fall below {ALPHA:.0%} by chance alone; only an adjusted p at or below {ALPHA:.0%} "
+                "is significant (Holm's method bounds the chance of any false call in the table at that level)."
+            )
+        )
     if n < MIN_POINTS:
         s.blocks.append(Note(f"{TOO_FEW}: {n} < {MIN_POINTS}, so no correlation is reported as a number."))
     if len(r.correlations):
@@ -102,8 +116,12 @@ def _correlations(r: StudyResults, ctx: dict) -> Section:
         table = pd.DataFrame(
             {
                 "criterion": [criterion_label(x) for x in c["criterion"]],
-                "Spearman ρ [95% CI], p": c["rho_text"],
-                "Kendall τ [95% CI], p": c["tau_text"],
+                "Spearman ρ [95% CI]": c["rho_text"],
+                "ρ: p": c["rho_p"].map(p_value),
+                f"ρ: {ADJUSTMENT} p": c["rho_p_holm"].map(p_value),
+                "Kendall τ [95% CI]": c["tau_text"],
+                "τ: p": c["tau_p"].map(p_value),
+                f"τ: {ADJUSTMENT} p": c["tau_p_holm"].map(p_value),
             }
         )
         s.blocks.append(Table(table))

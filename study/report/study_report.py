@@ -1,10 +1,10 @@
 """The report: ranks arms with intervals and tells which criteria predict distillation quality.
 
-Everything is read back from the MLflow store (DESIGN.md), so a report can be rebuilt anywhere the store is
-reachable, also while a study runs (then it says how many trials are still missing). Statistics are in
-`study.report.stats`, plots in `study.report.plots`, the HTML page in `study.report.document`; this module
-collects what the
-store holds into tables and writes `report.md`, `report.html`, `results.parquet`, `ranking.json` and the PNGs.
+Everything is read back from the MLflow store, so a report can be rebuilt anywhere the store is reachable, also
+while a study runs (then it says how many trials are still missing). Statistics are in `study.report.stats`, plots
+in `study.report.plots`, the HTML page in `study.report.document`; this module collects what the store holds into
+tables and writes `report.md`, `report.html`, `results.parquet`, `correlations.parquet`, `ranking.json` and the
+PNGs.
 
 The report is a list of sections (`Section`), each a title with Markdown and HTML bodies, so that a new section is
 one function added to `sections()`.
@@ -26,7 +26,16 @@ import pandas as pd
 from study.report import document as report_html
 from study.report import plots as report_plots
 from study.report.amounts import ARM_COLUMNS, AmountSection, amount_section, arm_fields
-from study.report.stats import METRIC_NAMES, MIN_POINTS, arm_accuracy, correlations, ranking_metric
+from study.report.stats import (
+    ADJUSTMENT,
+    ALPHA,
+    METRIC_NAMES,
+    MIN_POINTS,
+    arm_accuracy,
+    correlations,
+    family_size,
+    ranking_metric,
+)
 from study.report.tables import StudyResults, criterion_label, surrogate_points
 from study.teacher.checkpoint import TeacherMeta
 from study.tracking import ARM, ERROR, OUTCOME, PHASE, TRIAL_ID, StudyTracker
@@ -47,6 +56,7 @@ class Report:
     ranking: pd.DataFrame
     finding: str
     amounts: AmountSection | None = None
+    correlations: Path | None = None  # correlations.parquet: the correlation table with raw and adjusted p
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -198,19 +208,23 @@ def finding(results: StudyResults) -> str:
         return f"{lead} No criterion varies across the {n} surrogates."
     top = corr.iloc[0]
     direction = "higher" if top["rho"] > 0 else "lower"
+    # the finding picks the best of every criterion tested, so its p-value is the family-adjusted one (stats.holm)
+    adjusted = top["rho_p_holm"]
+    verdict = "significant" if adjusted <= ALPHA else "not significant"
+    interval = f"[95% CI {top['rho_low']:+.2f}, {top['rho_high']:+.2f}]"
     text = (
-        f"{criterion_label(top['criterion']).capitalize()} ranks the {n} surrogates best "
-        f"({direction} is better): ρ = {top['rho']:+.2f} [95% CI {top['rho_low']:+.2f}, {top['rho_high']:+.2f}], "
-        f"permutation p = {top['rho_p']:.3f}"
+        f"Of the {len(corr)} criterion × population pairs tested, {criterion_label(top['criterion'])} ranks the "
+        f"{n} surrogates best ({direction} is better): ρ = {top['rho']:+.2f} {interval}, "
+        f"permutation p = {top['rho_p']:.3f} uncorrected, {ADJUSTMENT}-adjusted p = {adjusted:.3f} over all "
+        f"{family_size(results.correlations)} Spearman and Kendall tests in the correlation table, so {verdict} at "
+        f"the {ALPHA:.0%} level"
     )
-    if top["rho_p"] > 0.05:
-        text += " (not significant at the 5% level)"
     paper = corr[corr["criterion"] == PAPER_CRITERION]
     if top["criterion"] != PAPER_CRITERION and len(paper):
         p = paper.iloc[0]
         text += (
             f". The paper's measure, class entropy of the raw pool, has ρ = {p['rho']:+.2f} "
-            f"[{p['rho_low']:+.2f}, {p['rho_high']:+.2f}]"
+            f"[{p['rho_low']:+.2f}, {p['rho_high']:+.2f}], {ADJUSTMENT}-adjusted p = {p['rho_p_holm']:.3f}"
         )
     return f"{text}. {lead}"
 
@@ -244,6 +258,8 @@ def write_report(
                     plots.append(target)
         parquet = out_dir / "results.parquet"
         write_parquet(results, parquet)
+        corr_parquet = out_dir / "correlations.parquet"
+        results.correlations.to_parquet(corr_parquet, index=False)
         text = finding(results)
         amounts = amount_section(
             results.ranking, results.arms, out_dir, teacher.dataset if teacher else None, teacher_accuracy
@@ -256,7 +272,7 @@ def write_report(
     html.write_text(report_html.html(title or tracker.name, sections, out_dir))
     records = results.ranking.to_dict(orient="records") if len(results.ranking) else []
     (out_dir / "ranking.json").write_text(json.dumps(records, indent=2, default=_json_safe))
-    return Report(markdown, html, parquet, plots, results.ranking, text, amounts)
+    return Report(markdown, html, parquet, plots, results.ranking, text, amounts, corr_parquet)
 
 
 def _json_safe(value: object) -> object:

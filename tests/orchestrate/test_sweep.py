@@ -9,8 +9,8 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from study.config import ParamSpace
-from study.orchestrate.sweep import ArmRungs, PerArmASHA, PerArmSearch
+from study.config import FinalSpec, ParamSpace, StudySpec
+from study.orchestrate.sweep import ArmRungs, PerArmASHA, PerArmSearch, fixed_budget_images
 
 SPACE = {
     "lr": ParamSpace(type="loguniform", low=0.01, high=0.3),
@@ -75,6 +75,33 @@ class TestPerArmSearch:
         assert searcher.suggest("t0")["phase"] == "search" and searcher.finished_values("a") == []
         with pytest.raises(ValueError, match="phase"):
             searcher.enqueue({"arm": "a", "seed": 1})
+
+    def test_in_epochs_mode_the_final_phase_follows_each_arms_own_budget(self) -> None:
+        spec = StudySpec.model_validate(
+            {
+                "name": "epochs",
+                "arms": [{"name": "small", "card": "digits_train"}, {"name": "big", "card": "digits_train"}],
+                "budget": {"mode": "epochs", "epochs": 2},
+            }
+        )
+        assert fixed_budget_images(spec) is None  # budget.images (20M by default) is no trial's budget here
+        searcher = PerArmSearch(["small", "big"], SPACE, 2, seed=0, final=FinalSpec(top_k=1, seeds=2))
+        searcher.budget_images = fixed_budget_images(spec)
+        configs = dict(zip([f"t{i}" for i in range(4)], deal(searcher, 4), strict=True))
+        # 2 epochs of 32 and of 64 images; t2 was stopped early at half its arm's budget
+        searcher.on_trial_complete("t0", {"val_acc": 0.5, "images_seen": 64.0, "budget_images": 64.0})
+        searcher.on_trial_complete("t1", {"val_acc": 0.6, "images_seen": 128.0, "budget_images": 128.0})
+        searcher.on_trial_complete("t2", {"val_acc": 0.9, "images_seen": 32.0, "budget_images": 64.0})
+        searcher.on_trial_complete("t3", {"val_acc": 0.4, "images_seen": 128.0, "budget_images": 128.0})
+        finals = deal(searcher, 4, start=4)
+        assert Searcher.FINISHED not in finals, "no final phase was queued for an arm"
+        assert searcher.suggest("t8") == Searcher.FINISHED
+        assert [(f["arm"], f["phase"], f["lr"]) for f in finals] == [
+            ("small", "final", configs["t0"]["lr"]),
+            ("small", "final", configs["t0"]["lr"]),
+            ("big", "final", configs["t1"]["lr"]),
+            ("big", "final", configs["t1"]["lr"]),
+        ]
 
     def test_empty_space_still_deals_trials(self) -> None:
         searcher = PerArmSearch(["a"], {}, 2, seed=0)

@@ -130,6 +130,32 @@ class TestReportNumbers:
         assert f"{rho:+.2f} [" in row and f"{tau:+.2f} [" in row
         assert "ranks the 6 surrogates best" in text.split("## Ranking")[0]
 
+    def test_every_correlation_shows_its_raw_and_holm_adjusted_p_value(self, report) -> None:
+        result, _, _ = report
+        table = pd.read_parquet(result.correlations)
+        raw = np.concatenate([table["rho_p"], table["tau_p"]])
+        adjusted = np.concatenate([table["rho_p_holm"], table["tau_p_holm"]])
+        tested = np.isfinite(raw)
+        m = int(tested.sum())
+        assert m == 8  # 4 criteria with 6 points x (Spearman, Kendall); attack_success has one point: no test
+        assert (np.isnan(adjusted) == ~tested).all() and (adjusted[tested] >= raw[tested]).all()
+        assert adjusted[tested].min() == pytest.approx(min(1.0, m * raw[tested].min()))  # Holm's first step
+        text = result.markdown.read_text()
+        assert "| criterion | Spearman ρ [95% CI] | ρ: p | ρ: Holm p | Kendall τ [95% CI] | τ: p | τ: Holm p |" in text
+        entropy = table.set_index("criterion").loc["crit_raw_class_entropy"]
+        row = next(line for line in text.splitlines() if line.startswith("| class entropy (raw pool)"))
+        for col in ("rho_p", "rho_p_holm", "tau_p", "tau_p_holm"):
+            assert f"| {entropy[col]:.3f} |" in row
+        assert f"Holm-adjusted (Holm p) over one family: all {m} tests" in text
+        assert "Holm p</th>" in result.html.read_text()
+        top = table.iloc[0]
+        assert (
+            f"permutation p = {top['rho_p']:.3f} uncorrected, Holm-adjusted p = {top['rho_p_holm']:.3f} over all "
+            f"{m} Spearman and Kendall tests" in result.finding
+        )
+        assert result.finding.startswith("Of the 4 criterion × population pairs tested, ")
+        assert "so not significant at the 5% level" in result.finding  # 8 x its raw p (0.03) is far above 5%
+
     def test_results_parquet_has_criteria_of_both_populations(self, report) -> None:
         result, _, _ = report
         df = pd.read_parquet(result.parquet)
@@ -163,6 +189,7 @@ class TestReportNumbers:
             "report.md",
             "report.html",
             "results.parquet",
+            "correlations.parquet",
             "ranking.json",
             "ranking.png",
             "criteria_raw.png",

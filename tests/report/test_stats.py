@@ -15,10 +15,15 @@ from study.report.stats import (
     arm_accuracy,
     bootstrap_interval,
     correlate,
+    correlations,
+    family_size,
+    holm,
     mean_interval,
     permutation_p,
     rank_correlation,
 )
+from study.report.study_report import finding
+from study.report.tables import StudyResults
 
 
 def test_mean_interval_is_students_t() -> None:
@@ -130,3 +135,47 @@ def test_an_accuracy_interval_stays_within_0_and_1() -> None:
     assert (cut.low, cut.high) == (0.0, 1.0) and cut.mean == wide.mean
     narrow = mean_interval([0.5, 0.51, 0.49], bounds=ACCURACY)
     assert 0 < narrow.low < narrow.mean < narrow.high < 1
+
+
+# ------------------------------------------------------------------------------------------------ multiplicity
+def test_holm_adjusts_a_hand_computed_example() -> None:
+    # sorted: 0.005, 0.01, 0.03, 0.04 (m = 4) -> 4 x 0.005, 3 x 0.01, 2 x 0.03, 1 x 0.04 = 0.02, 0.03, 0.06, 0.04,
+    # then the running maximum keeps the order: 0.02, 0.03, 0.06, 0.06; the NaN is no test and does not count in m
+    adjusted = holm([0.01, 0.04, 0.03, 0.005, math.nan])
+    assert adjusted[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(adjusted[4])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # 2 x 0.5 caps at 1, and 0.6 may not undercut it
+    assert holm([0.2]) == pytest.approx([0.2]) and np.isnan(holm([math.nan, math.nan])).all()
+
+
+def test_holm_holds_the_family_wise_error_at_five_percent_on_uniform_p_values() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=(4000, 30))  # 30 true null hypotheses per family
+    any_call = np.mean([holm(row).min() <= 0.05 for row in p])
+    assert 0.035 <= any_call <= 0.065  # 1 - (1 - 0.05/30)^30 = 0.049: Holm is neither lax nor needlessly strict
+    assert np.mean(p.min(axis=1) <= 0.05) > 0.7  # unadjusted: 1 - 0.95^30 = 0.79
+
+
+def noise_study(seed: int, surrogates: int = 5, criteria: int = 15) -> StudyResults:
+    """A study whose criteria (`criteria` per population, both populations) are pure noise, unrelated to accuracy."""
+    rng = np.random.default_rng(seed)
+    names = [f"crit_{pop}_noise{i}" for pop in ("raw", "built") for i in range(criteria)]
+    points = pd.DataFrame(rng.normal(size=(surrogates, len(names))), columns=names)
+    points["test_acc"] = rng.uniform(0.1, 0.9, surrogates)
+    points["arm"] = [f"s{i}" for i in range(surrogates)]
+    ranking = points[["arm", "test_acc"]].sort_values("test_acc", ascending=False).reset_index(drop=True)
+    corr = correlations(points, names, "test_acc", resamples=100)  # resamples: the intervals only, never the p
+    return StudyResults("noise", "", "", None, ranking, pd.DataFrame(), ranking, points, corr)
+
+
+def test_the_finding_calls_pure_noise_significant_in_at_most_five_percent_of_studies() -> None:
+    draws = 200
+    called = raw = 0
+    for seed in range(draws):
+        study = noise_study(seed)
+        text = finding(study)
+        assert "Of the 30 criterion × population pairs tested" in text and "Holm-adjusted p = " in text
+        assert "over all 60 Spearman and Kendall tests" in text and family_size(study.correlations) == 60
+        called += "so significant at the 5% level" in text
+        raw += study.correlations["rho_p"].iloc[0] <= 0.05  # what the finding quoted before: the best raw p
+    assert called / draws <= 0.05
+    assert raw / draws > 0.2  # the same draws without the adjustment: ~40% (1 - (59/60)^30, exact p = 2/120)
