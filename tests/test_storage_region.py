@@ -36,7 +36,9 @@ class TestBucketRegion:
         body = s3_env.client().get_object(Bucket=bucket, Key="studies/q1/tune/state.json")["Body"].read()
         assert body == b"{}"
 
-    def test_explicit_region_setting_skips_the_question(self, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_explicit_region_setting_skips_the_question(
+        self, s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         monkeypatch.setenv("KD_STUDY_S3_REGION", "eu-central-1")
         filesystem, _ = storage.arrow_filesystem("s3://no-such-bucket-anywhere/x")
         assert filesystem.region == "eu-central-1"
