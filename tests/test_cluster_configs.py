@@ -96,13 +96,71 @@ class TestAwsClusterConfig:
         assert aws["max_workers"] >= max(n["max_workers"] for n in workers.values())
         assert aws["idle_timeout_minutes"] > 0
 
-    def test_g5_workers_are_spot(self, aws: dict[str, Any]) -> None:
-        g5 = [n for n in aws["available_node_types"].values() if n["node_config"]["InstanceType"].startswith("g5.")]
-        assert g5 and all(n["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot" for n in g5)
+    def test_spot_type_has_an_on_demand_fallback_of_the_same_shape(self, aws: dict[str, Any]) -> None:
+        workers = {k: v for k, v in aws["available_node_types"].items() if k != aws["head_node_type"]}
+        spot = {k: v for k, v in workers.items() if market(v) == "spot"}
+        assert spot
+        for name, node in spot.items():
+            fallbacks = [
+                v
+                for v in workers.values()
+                if market(v) == "on-demand"
+                and v["node_config"]["InstanceType"] == node["node_config"]["InstanceType"]
+                and v["resources"] == node["resources"]
+                and v["max_workers"] >= node["max_workers"]
+            ]
+            assert fallbacks, f"{name}: no on-demand type of the same shape"
+            assert all(node["priority"] > f["priority"] for f in fallbacks), "spot must be tried first"
+        (head_start,) = [c for c in aws["head_start_ray_commands"] if "ray start --head" in c]
+        assert "RAY_enable_autoscaler_v2=1" in head_start  # the autoscaler that ranks types by launch success
 
-    def test_every_node_runs_the_project_image(self, aws: dict[str, Any]) -> None:
-        assert aws["docker"]["image"] == project_image()
-        assert not any("image" in n.get("docker", {}) for n in aws["available_node_types"].values())
+    def test_gpu_capacity_reaches_64(self, aws: dict[str, Any]) -> None:
+        workers = [v for k, v in aws["available_node_types"].items() if k != aws["head_node_type"]]
+        for node in workers:  # declared resources agree with AWS's published shape of the instance type
+            gpus, vcpus = INSTANCE_SHAPES[node["node_config"]["InstanceType"]]
+            assert node["resources"] == {"CPU": vcpus, "GPU": gpus}
+        assert gpu_capacity(aws) >= 64
+        # and the whole 64 without spot: the on-demand fallback alone reaches it
+        on_demand = {
+            **aws,
+            "available_node_types": {k: v for k, v in aws["available_node_types"].items() if market(v) != "spot"},
+        }
+        assert gpu_capacity(on_demand) >= 64
+
+    def test_region_reaches_every_container_and_gpus_every_worker(self, aws: dict[str, Any]) -> None:
+        region = aws["provider"]["region"]
+        options = " ".join(aws["docker"]["run_options"])
+        assert f"-e AWS_REGION={region}" in options and f"-e AWS_DEFAULT_REGION={region}" in options
+        assert "--gpus all" in aws["docker"]["worker_run_options"]
+        assert "--gpus all" not in aws["docker"].get("head_run_options", [])  # the CPU head has no GPU to pass
+
+    def test_registry_login_before_the_image_is_pulled(self, aws: dict[str, Any]) -> None:
+        registry = aws["docker"]["image"].split("/", 1)[0]
+        region = aws["provider"]["region"]
+        assert re.fullmatch(rf"\d{{12}}\.dkr\.ecr\.{region}\.amazonaws\.com", registry)
+        (login,) = [c for c in aws["initialization_commands"] if "docker login" in c]
+        assert f"aws ecr get-login-password --region {region}" in login
+        assert login.rstrip().endswith(f"--password-stdin {registry}")
+
+    def test_tracking_store_outlives_the_head_container_with_auth_on(self, aws: dict[str, Any]) -> None:
+        (server,) = [c for c in aws["head_start_ray_commands"] if "mlflow server" in c]
+        assert "--app-name basic-auth" in server and "MLFLOW_AUTH_CONFIG_PATH" in server
+        assert '--backend-store-uri "${KD_STUDY_MLFLOW_BACKEND_URI:-sqlite:///$store/mlflow.db}"' in server
+        assert '--artifacts-destination "$KD_STUDY_MLFLOW_ARTIFACTS"' in server
+        assert "store=~/kd-study-mlflow" in server
+        # that folder is a volume of the head's host, so recreating the container keeps it
+        assert "-v /home/ubuntu/kd-study-mlflow:/home/ray/kd-study-mlflow" in aws["docker"]["head_run_options"]
+        # the credentials come from a file on the user's machine outside the repository
+        assert aws["file_mounts"]["~/.kd-study/cluster.env"] == "~/.kd-study/cluster.env"
+        assert not (REPO / ".kd-study").exists()
+
+    def test_instance_profiles_have_their_policy_documents(self, aws: dict[str, Any]) -> None:
+        profiles = {n["node_config"]["IamInstanceProfile"]["Name"] for n in aws["available_node_types"].values()}
+        assert profiles == {"kd-study-head", "kd-study-worker"}
+        for profile in profiles:
+            assert (CLUSTER / "iam" / f"{profile}.json").is_file()
+            assert f"cluster/iam/{profile}.json" in (CLUSTER / "aws.yaml").read_text()
+            assert f"cluster/iam/{profile}.json" in (REPO / "docs" / "cluster.md").read_text()
 
     def test_s3_through_instance_profiles_and_no_keys_in_the_file(self, aws: dict[str, Any]) -> None:
         for name, node in aws["available_node_types"].items():
@@ -115,6 +173,24 @@ class TestAwsClusterConfig:
         assert len(starts) == 2
         assert all("RAY_AUTH_MODE=token ray start" in c for c in starts)
         assert aws["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+# (GPUs, vCPUs) of the instance types aws.yaml uses, as AWS publishes them (EC2 accelerated computing instances).
+INSTANCE_SHAPES = {"g5.xlarge": (1, 4), "g5.12xlarge": (4, 48), "g5.48xlarge": (8, 192), "p4d.24xlarge": (8, 96)}
+
+
+def market(node: dict[str, Any]) -> str:
+    return node["node_config"].get("InstanceMarketOptions", {}).get("MarketType", "on-demand")
+
+
+def gpu_capacity(aws: dict[str, Any]) -> int:
+    """The most GPUs the autoscaler may run at once: per-type `max_workers`, then the global `max_workers`."""
+    workers = [v for k, v in aws["available_node_types"].items() if k != aws["head_node_type"]]
+    slots, total = aws["max_workers"], 0
+    for node in sorted(workers, key=lambda n: -n["resources"].get("GPU", 0)):
+        take = min(node["max_workers"], slots)
+        total, slots = total + take * node["resources"].get("GPU", 0), slots - take
+    return total
 
 
 # ------------------------------------------------------------------------------------------------ KubeRay
