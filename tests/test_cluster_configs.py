@@ -37,6 +37,13 @@ def project_image() -> str:
     return f"kd-study:{pyproject()['project']['version']}"
 
 
+def quantity(value: str | int) -> float:
+    """A Kubernetes quantity ("7", "500m", "120Gi", "1G") as a number (bytes for memory and storage)."""
+    units = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value)).groups()  # type: ignore[union-attr]
+    return float(number) * units.get(unit, 1)
+
+
 def pod_templates(ray_cluster: dict[str, Any]) -> list[dict[str, Any]]:
     return [ray_cluster["headGroupSpec"]["template"]] + [g["template"] for g in ray_cluster["workerGroupSpecs"]]
 
@@ -211,9 +218,10 @@ def ray_cluster(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 class TestKubeRay:
     def test_kinds(self) -> None:
-        assert [d["kind"] for d in kuberay_docs("raycluster.yaml")] == ["ConfigMap", "RayCluster"]
+        assert [d["kind"] for d in kuberay_docs("raycluster.yaml")] == ["ServiceAccount", "ConfigMap", "RayCluster"]
+        assert [d["kind"] for d in kuberay_docs("mlflow.yaml")] == ["PersistentVolumeClaim", "Deployment", "Service"]
         assert [d["kind"] for d in kuberay_docs("rayjob.yaml")] == ["RayJob"]
-        for doc in kuberay_docs("raycluster.yaml") + kuberay_docs("rayjob.yaml"):
+        for doc in kuberay_docs("raycluster.yaml") + kuberay_docs("rayjob.yaml") + kuberay_docs("mlflow.yaml"):
             assert doc["metadata"]["name"]
 
     def test_head_and_gpu_worker_group(self, ray_cluster: dict[str, Any]) -> None:
@@ -250,6 +258,74 @@ class TestKubeRay:
                 assert {"configMapRef": {"name": config_map["metadata"]["name"]}} in sources
                 (secret,) = [s["secretRef"] for s in sources if "secretRef" in s]
                 assert secret["optional"] is True
+
+    def test_every_pod_runs_as_the_irsa_service_account(self, ray_cluster: dict[str, Any]) -> None:
+        (account,) = [d for d in kuberay_docs("raycluster.yaml") if d["kind"] == "ServiceAccount"]
+        role = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+", role)
+        assert (CLUSTER / "iam" / f"{role.rsplit('/', 1)[1]}.json").is_file()  # its permissions policy
+        (mlflow,) = [d for d in kuberay_docs("mlflow.yaml") if d["kind"] == "Deployment"]
+        for template in [*pod_templates(ray_cluster), mlflow["spec"]["template"]]:
+            assert template["spec"]["serviceAccountName"] == account["metadata"]["name"]
+
+    def test_shard_cache_on_a_sized_volume_within_the_ephemeral_storage_request(
+        self, ray_cluster: dict[str, Any]
+    ) -> None:
+        from study.data.shards.cache import ENV_FOLDER, ENV_GB
+
+        for group in ray_cluster["workerGroupSpecs"]:
+            (container,) = containers(group["template"])
+            env = {e["name"]: e["value"] for e in container["env"]}
+            (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env[ENV_FOLDER]]
+            (volume,) = [v for v in group["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+            size = quantity(volume["emptyDir"]["sizeLimit"])
+            assert size >= float(env[ENV_GB]) * 2**30  # the cache's bound fits its volume
+            requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+            assert quantity(requests["ephemeral-storage"]) >= size
+            assert quantity(limits["ephemeral-storage"]) >= quantity(requests["ephemeral-storage"])
+
+    def test_mlflow_service_serves_the_tracking_uri_with_auth_and_a_persistent_store(self) -> None:
+        from urllib.parse import urlsplit
+
+        from study.orchestrate.jobs import TRACKING_ENV
+
+        (config_map,) = [d for d in kuberay_docs("raycluster.yaml") if d["kind"] == "ConfigMap"]
+        uri = urlsplit(config_map["data"][TRACKING_ENV])
+        docs = {d["kind"]: d for d in kuberay_docs("mlflow.yaml")}
+        service, deployment, claim = docs["Service"], docs["Deployment"], docs["PersistentVolumeClaim"]
+        (port,) = service["spec"]["ports"]
+        assert (uri.hostname, uri.port) == (service["metadata"]["name"], port["port"])
+        assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert {p["containerPort"] for p in container["ports"]} == {port["targetPort"]}
+        command = " ".join(container["args"])
+        assert "--app-name basic-auth" in command and f"--port {port['targetPort']}" in command
+        secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            assert not secrets[name].get("optional", False)  # no login, no server: auth cannot be off by accident
+        (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+        # the port forwarded in the instructions is the Service's
+        forward = f"kubectl port-forward svc/{service['metadata']['name']} {port['port']}:{port['port']}"
+        assert forward in (CLUSTER / "kuberay" / "raycluster.yaml").read_text()
+        assert forward in (REPO / "docs" / "cluster.md").read_text()
+
+    def test_rayjob_trials_fit_its_worker_group(self) -> None:
+        from study.config import StudySpec
+        from study.orchestrate.jobs import SPEC_ENV
+
+        (job,) = kuberay_docs("rayjob.yaml")
+        spec = StudySpec.model_validate(
+            yaml.safe_load(yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"][SPEC_ENV])
+        )
+        fits = []
+        for group in ray_cluster_spec(job)["workerGroupSpecs"]:
+            limits = containers(group["template"])[0]["resources"]["limits"]
+            fits.append(
+                spec.resources.cpu <= quantity(limits["cpu"]) and spec.resources.gpu <= int(limits["nvidia.com/gpu"])
+            )
+        assert any(fits)
 
     def test_token_authentication_is_on(self, ray_cluster: dict[str, Any]) -> None:
         assert ray_cluster["authOptions"]["mode"] == "token"
