@@ -371,8 +371,24 @@ class TestDockerfile:
 
     def test_base_image_is_rays_cuda_image_for_the_projects_python(self) -> None:
         (base,) = [a for w, a in dockerfile_instructions() if w == "FROM"]
-        assert base == "rayproject/ray:${RAY_VERSION}-py311-gpu"
+        assert base == "rayproject/ray:${RAY_VERSION}-py311-${CUDA_TAG}"
         assert pyproject()["project"]["requires-python"] == ">=3.11"
+
+    def test_one_cuda_stack_torch_pinned_to_the_base_images_cuda(self) -> None:
+        from packaging.requirements import Requirement
+        from packaging.version import Version
+
+        args = dockerfile_args()
+        assert re.fullmatch(r"cu\d{3}", args["CUDA_TAG"])
+        (install,) = [a for w, a in dockerfile_instructions() if w == "RUN" and "pip install" in a]
+        assert '"torch==${TORCH_VERSION}+${CUDA_TAG}"' in install
+        assert '"torchvision==${TORCHVISION_VERSION}+${CUDA_TAG}"' in install
+        assert "download.pytorch.org/whl/${CUDA_TAG}" in install
+        assert "torch.version.cuda" in install  # the build itself refuses a wheel of another CUDA
+        # the pins are versions the project's own ranges admit
+        deps = {Requirement(d).name: Requirement(d) for d in pyproject()["project"]["dependencies"]}
+        assert Version(args["TORCH_VERSION"]) in deps["torch"].specifier
+        assert Version(args["TORCHVISION_VERSION"]) in deps["torchvision"].specifier
 
     def test_installs_the_project_with_its_pinned_dependencies(self) -> None:
         runs = [a for w, a in dockerfile_instructions() if w == "RUN" and "pip install" in a]
