@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import os
@@ -183,7 +184,9 @@ def test_a_trial_that_raises_still_spends_max_failures_and_fails_naming_its_erro
     )
     tracker = StudyTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", spec)
     tune_dir = str(tmp_path / "tune")
-    result = run_sweep(spec, TrialPaths("unused", "unused"), tune_dir, tracker, trainable_fn=always_raises)
+    # by its package path, so the session's Ray workers import it (pytest imports this file as a bare module)
+    trainable = importlib.import_module("tests.orchestrate.test_spot_failures").always_raises
+    result = run_sweep(spec, TrialPaths("unused", "unused"), tune_dir, tracker, trainable_fn=trainable)
     tracker.flush()
     (trial,) = result.grid
     assert "shard-000007.tar is corrupt" in str(trial.error)
