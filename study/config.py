@@ -448,8 +448,34 @@ class StorageSpec(Strict):
     cache_max_gb: float = Field(default=20.0, ge=0)
 
 
+def check_tracking_uri(uri: str) -> str:
+    """`uri` unchanged, or ValueError when it carries credentials (`https://user:secret@host`).
+
+    A tracking URI travels in plain sight: the job's command line (`kd-study jobs`, the Ray dashboard), Tune's
+    pickled state on storage, the report and error messages. Credentials go in MLflow's own environment variables
+    instead, which every MLflow client reads and nothing here prints or stores.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        password = None
+    if password is not None:
+        raise SpecError(
+            "tracking URI carries credentials (user:password@); pass the URI without them and set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment"
+        )
+    return uri
+
+
 class TrackingSpec(Strict):
     uri: str = "sqlite:///mlflow.db"
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, uri: str) -> str:
+        return check_tracking_uri(uri)
 
 
 class CriteriaSpec(Strict):
@@ -569,7 +595,7 @@ def apply_overrides(
     if storage is not None:
         update["storage"] = spec.storage.model_copy(update={"root": storage})
     if tracking_uri is not None:
-        update["tracking"] = spec.tracking.model_copy(update={"uri": tracking_uri})
+        update["tracking"] = spec.tracking.model_copy(update={"uri": check_tracking_uri(tracking_uri)})
     if ray_address is not None:
         update["resources"] = spec.resources.model_copy(update={"ray_address": ray_address})
     return spec.model_copy(update=update) if update else spec

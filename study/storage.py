@@ -14,7 +14,8 @@ transfer manager (`TransferConfig`: multipart above a threshold, parts retried i
 
 Environment knobs (all optional): `KD_STUDY_S3_MAX_ATTEMPTS` (attempts per call, first included, default 8),
 `KD_STUDY_S3_CONNECT_TIMEOUT` / `KD_STUDY_S3_READ_TIMEOUT` (seconds, default 10 / 60),
-`KD_STUDY_S3_ADDRESSING` (path | virtual, default path), `KD_STUDY_S3_MULTIPART_THRESHOLD` /
+`KD_STUDY_S3_ADDRESSING` (path | virtual, default path), `KD_STUDY_S3_REGION` (the bucket's region for
+pyarrow, instead of asking S3), `KD_STUDY_S3_MULTIPART_THRESHOLD` /
 `KD_STUDY_S3_MULTIPART_CHUNKSIZE` (bytes, default 64 MiB / 16 MiB), `KD_STUDY_S3_MAX_CONCURRENCY`
 (parallel parts, default 4), `KD_STUDY_S3_READ_RESUMES` (Range resumptions in a row without a new byte
 before a read fails, default 5).
@@ -152,7 +153,7 @@ def _client_for(pid: int, env: tuple[str | None, ...], knobs: tuple[tuple[str, s
         read_timeout=_env_number("KD_STUDY_S3_READ_TIMEOUT", 60),
         max_pool_connections=16,
     )
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region = _env_region()
     client = boto3.session.Session().client("s3", region_name=region, config=config)
     client.meta.events.register("before-send.s3", _count_retry, unique_id="kd-study-count-retries")
     return client
@@ -501,13 +502,61 @@ def remove(uri: str) -> None:
         raise _s3_error(uri, err) from err
 
 
+def bucket_region(bucket: str) -> str:
+    """The AWS region `bucket` lives in, asked of S3 itself (cached per endpoint and bucket).
+
+    pyarrow's S3 filesystem does not follow S3's region redirects, so Tune's state on a bucket outside the
+    environment's default region fails at its first sync while boto3 (which follows them) works. On AWS the
+    answer comes from `pyarrow.fs.resolve_s3_region`; with a custom endpoint (`AWS_ENDPOINT_URL(_S3)`: MinIO,
+    SeaweedFS), which pyarrow's resolver cannot reach, from the `x-amz-bucket-region` header of a HeadBucket on
+    that endpoint (the same request pyarrow sends), and the environment's region when the server sends none.
+    `KD_STUDY_S3_REGION` skips the question. Raises StorageError naming the bucket when S3 cannot answer.
+    """
+    if forced := os.environ.get("KD_STUDY_S3_REGION"):
+        return forced
+    return _bucket_region(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "", bucket)
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_region(endpoint: str, bucket: str) -> str:
+    hint = (
+        f"s3://{bucket}: cannot tell which region the bucket is in (pyarrow's S3 filesystem, which holds Tune's "
+        "state, needs it); check the bucket name and the credentials (s3:ListBucket on it), or set "
+        "KD_STUDY_S3_REGION to the bucket's region"
+    )
+    if not endpoint:
+        from pyarrow import fs
+
+        try:
+            return fs.resolve_s3_region(bucket)
+        except Exception as err:
+            raise StorageError(f"{hint}: {err}") from None
+    from botocore.exceptions import ClientError
+
+    try:
+        response = s3_client().head_bucket(Bucket=bucket)
+    except ClientError as err:
+        response = err.response  # a 301/403 still names the region in its header
+        if not response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region"):
+            raise StorageError(f"{hint}: {err}") from None
+    except Exception as err:
+        raise StorageError(f"{hint}: {err}") from None
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return headers.get("x-amz-bucket-region") or _env_region()
+
+
+def _env_region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
 def arrow_filesystem(uri: str) -> tuple[Any, str]:
     """`(pyarrow filesystem, path)` for `uri`, for libraries that take one (Ray Tune's `storage_filesystem`).
 
     Local URIs give `(None, absolute path)`: the library then uses the local disk. S3 URIs give a
-    `pyarrow.fs.S3FileSystem` with path-style addressing on the endpoint of `AWS_ENDPOINT_URL(_S3)` when set
-    (SeaweedFS, MinIO) and `bucket/key` as the path. Credentials are left to the AWS SDK's own chain on each
-    process that uses the filesystem, so none is pickled into state that Tune writes to storage.
+    `pyarrow.fs.S3FileSystem` in the bucket's own region (`bucket_region`), with path-style addressing on the
+    endpoint of `AWS_ENDPOINT_URL(_S3)` when set (SeaweedFS, MinIO), and `bucket/key` as the path. Credentials
+    are left to the AWS SDK's own chain on each process that uses the filesystem, so none is pickled into state
+    that Tune writes to storage.
     """
     if not is_s3(uri):
         return None, resolve(uri)
@@ -517,9 +566,8 @@ def arrow_filesystem(uri: str) -> tuple[Any, str]:
 
     bucket, key = split_s3(uri.rstrip("/"))
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     options: dict[str, Any] = {
-        "region": region,
+        "region": bucket_region(bucket),
         "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=int(_env_number("KD_STUDY_S3_MAX_ATTEMPTS", 8))),
         "connect_timeout": _env_number("KD_STUDY_S3_CONNECT_TIMEOUT", 10),
         "request_timeout": _env_number("KD_STUDY_S3_READ_TIMEOUT", 60),

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import yaml
 
-from study.config import SpecError, StudySpec, apply_overrides, load_model, load_study
+from study.config import SpecError, StudySpec, apply_overrides, check_tracking_uri, load_model, load_study
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
@@ -80,7 +80,7 @@ def job_payload(spec: StudySpec, spec_yaml: str, storage: str | None, tracking_u
     if storage:
         args += ["--storage", storage]
     if tracking_uri:
-        args += ["--tracking-uri", tracking_uri]
+        args += ["--tracking-uri", check_tracking_uri(tracking_uri)]  # the command is shown to anyone
     return JobPayload(
         entrypoint=shlex.join(args),
         runtime_env={"env_vars": {SPEC_ENV: spec_yaml}},
@@ -261,7 +261,11 @@ def driver_main(argv: list[str] | None = None) -> int:
     except (SpecError, yaml.YAMLError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    spec = apply_overrides(spec, storage=args.storage, tracking_uri=args.tracking_uri)
+    try:
+        spec = apply_overrides(spec, storage=args.storage, tracking_uri=args.tracking_uri)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     outcome = run_study(spec, progress=LogProgress())
     print(f"study {spec.name} done: report {outcome.report.markdown if outcome.report else '-'}", flush=True)
     return 0

@@ -39,6 +39,7 @@ from ray.tune.search import Searcher
 from study import storage
 from study.config import FinalSpec, ParamSpace, StudySpec
 from study.distill.trial import TrialPaths, tune_trainable
+from study.orchestrate.failures import FailureBudget, guarded, ledger_location, prepare_restore
 from study.orchestrate.trial_runs import MlflowTrialCallback, reached_budget
 from study.tracking import StudyTracker
 
@@ -467,11 +468,14 @@ def run_sweep(
             logging_level=logging.WARNING,
             configure_logging=False,
         )
+    name = tracker.name
+    ledger = ledger_location(tune_dir, name)
     trainable = tune.with_resources(
-        tune.with_parameters(trainable_fn or tune_trainable, spec_json=spec.model_dump_json(), paths=paths),
+        guarded(
+            tune.with_parameters(trainable_fn or tune_trainable, spec_json=spec.model_dump_json(), paths=paths), ledger
+        ),
         trial_resources(spec),
     )
-    name = tracker.name
     experiment_dir = storage.join(tune_dir, name)
     LIVE[name] = LiveContext(on_update=on_update, rungs_uri=rungs_location(tune_dir, name))
     tracker.make_live()
@@ -482,9 +486,13 @@ def run_sweep(
     try:
         if restored:
             log.info("resuming Tune experiment %s", experiment_dir)
-            # errored trials already used their retries (search.max_failures): they stay failed outcomes
+            # Trials that errored because their node died resume (failures.py); those whose own exceptions spent
+            # search.max_failures stay failed outcomes: the guard ends their resumption before it trains.
             tuner = tune.Tuner.restore(
-                fs_experiment_dir, trainable=trainable, resume_errored=False, storage_filesystem=filesystem
+                fs_experiment_dir,
+                trainable=trainable,
+                resume_errored=prepare_restore(ledger),
+                storage_filesystem=filesystem,
             )
         else:
             tuner = new_tuner(spec, trainable, tune_dir, tracker)
@@ -533,12 +541,14 @@ def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTrac
             storage_path=storage_path,
             storage_filesystem=filesystem,
             callbacks=[
+                FailureBudget(ledger_location(tune_dir, name), spec.search.max_failures),
                 MlflowTrialCallback(tracker, fixed_budget_images(spec)),
                 TrialProgress(name, total_trials(spec)),
             ],
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            # retries of a trial that raised; a diverged trial does not raise (it is a result)
-            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+            # retries of a trial that raised (a diverged trial does not raise: it is a result); FailureBudget raises
+            # each trial's ceiling by the node losses it forgives and ends a trial whose exceptions spent the budget
+            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures + 1),
         ),
     )

@@ -18,11 +18,11 @@ import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import webdataset as wds
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from study import __version__, storage
 
@@ -34,11 +34,19 @@ class ShardError(ValueError):
     """A shard or manifest is missing, corrupt or inconsistent; the message names it."""
 
 
+# A manifest is read from storage, which anyone with write access to the study's bucket prefix controls: its
+# names become storage keys and cache file names, so they are checked before they touch a path (no `/`, no `..`).
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+SHA256_HEX = r"^[0-9a-f]{64}$"
+SafeName = Annotated[str, Field(pattern=SAFE_NAME)]
+Sha256Hex = Annotated[str, Field(pattern=SHA256_HEX)]
+
+
 class ShardInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: SafeName
     count: int
-    sha256: str
+    sha256: Sha256Hex
     bytes: int
 
 
@@ -67,11 +75,11 @@ class ComponentRecord(BaseModel):
     the sha256 of its manifest (which pins its shards' sha256s), so the mixture names exactly what it blended."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: SafeName
     weight: float
     count: int
     built: int
-    manifest_sha256: str
+    manifest_sha256: Sha256Hex
 
 
 class Manifest(BaseModel):
@@ -79,7 +87,7 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     format: int = FORMAT_VERSION
-    name: str
+    name: SafeName
     kind: str
     card: dict[str, Any]
     generator_version: str | None = None

@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -37,7 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from study import storage
-from study.data.shards import ShardError
+from study.data.shards import SHA256_HEX, ShardError
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +123,19 @@ class ShardCache:
         self.__init__(state["spec"])  # type: ignore[misc]
 
     def entry(self, sha256: str) -> Path:
+        """The cache file of a shard; `sha256` comes from a manifest on storage, so it is checked to be 64 hex
+        digits before it becomes part of a path (a crafted `../` would create and evict files outside the cache)."""
+        if not re.fullmatch(SHA256_HEX, sha256):
+            raise ShardError(
+                f"shard sha256 {sha256!r}: expected 64 lowercase hex digits (a crafted or corrupt manifest)"
+            )
         return self.folder / f"{sha256}{SUFFIX}"
 
     def local_path(self, uri: str, sha256: str, size: int) -> str:
         """A verified local copy of the shard at `uri` (its manifest's sha256 and size), fetched once per node."""
         if not storage.is_s3(uri):
             return uri
-        path = self.entry(sha256)
+        path = self.entry(sha256)  # validates sha256 before the lock file below is named after it
         if self._usable(path, sha256, size):
             _count("hits")
             return str(path)
