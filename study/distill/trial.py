@@ -42,7 +42,7 @@ from study.data.eval_splits import eval_split, read_eval_split
 from study.data.perturb import attack_config, derived_name
 from study.data.shards.cache import ShardCacheSpec
 from study.data.shards.reader import ShardStream, read_range, stream_loader, to_teacher_input
-from study.device import autocast_dtype, pick_device
+from study.device import autocast_dtype, pick_device, require_cuda
 from study.distill.augment import AugmentConfig, BatchAugment
 from study.distill.loss import kd_loss, onehot_kd_loss
 from study.distill.temperature import kd_temperature, student_flip
@@ -402,6 +402,7 @@ def tune_trainable(config: dict[str, Any], spec_json: str, paths: TrialPaths) ->
     from ray import tune
 
     spec = StudySpec.model_validate_json(spec_json)
+    require_cuda(spec.resources.gpu)  # a GPU trial never trains on the CPU without a word
     torch.set_num_threads(spec.resources.threads_per_trial)
     placement = TrialPlacement()  # before the trial reads its eval splits and shards
     overrides = {k: v for k, v in config.items() if k not in ("arm", "seed", "phase")}
