@@ -56,7 +56,7 @@ def run_side(n: int, args: argparse.Namespace, tmp: Path, tracking: str, s3: obj
     env.update(AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, STANDIN_RESTORE="1")
     cmd = [sys.executable, "-m", "tests.standin_sweep", "--trials", str(n), "--tune-dir", tune_dir]
     cmd += ["--tracking-uri", tracking, "--gpus", str(args.gpus), "--reports", str(args.reports)]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)  # PYTHONPATH picks the code
     if done.returncode != 0:
         raise SystemExit(f"N={n} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     summary = json.loads(done.stdout.strip().splitlines()[-1])

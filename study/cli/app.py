@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from study.cli import data, jobs, report, run, teacher
+from study.cli import data, doctor, jobs, report, run, teacher
 from study.cli.console import DEBUG, console, user_errors
 
 app = typer.Typer(
@@ -37,6 +37,7 @@ def _root(
 
 run.register(app)
 report.register(app)
+doctor.register(app)
 jobs.register(app, console, user_errors, DEBUG)
 
 
