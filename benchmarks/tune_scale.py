@@ -3,7 +3,8 @@
 Each side runs `tests/standin_sweep.py` as a subprocess: `run_sweep` itself (one Tuner, per-arm Optuna searcher,
 per-arm ASHA rungs, the driver-side MLflow callback, kd-study's storage code) around a stand-in trial that imports
 no torch, sleeps `--sleep` s per report, reports `--reports` times and checkpoints (4 KiB) on the KD trial's schedule
-(the spec's `resources.checkpoint_s` where the code has it, else every report, as before), on `--gpus` logical GPUs.
+(`--checkpoint-s`, the spec's `resources.checkpoint_s`, where the code has it; else every report, as before #20),
+on `--gpus` logical GPUs.
 Storage: moto S3 on loopback behind the tests' fault proxy adding `--latency-ms` per request (`--local` for a
 folder instead); tracking: a real `mlflow server` on 127.0.0.1.
 
@@ -35,6 +36,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+from tests.standin_sweep import state_uploads  # noqa: E402
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
@@ -56,6 +60,7 @@ def run_side(n: int, args: argparse.Namespace, tmp: Path, tracking: str, s3: obj
     env.update(AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, STANDIN_RESTORE="1")
     cmd = [sys.executable, "-m", "tests.standin_sweep", "--trials", str(n), "--tune-dir", tune_dir]
     cmd += ["--tracking-uri", tracking, "--gpus", str(args.gpus), "--reports", str(args.reports)]
+    cmd += ["--checkpoint-s", str(args.checkpoint_s)]
     done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)  # PYTHONPATH picks the code
     if done.returncode != 0:
         raise SystemExit(f"N={n} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
@@ -78,11 +83,11 @@ def run_side(n: int, args: argparse.Namespace, tmp: Path, tracking: str, s3: obj
         row["folder_with_ckpt_kib_per_trial"] = sum(p.stat().st_size for p in files) / 1024 / n
         return row
     requests = proxy.requests  # type: ignore[attr-defined]
-    state = [r for r in requests if r[0] in ("PUT", "POST") and "experiment_state" in r[1]]
+    state = state_uploads(requests)
     driver = [r for r in requests if r[0] in ("PUT", "POST") and "checkpoint_" not in r[1] and "rungs" not in r[1]]
-    row["state_uploads"] = len(state)
-    row["bytes_per_sync"] = sum(r[2] for r in driver) / max(1, len(state))
-    row["put_requests"] = sum(1 for r in requests if r[0] in ("PUT", "POST"))
+    row["state_uploads"] = state
+    row["bytes_per_sync"] = sum(r[2] for r in driver) / max(1, state)
+    row["upload_requests"] = sum(1 for r in requests if r[0] in ("PUT", "POST"))
     client = s3.client()  # type: ignore[attr-defined]
     sizes: list[tuple[str, int]] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
@@ -100,6 +105,9 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=5)
     parser.add_argument("--sleep", type=float, default=0.2)
     parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--checkpoint-s", type=float, default=0.5, help="resources.checkpoint_s where the code has it (else: per report)"
+    )
     parser.add_argument("--local", action="store_true", help="a local folder instead of S3")
     args = parser.parse_args()
     from tests.fault_proxy import FaultProxy, FaultRates

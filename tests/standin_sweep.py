@@ -23,6 +23,19 @@ ARMS = 4
 CHECKPOINT_BYTES = 4096
 
 
+def is_upload_start(method: str, path: str) -> bool:
+    """One file upload as the S3 server sees it: a PutObject, or the CreateMultipartUpload that opens one (pyarrow
+    streams a file as a multipart upload: create, parts, complete)."""
+    if method == "PUT":
+        return "partNumber=" not in path
+    return method == "POST" and "uploads" in path.split("?", 1)[-1] and "uploadId=" not in path
+
+
+def state_uploads(requests: list[tuple[str, str, int]]) -> int:
+    """Uploads of Tune's experiment-state file among requests logged by the fault proxy."""
+    return sum(1 for method, path, _ in requests if "experiment_state" in path and is_upload_start(method, path))
+
+
 def standin_spec(trials: int, reports: int, checkpoint_s: float, max_pending: int = 0) -> Any:
     """The stand-in study; a checkout without `checkpoint_s`/`max_pending` (before #20) gets neither."""
     from study.config import ResourcesSpec, StudySpec
@@ -59,7 +72,6 @@ def standin_trial(config: dict[str, Any], spec_json: str, paths: Any) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             start = json.loads((Path(directory) / "state.json").read_text())["done"]
-    waits: list[float] = []
     last_checkpoint = time.monotonic()
     for done in range(start + 1, reports + 1):
         time.sleep(sleep)
@@ -73,10 +85,9 @@ def standin_trial(config: dict[str, Any], spec_json: str, paths: Any) -> None:
                 (Path(directory) / "weights.bin").write_bytes(bytes(CHECKPOINT_BYTES))
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
             last_checkpoint = time.monotonic()
-        waits.append(time.perf_counter() - t0)
-    if blocks:
-        with open(Path(blocks) / f"{os.getpid()}.txt", "a") as out:
-            out.write("".join(f"{w:.6f}\n" for w in waits))
+        if blocks:  # at once: the scheduler stops the trial inside its last `report`
+            with open(Path(blocks) / f"{os.getpid()}.txt", "a") as out:
+                out.write(f"{time.perf_counter() - t0:.6f}\n")
 
 
 def main() -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from ray import tune
 
+from study import tracking
 from study.config import StudySpec
 from study.orchestrate.trial_runs import trial_error_text
-from study import tracking
 from study.tracking import StudyTracker, experiment_name
 
 

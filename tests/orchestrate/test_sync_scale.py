@@ -26,12 +26,13 @@ from mlflow.tracking import MlflowClient
 from study.tracking import experiment_name
 from tests.fault_proxy import FaultProxy, FaultRates
 from tests.s3_servers import S3Server
-from tests.standin_sweep import standin_spec
+from tests.standin_sweep import standin_spec, state_uploads
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-TRIALS, REPORTS, CHECKPOINT_S, SLEEP_S = 300, 5, 2.0, 0.5
+TRIALS = int(os.environ.get("KD_TEST_SYNC_TRIALS", "300"))  # lower it on a crowded machine; the bound scales
+REPORTS, CHECKPOINT_S, SLEEP_S, GPUS = 5, 2.0, 0.5, 8
 EXCESSIVE_SYNC = "Experiment state snapshotting has been triggered multiple times"
 
 
@@ -42,6 +43,7 @@ def driver(tune_dir: str, tracking_uri: str, s3: S3Server, endpoint: str, log: P
     env.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)  # the sweep itself must turn Tune's logger files off
     cmd = [sys.executable, "-m", "tests.standin_sweep", "--trials", str(TRIALS), "--tune-dir", tune_dir]
     cmd += ["--tracking-uri", tracking_uri, "--reports", str(REPORTS), "--checkpoint-s", str(CHECKPOINT_S)]
+    cmd += ["--gpus", str(GPUS)]
     with open(log, "w") as out:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -56,10 +58,6 @@ def finished_runs(db: Path) -> int:
         return 0
 
 
-def state_uploads(proxy: FaultProxy) -> int:
-    return sum(1 for method, path, _ in proxy.requests if method in ("PUT", "POST") and "experiment_state" in path)
-
-
 def test_state_uploads_are_bounded_and_a_killed_sweep_loses_and_duplicates_nothing(
     moto_server: S3Server, tmp_path: Path
 ) -> None:
@@ -70,19 +68,19 @@ def test_state_uploads_are_bounded_and_a_killed_sweep_loses_and_duplicates_nothi
     with FaultProxy(("127.0.0.1", port), FaultRates(latency_s=0.005)) as proxy:
         # ---- first run: SIGKILL once a third of the trials are FINISHED in the store
         first = driver(tune_dir, tracking_uri, moto_server, proxy.endpoint_url, tmp_path / "first.log")
-        start, deadline = time.monotonic(), time.monotonic() + 240
+        start, deadline = time.monotonic(), time.monotonic() + 600
         while time.monotonic() < deadline and first.poll() is None and finished_runs(db) < TRIALS // 3:
             time.sleep(0.5)
         first_wall = time.monotonic() - start
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
-        first_uploads = state_uploads(proxy)
+        first_uploads = state_uploads(proxy.requests)
         # ---- rerun: the same command resumes and completes the sweep
         proxy.requests.clear()
         second = driver(tune_dir, tracking_uri, moto_server, proxy.endpoint_url, tmp_path / "second.log")
-        assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
-        second_uploads = state_uploads(proxy)
+        assert second.wait(timeout=900) == 0, (tmp_path / "second.log").read_text()[-3000:]
+        second_uploads = state_uploads(proxy.requests)
         keys = [o["Key"] for o in moto_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
     out = (tmp_path / "second.log").read_text()
     summary = json.loads(out.strip().splitlines()[-1])
@@ -110,6 +108,6 @@ def test_state_uploads_are_bounded_and_a_killed_sweep_loses_and_duplicates_nothi
     ids = [r.data.tags["trial_id"] for r in runs]
     assert len(ids) == len(set(ids)) == TRIALS
     assert all(r.info.status == "FINISHED" and r.data.tags["kd_study.outcome"] == "completed" for r in runs)
-    for r in runs[:: TRIALS // 30]:  # a sample: the history reads are one request per run
+    for r in runs[:: max(1, TRIALS // 30)]:  # a sample: the history reads are one request per run
         steps = sorted({m.step for m in client.get_metric_history(r.info.run_id, "val_acc")})
         assert steps == list(range(1, REPORTS + 1)), (r.data.tags["trial_id"], steps)
