@@ -105,9 +105,7 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=5)
     parser.add_argument("--sleep", type=float, default=0.2)
     parser.add_argument("--latency-ms", type=float, default=20.0)
-    parser.add_argument(
-        "--checkpoint-s", type=float, default=0.5, help="resources.checkpoint_s where the code has it (else: per report)"
-    )
+    parser.add_argument("--checkpoint-s", type=float, default=0.5, help="resources.checkpoint_s where the code has it")
     parser.add_argument("--local", action="store_true", help="a local folder instead of S3")
     args = parser.parse_args()
     from tests.fault_proxy import FaultProxy, FaultRates
