@@ -36,6 +36,21 @@ def state_uploads(requests: list[tuple[str, str, int]]) -> int:
     return sum(1 for method, path, _ in requests if "experiment_state" in path and is_upload_start(method, path))
 
 
+def init_ray(**kwargs: Any) -> None:
+    """`ray.init` for a local runtime, retried: Ray gives a node 30 s to register, which a crowded machine misses."""
+    import ray
+
+    for attempt in range(3):
+        try:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+            return
+        except Exception as err:
+            if "timed out during startup" not in str(err) or attempt == 2:
+                raise
+            ray.shutdown()
+            time.sleep(5)
+
+
 def standin_spec(trials: int, reports: int, checkpoint_s: float, max_pending: int = 0) -> Any:
     """The stand-in study; a checkout without `checkpoint_s`/`max_pending` (before #20) gets neither."""
     from study.config import ResourcesSpec, StudySpec
@@ -107,7 +122,7 @@ def main() -> None:
     from study.orchestrate.sweep import run_sweep
     from study.tracking import StudyTracker
 
-    ray.init(num_cpus=2, num_gpus=args.gpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    init_ray(num_cpus=2, num_gpus=args.gpus)
     spec = standin_spec(args.trials, args.reports, args.checkpoint_s, args.max_pending)
     tracker = StudyTracker(args.tracking_uri, spec)
     assert tracker.experiment_id
