@@ -3,7 +3,8 @@
 The loop follows Frank & Davis (CVPR 2025): the teacher (eval mode, no grad) labels each augmented, mixed-up batch
 online; the student matches it with the KD loss alone; SGD with a cosine schedule over a budget counted in images
 seen, so arms of different sizes get equal compute. Every `report_every` images the student is evaluated on the
-teacher's original val and test splits and a checkpoint is written, so Tune can early-stop, pause and resume it.
+teacher's original val and test splits, so Tune can early-stop it, and a checkpoint is written when
+`resources.checkpoint_s` has passed since the last one, so Tune can pause and resume it.
 A resumed trial replays its data stream up to the checkpoint and continues with the saved RNG state, so it
 matches an uninterrupted run.
 
