@@ -48,6 +48,13 @@ def driver(tune_dir: str, tracking_uri: str, s3: S3Server, endpoint: str, log: P
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL a driver's process group (its Ray runtime with it), if it is still running."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 def finished_runs(db: Path) -> int:
     if not db.exists():
         return 0
@@ -73,13 +80,15 @@ def test_state_uploads_are_bounded_and_a_killed_sweep_loses_and_duplicates_nothi
             time.sleep(0.5)
         first_wall = time.monotonic() - start
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(timeout=30)
+        kill(first)
         first_uploads = state_uploads(proxy.requests)
         # ---- rerun: the same command resumes and completes the sweep
         proxy.requests.clear()
         second = driver(tune_dir, tracking_uri, moto_server, proxy.endpoint_url, tmp_path / "second.log")
-        assert second.wait(timeout=900) == 0, (tmp_path / "second.log").read_text()[-3000:]
+        try:
+            assert second.wait(timeout=900) == 0, (tmp_path / "second.log").read_text()[-3000:]
+        finally:
+            kill(second)
         second_uploads = state_uploads(proxy.requests)
         keys = [o["Key"] for o in moto_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
     out = (tmp_path / "second.log").read_text()
