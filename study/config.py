@@ -425,6 +425,12 @@ class ResourcesSpec(Strict):
     cpu: float = Field(default=1.0, ge=0)  # 0: a GPU trial that reserves no CPU slot (the GPU is its limit)
     gpu: float = Field(default=0.0, ge=0)
     max_concurrent: int = Field(default=0, ge=0)
+    # trials kept pending (placement groups requested) so an autoscaler sees the demand; 0: every dealt trial of
+    # the current phase (all search trials, then all final reruns)
+    max_pending: int = Field(default=0, ge=0)
+    # a trial checkpoints at a report only when this long has passed since its last checkpoint (0: every report);
+    # with Tune keeping 2 checkpoints per trial, experiment-state syncs are then forced at most once per period
+    checkpoint_s: float = Field(default=60.0, ge=0)
     loader_workers: int = Field(default=0, ge=0)
     threads_per_trial: int = Field(default=1, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from typing import Literal
@@ -31,8 +32,8 @@ def driver_version() -> str:
     )
 
 
-def require_cuda(gpus: float) -> None:
-    """Raise CudaUnavailableError when `gpus` > 0 was requested and torch has no usable CUDA device.
+def require_cuda(gpus: float, what: str = "this trial") -> None:
+    """Raise CudaUnavailableError when `what` was given `gpus` > 0 and torch has no usable CUDA device.
 
     Without this a trial given a GPU silently trains on the CPU, hundreds of times slower. "Usable" means a
     kernel runs, not only `is_available()`: a driver older than the wheel's CUDA passes the latter on some setups.
@@ -50,8 +51,9 @@ def require_cuda(gpus: float) -> None:
     if problem is None:
         return
     raise CudaUnavailableError(
-        f"{gpus:g} GPU(s) requested but {problem}; torch {torch.__version__} is built for CUDA "
-        f"{torch.version.cuda or 'none (a CPU-only wheel)'}, NVIDIA driver: {driver_version()}. Fix: run the "
+        f"{what}: {gpus:g} GPU(s) requested but {problem}; torch {torch.__version__} is built for CUDA "
+        f"{torch.version.cuda or 'none (a CPU-only wheel)'}, NVIDIA driver: {driver_version()}, CUDA_VISIBLE_DEVICES="
+        f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}. Fix (`kd-study doctor` checks each node): run the "
         "container with the GPU passed in (`docker run --gpus all`, or nvidia.com/gpu on Kubernetes) on a host whose "
         "driver supports that CUDA version (docs/cluster.md, 'One CUDA stack'), or set resources.gpu to 0"
     )

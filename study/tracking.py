@@ -40,6 +40,20 @@ MAX_TAG_LEN = 5000
 # attempt is kept short. Users can still override them through the environment.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 FLUSH_TIMEOUT_S = float(os.environ.get("KD_STUDY_MLFLOW_FLUSH_TIMEOUT_S", "900"))
+PAGE_SIZE = 5000
+"""Runs per `search_runs` request; every read pages through all of them (`page_token`), so nothing is cut off."""
+
+
+def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list:
+    """Every run matching `filter_string`, read `PAGE_SIZE` at a time (MLflow returns one page per call)."""
+    runs: list = []
+    token: str | None = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=PAGE_SIZE, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 class TrackingError(RuntimeError):
@@ -192,7 +206,7 @@ class StudyTracker:
         return self._experiment_id
 
     def _find(self, filter_string: str) -> list:
-        return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=10_000)
+        return search_all(self.client, [self.experiment_id], filter_string)
 
     # ---------------------------------------------------------------------------------------- arms
     def arm_run(self, arm: str, params: dict[str, Any]) -> str:
@@ -247,7 +261,7 @@ class StudyTracker:
     # ---------------------------------------------------------------------------------------- trials
     def find_trial_run(self, trial_id: str, client: MlflowClient | None = None) -> Any:
         client = client or self.client
-        runs = client.search_runs([self.experiment_id], filter_string=f"tags.`{TRIAL_ID}` = '{trial_id}'")
+        runs = search_all(client, [self.experiment_id], f"tags.`{TRIAL_ID}` = '{trial_id}'")
         return runs[0] if runs else None
 
     def trial_run(
@@ -261,7 +275,7 @@ class StudyTracker:
             if found.info.status != "RUNNING":
                 client.update_run(found.info.run_id, status="RUNNING")
             return found.info.run_id
-        parents = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE}` = 'arm' and tags.`{ARM}` = '{arm}'")
+        parents = search_all(client, [experiment_id], f"tags.`{ROLE}` = 'arm' and tags.`{ARM}` = '{arm}'")
         tags = {ROLE: "trial", ARM: arm, TRIAL_ID: trial_id, PHASE: phase}
         if parents:
             tags[PARENT] = parents[0].info.run_id
@@ -271,4 +285,4 @@ class StudyTracker:
 
     def trial_runs(self, client: MlflowClient | None = None) -> list:
         client = client or self.client
-        return client.search_runs([self.experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'", max_results=10_000)
+        return search_all(client, [self.experiment_id], f"tags.`{ROLE}` = 'trial'")

@@ -134,6 +134,7 @@ class FaultProxy:
         self.timeout_s = timeout_s
         self.counts: Counter[str] = Counter()
         self.range_headers: list[str] = []
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, body bytes) of every relayed request
         self._rng = random.Random(seed)
         self._forced: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -249,6 +250,8 @@ class FaultProxy:
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             request = request.without("Expect")
         body, _ = _read_body(stream, request)
+        with self._lock:
+            self.requests.append((method, request.start.split(" ")[1], len(body)))
         range_value = request.get("Range")
         kind = self._decide(method, range_value is not None, range_value)
         if self.rates.latency_s:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ray import tune
 
+from study import tracking
 from study.config import StudySpec
 from study.orchestrate.trial_runs import trial_error_text
 from study.tracking import StudyTracker, experiment_name
@@ -37,6 +38,24 @@ def test_arm_and_trial_runs_are_reused_not_duplicated(tmp_path: Path) -> None:
     # a fresh tracker (another process) finds the same experiment
     again = StudyTracker(f"sqlite:///{tmp_path}/mlflow.db", spec())
     assert again.experiment_id == tracker.experiment_id and len(again.trial_runs()) == 1
+
+
+def test_every_read_pages_through_all_runs(tmp_path: Path, monkeypatch) -> None:
+    tracker = StudyTracker(f"sqlite:///{tmp_path}/mlflow.db", spec())
+    for arm in ("a", "b"):
+        tracker.arm_run(arm, {})
+    for i in range(7):
+        tracker.trial_run(f"trial_{i}", "a", "search", {"lr": 0.1})
+    monkeypatch.setattr(tracking, "PAGE_SIZE", 2)  # 7 trial runs: 4 pages
+    page = tracker.client.search_runs([tracker.experiment_id], max_results=tracking.PAGE_SIZE)
+    assert len(page) == 2 and page.token  # the store does cut a read at the page size
+    assert sorted(r.data.tags["trial_id"] for r in tracker.trial_runs()) == [f"trial_{i}" for i in range(7)]
+    assert set(tracker.arm_runs()) == {"a", "b"}
+    assert len(tracking.search_all(tracker.client, [tracker.experiment_id])) == 9
+    # a trial run found on the last page is reopened, not created a second time
+    last = sorted(tracker.trial_runs(), key=lambda r: r.info.start_time)[-1].data.tags["trial_id"]
+    tracker.trial_run(last, "a", "search", {"lr": 0.1})
+    assert len(tracker.trial_runs()) == 7
 
 
 def test_artifacts_of_a_sqlite_store_live_beside_the_database(tmp_path: Path, monkeypatch) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from study.cli import data, jobs, report, run, teacher
+from study.cli import data, doctor, jobs, report, run, teacher
 from study.cli.console import DEBUG, console, user_errors
 
 app = typer.Typer(
@@ -26,8 +26,6 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
     DEBUG["on"] = debug
-    # Tune forces a state snapshot at every checkpoint when num_to_keep is set; that is intended here
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not debug:  # MLflow and its migrations log at INFO through their own handlers
@@ -39,6 +37,7 @@ def _root(
 
 run.register(app)
 report.register(app)
+doctor.register(app)
 jobs.register(app, console, user_errors, DEBUG)
 
 

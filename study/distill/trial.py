@@ -3,7 +3,8 @@
 The loop follows Frank & Davis (CVPR 2025): the teacher (eval mode, no grad) labels each augmented, mixed-up batch
 online; the student matches it with the KD loss alone; SGD with a cosine schedule over a budget counted in images
 seen, so arms of different sizes get equal compute. Every `report_every` images the student is evaluated on the
-teacher's original val and test splits and a checkpoint is written, so Tune can early-stop, pause and resume it.
+teacher's original val and test splits, so Tune can early-stop it, and a checkpoint is written when
+`resources.checkpoint_s` has passed since the last one, so Tune can pause and resume it.
 A resumed trial replays its data stream up to the checkpoint and continues with the saved RNG state, so it
 matches an uninterrupted run.
 
@@ -412,11 +413,21 @@ def tune_trainable(config: dict[str, Any], spec_json: str, paths: TrialPaths) ->
         with checkpoint.as_directory() as directory:
             trial.restore(Path(directory))
 
+    last_checkpoint = time.monotonic()
+
     def report(metrics: dict[str, float], _: dict[str, Any]) -> None:
+        # a checkpoint every `checkpoint_s`, not every report: Tune forces an experiment-state sync whenever a
+        # trial has made `num_to_keep` checkpoints since the last one, so per-report checkpoints of many trials
+        # would force a sync per report (the sweep keeps 2 checkpoints per trial)
+        nonlocal last_checkpoint
+        result = {**metrics, **placement.result(trial.stream)}
+        if time.monotonic() - last_checkpoint < spec.resources.checkpoint_s:
+            tune.report(result)
+            return
         with tempfile.TemporaryDirectory(prefix="kd-ckpt-") as directory:
             trial.save(Path(directory))
-            saved = tune.Checkpoint.from_directory(directory)
-            tune.report({**metrics, **placement.result(trial.stream)}, checkpoint=saved)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+        last_checkpoint = time.monotonic()
 
     try:
         trial.run(report)

@@ -11,10 +11,17 @@ arm's `TrainSpec`. Only phases in `EARLY_STOPPED_PHASES` are early-stopped, so a
 the best configs rerun with several seeds, queued with `PerArmSearch.enqueue`) runs to its full budget.
 
 Resume uses public APIs only. Tune saves the searcher with the experiment (`Searcher.save`/`restore`, here as
-JSON) but not the scheduler, so `PerArmASHA` writes its rungs beside the experiment after every decision and
-reloads them when a restored Tuner hands it its first trial. Tune restores callbacks and the scheduler from its own
+JSON) but not the scheduler, so `PerArmASHA` writes its rungs beside the experiment (from a background thread,
+the latest state only, never on the controller's thread) and reloads them when a restored Tuner hands it its
+first trial. Tune restores callbacks and the scheduler from its own
 pickle; what must not be pickled (the UI hook, the rungs' location, the MLflow client) is looked up at call time
 in `LIVE`, keyed by experiment name, which `run_sweep` fills before every `fit`.
+
+Scale: the cost of a result does not grow with the trial count. Trials checkpoint every `resources.checkpoint_s`
+(not every report) and Tune keeps `KEEP_CHECKPOINTS` per trial, so it forces an experiment-state sync at most once
+per period whatever the number of trials; Tune's per-trial CSV/JSON/TensorBoard logger files are off (MLflow is
+the record), so the synced folder holds only the experiment state. `max_pending` trials are kept pending so an
+autoscaler sees the whole demand of a phase at once.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import json
 import logging
 import math
 import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +58,10 @@ METRIC, MODE = "val_acc", "max"
 TRIAL_KEYS = ("arm", "seed", "phase")
 EARLY_STOPPED_PHASES = frozenset({"search"})
 RUNGS_SUFFIX = ".kd_study_rungs.json"
+KEEP_CHECKPOINTS = 2
+"""Checkpoints Tune keeps per trial. Tune forces an experiment-state sync when a trial has checkpointed this many
+times since the last sync, so that the synced state never names a deleted checkpoint; with trials checkpointing
+every `checkpoint_s`, that is at most one forced sync per `checkpoint_s`."""
 
 
 def rungs_location(tune_dir: str, experiment: str) -> str:
@@ -63,6 +76,7 @@ class LiveContext:
 
     on_update: Callable[[int, int], None] | None = None
     rungs_uri: str | None = None
+    rungs_writer: RungsWriter | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -317,13 +331,14 @@ class PerArmASHA(FIFOScheduler):
         self.experiment, self.default_rungs_uri = experiment, rungs_uri
         self.arm_rungs: dict[str, ArmRungs] = {}
         self.loaded = False
+        self.writer: RungsWriter | None = None
 
     @property
     def metric(self) -> str:
         return self.objective
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "loaded": False}
+        return {**self.__dict__, "loaded": False, "writer": None}
 
     @property
     def rungs_uri(self) -> str | None:
@@ -340,8 +355,17 @@ class PerArmASHA(FIFOScheduler):
             log.info("early-stopping rungs restored from %s", uri)
 
     def _save(self) -> None:
-        if self.rungs_uri:
-            storage.write_text(self.rungs_uri, json.dumps(self.state()))
+        uri = self.rungs_uri
+        if not uri:
+            return
+        live = LIVE.get(self.experiment)
+        if live and live.rungs_writer and live.rungs_writer.uri == uri:
+            writer = live.rungs_writer  # the sweep's, which it flushes when `fit` returns
+        else:
+            if self.writer is None or self.writer.uri != uri:
+                self.writer = RungsWriter(uri)
+            writer = self.writer
+        writer.submit(json.dumps(self.state()))
 
     def rungs_for(self, arm: str) -> ArmRungs:
         if arm not in self.arm_rungs:
@@ -378,6 +402,53 @@ class PerArmASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         return f"PerArmASHA over {sorted(self.arm_rungs)}"
+
+
+class RungsWriter:
+    """Writes the latest rungs to `uri` from one background thread: a decision never waits on storage, and a
+    burst of results costs one write of the newest state, not one per result. A write that fails is retried with
+    the newest state on the next submit or flush (the rungs are a pure function of the recorded results, and a
+    resumed study re-records what a lost write missed)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.latest: str | None = None
+        self.written: str | None = None
+        self.writes = 0
+        self.cond = threading.Condition()
+        self.busy = False
+        self.thread = threading.Thread(target=self._loop, name="kd-study-rungs-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, text: str) -> None:
+        with self.cond:
+            self.latest = text
+            self.cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while self.latest is None or self.latest == self.written:
+                    self.cond.wait()
+                text, self.busy = self.latest, True
+            try:
+                storage.write_text(self.uri, text)
+                ok = True
+            except Exception as err:  # storage hiccup: the next submit or flush writes the newest state again
+                log.warning("writing early-stopping rungs to %s failed (%s); will retry", self.uri, err)
+                ok = False
+            with self.cond:
+                self.busy = False
+                if ok:
+                    self.written, self.writes = text, self.writes + 1
+                self.cond.notify_all()
+            if not ok:
+                time.sleep(1.0)
+
+    def flush(self, timeout: float = 300.0) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.latest is None or self.latest == self.written, timeout=timeout):
+                raise RuntimeError(f"early-stopping rungs could not be written to {self.uri} within {timeout:.0f} s")
 
 
 # ------------------------------------------------------------------------------------------------ progress
@@ -433,6 +504,20 @@ def fixed_budget_images(spec: StudySpec) -> int | None:
     return spec.budget.images if spec.budget.mode == "images" else None
 
 
+def max_pending(spec: StudySpec) -> int:
+    """Trials Tune keeps pending (each with its placement group requested), so an autoscaler sees the demand:
+    `resources.max_pending`, else every dealt trial of the largest phase; never more than `max_concurrent`."""
+    final = spec.final.top_k * spec.final.seeds if spec.final is not None else 0
+    pending = spec.resources.max_pending or max(spec.search.trials_per_arm, final) * len(spec.arms)
+    return min(pending, spec.resources.max_concurrent or pending)
+
+
+def tune_environment(spec: StudySpec) -> dict[str, str]:
+    """Tune settings only its environment exposes, set by `run_sweep` before each `fit`: pending trials (Tune's
+    default is one for a custom searcher) and no per-trial logger files (MLflow is the record)."""
+    return {"TUNE_MAX_PENDING_TRIALS_PG": str(max_pending(spec)), "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+
+
 def max_reports(spec: StudySpec) -> int:
     return spec.budget.reports
 
@@ -477,7 +562,9 @@ def run_sweep(
         trial_resources(spec),
     )
     experiment_dir = storage.join(tune_dir, name)
-    LIVE[name] = LiveContext(on_update=on_update, rungs_uri=rungs_location(tune_dir, name))
+    rungs_writer = RungsWriter(rungs_location(tune_dir, name))
+    LIVE[name] = LiveContext(on_update=on_update, rungs_uri=rungs_writer.uri, rungs_writer=rungs_writer)
+    os.environ.update(tune_environment(spec))
     tracker.make_live()
     # On S3 Tune gets a pyarrow filesystem and a bucket/key path, so state and checkpoints live in the bucket and
     # a study resumes from any machine (Ray refuses a head-local storage_path on a multi-node cluster).
@@ -498,6 +585,7 @@ def run_sweep(
             tuner = new_tuner(spec, trainable, tune_dir, tracker)
         grid = tuner.fit()
         tracker.flush()
+        rungs_writer.flush()
     finally:
         LIVE.pop(name, None)
     return SweepResult(grid, experiment_dir, restored)
@@ -546,7 +634,7 @@ def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTrac
                 TrialProgress(name, total_trials(spec)),
             ],
             verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             # retries of a trial that raised (a diverged trial does not raise: it is a result); FailureBudget raises
             # each trial's ceiling by the node losses it forgives and ends a trial whose exceptions spent the budget
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures + 1),

@@ -84,7 +84,8 @@ class Setup:
             "search": {"trials_per_arm": trials, "scheduler": {"kind": "none"}},
             "budget": {"images": images, "report_every": 256, "eval_batch_size": 256},
             # one DataLoader worker process per trial: its S3 reads must reach the trial's `s3_bytes_read`
-            "resources": {"cpu": 1, "max_concurrent": 2, "loader_workers": 1},
+            # checkpoint_s 0: a checkpoint at every report, which the resume below continues from
+            "resources": {"cpu": 1, "max_concurrent": 2, "loader_workers": 1, "checkpoint_s": 0},
         }
         path = self.folder / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data))

@@ -137,7 +137,8 @@ def study_yaml(path: Path) -> Path:
             "scheduler": {"kind": "asha", "grace_reports": 1, "reduction_factor": 2},
         },
         budget={"images": 1536, "report_every": 512, "eval_batch_size": 256},
-        resources={"cpu": 1, "max_concurrent": 2},
+        # a checkpoint at every report (the default waits checkpoint_s = 60 s): the kill below waits for one
+        resources={"cpu": 1, "max_concurrent": 2, "checkpoint_s": 0},
         final={"top_k": 1, "seeds": 2},
     )
     path.write_text(yaml.safe_dump(data))
