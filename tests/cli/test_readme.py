@@ -1,6 +1,6 @@
-"""The README says only what is true: every `kd-study` command in its shell blocks parses against the real CLI, the
-spec it shows is the bundled file, and every paragraph quoting measured figures names the commit and command that
-produced them. (The commands run for real in tests/cli/test_cli.py, tests/cli/test_commands.py and
+"""The README says only what is true: every `kd-study` command in its shell blocks (and in docs/) parses against
+the real CLI, the spec it shows is the bundled file, and every paragraph quoting measured figures names the commit
+and command that produced them. (Commands run for real in tests/cli/test_cli.py, tests/cli/test_commands.py and
 tests/orchestrate/test_quickstart.py.)"""
 
 from __future__ import annotations
@@ -56,14 +56,16 @@ def parse(argv: list[str]) -> None:
         ctx = command.make_context(name, rest, parent=ctx)
 
 
-def test_every_readme_command_parses() -> None:
-    commands = readme_commands()
-    assert len(commands) >= 20 and ["quickstart"] in commands
+@pytest.mark.parametrize("doc", ["README.md", "docs/cluster.md", "docs/scale.md"])
+def test_every_documented_command_parses(doc: str) -> None:
+    commands = readme_commands((REPO / doc).read_text())
+    if doc == "README.md":
+        assert len(commands) >= 20 and ["quickstart"] in commands
     for argv in commands:
         try:
             parse(argv)
-        except Exception as err:  # click's errors say what is wrong; name the README line with them
-            pytest.fail(f"README: `kd-study {shlex.join(argv)}` does not parse: {type(err).__name__}: {err}")
+        except Exception as err:  # click's errors say what is wrong; name the line with them
+            pytest.fail(f"{doc}: `kd-study {shlex.join(argv)}` does not parse: {type(err).__name__}: {err}")
 
 
 def test_a_wrong_command_line_is_caught() -> None:
