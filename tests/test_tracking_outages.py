@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from ray import tune
 
 from study.config import StudySpec
 from study.orchestrate.trial_runs import MlflowTrialCallback
-from study.tracking import StudyTracker
+from study.tracking import MlflowWriter, StudyTracker
 
 pytestmark = pytest.mark.slow
 
@@ -87,20 +88,41 @@ def spec() -> StudySpec:
     return StudySpec.model_validate({"name": "outage", "arms": [{"name": "a", "card": "digits_train"}]})
 
 
-def test_a_sqlite_store_locked_for_20_s_loses_nothing(ray_session, tmp_path: Path) -> None:
+def test_a_sqlite_store_locked_for_20_s_loses_nothing(
+    ray_session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = tmp_path / "mlflow.db"
     tracker = StudyTracker(f"sqlite:///{db}", spec())
+    held: dict[str, float] = {}
+    attempts: list[tuple[float, float]] = []  # (start, end) of every write attempt the writer made
+    submit = MlflowWriter.submit
+
+    def timed_submit(self: MlflowWriter, what: str, write: Callable[[MlflowClient], None]) -> None:
+        def timed(client: MlflowClient) -> None:
+            start = time.time()
+            try:
+                write(client)
+            finally:
+                attempts.append((start, time.time()))
+
+        submit(self, what, timed)
+
+    monkeypatch.setattr(MlflowWriter, "submit", timed_submit)
 
     def lock_for_20_s() -> None:
-        time.sleep(3)
+        wait_for_first_report(f"sqlite:///{db}", tracker.name)  # trial workers take ~10 s to start
         conn = sqlite3.connect(db, timeout=60)
         conn.execute("BEGIN EXCLUSIVE")
+        held["from"] = time.time()
         time.sleep(20)
+        held["to"] = time.time()
         conn.rollback()
         conn.close()
 
     grid = run_trials(tracker, tmp_path / "tune", threading.Thread(target=lock_for_20_s))
     assert_everything_arrived(tracker, grid, retried=False)
+    # the lock overlapped the trials' writes: some were attempted while it was held
+    assert any(held["from"] < start < held["to"] for start, _ in attempts), (held, attempts[-5:])
 
 
 def free_port() -> int:

@@ -134,7 +134,7 @@ def trial(
     root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
 ) -> None:
     """Run one KD trial of an arm with the spec's default hyperparameters (no Ray Tune)."""
-    from study.config import load_study
+    from study.config import SpecError, load_study
     from study.distill.trial import KDTrial, TrialPaths
     from study.orchestrate.pipeline import study_paths
     from study.resources import resolve_spec_path
@@ -144,7 +144,11 @@ def trial(
         study_spec = load_study(spec_path)
         paths = study_paths(study_spec, root)
         cards_dir = str(spec_path.resolve().parent)  # card paths in a spec are relative to its folder
-        kd = KDTrial(study_spec, study_spec.arm(arm), TrialPaths(paths.teacher, paths.shards, cards_dir))
+        try:
+            arm_spec = study_spec.arm(arm)
+        except KeyError as err:
+            raise SpecError(f"{spec_path}: --arm: {err.args[0]}") from None
+        kd = KDTrial(study_spec, arm_spec, TrialPaths(paths.teacher, paths.shards, cards_dir))
 
         def show(metrics: dict[str, float], _: dict) -> None:
             console.print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from study.cli.app import app
+from study.config import SpecError
 
 runner = CliRunner()
 
@@ -22,10 +23,15 @@ def test_spec_with_unknown_key_fails_naming_file_and_field_without_traceback(tmp
 
 
 def test_debug_flag_shows_the_traceback(tmp_path: Path) -> None:
+    """Without --debug the error is one message and exit 2; with it, the SpecError itself propagates (typer prints
+    its traceback)."""
     spec = tmp_path / "bad.yaml"
     spec.write_text("name: x\narms: []\n")
-    result = runner.invoke(app, ["--debug", "run", str(spec)])
-    assert result.exit_code != 0 and result.exception is not None
+    plain = runner.invoke(app, ["run", str(spec)])
+    assert plain.exit_code == 2 and isinstance(plain.exception, SystemExit) and "error:" in plain.output
+    debug = runner.invoke(app, ["--debug", "run", str(spec)])
+    assert isinstance(debug.exception, SpecError) and "bad.yaml" in str(debug.exception)
+    assert debug.exc_info is not None and debug.exc_info[2] is not None  # the traceback typer shows
 
 
 def test_missing_teacher_names_the_path(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from study.data.generators import shaders as shader_module
 from study.data.generators.dead_leaves import power_law_radii
-from study.data.generators.registry import GeneratorError, create_generator, list_generators
+from study.data.generators.registry import GeneratorError, create_generator, image_rng, list_generators
 from study.data.generators.shaders import bundled_programs, image_values
 
 USER_PROGRAM = """
@@ -166,10 +166,14 @@ class TestDeadLeaves:
         assert count(smooth) > count(plain) + 10
 
     def test_default_adds_leaves_until_no_background_remains(self) -> None:
-        """Canonical dead leaves cover the image: no flat background dominates (64 images at 32 px)."""
+        """Canonical dead leaves cover the image: not one pixel shows the background colour (64 images at 32 px).
+
+        The background is each image's first draw from its own stream; a cap of 64 leaves shows it on ~45%.
+        """
         images = create_generator("dead_leaves", {}).generate(0, 0, 64, 32)
-        share = [np.unique(im.reshape(-1, 3), axis=0, return_counts=True)[1].max() / 1024 for im in images]
-        assert np.median(share) < 0.3
+        for i, image in enumerate(images):
+            background = np.rint(image_rng(0, i).random(3) * 255).astype(np.uint8)
+            assert not (image.reshape(-1, 3) == background).all(axis=1).any(), f"image {i} shows its background"
 
     def test_coverage_mode_is_block_independent_and_its_first_leaf_is_on_top(self) -> None:
         generator = create_generator("dead_leaves", {})

@@ -74,7 +74,12 @@ def test_bf16_autocast_path_trains_on_cpu(digits_teacher: Path, shards_root: str
     spec = StudySpec.model_validate({**tiny_spec().model_dump(), "resources": {"precision": "bf16"}})
     trial = KDTrial(spec, spec.arm("digits"), TrialPaths(str(digits_teacher), shards_root))
     assert trial.amp_dtype == torch.bfloat16
+    # the dtype of the student's first conv output in training steps: bf16 only when autocast is really on
+    conv = next(m for m in trial.student.modules() if isinstance(m, torch.nn.Conv2d))
+    train_dtypes: list[torch.dtype] = []
+    conv.register_forward_hook(lambda mod, _i, out: train_dtypes.append(out.dtype) if mod.training else None)
     metrics = trial.run(lambda m, _: None)
+    assert len(train_dtypes) == trial.total_steps and set(train_dtypes) == {torch.bfloat16}
     assert 0.0 <= metrics["val_acc"] <= 1.0 and metrics["train_loss"] == metrics["train_loss"]
 
 
