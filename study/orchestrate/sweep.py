@@ -40,6 +40,7 @@ from study import storage
 from study.config import FinalSpec, ParamSpace, StudySpec
 from study.distill.trial import TrialPaths, tune_trainable
 from study.orchestrate.trial_runs import MlflowTrialCallback
+from study.orchestrate.validation import total_trials
 from study.tracking import StudyTracker
 
 log = logging.getLogger(__name__)
@@ -396,12 +397,6 @@ class TrialProgress(tune.Callback):
 
 
 # ------------------------------------------------------------------------------------------------ the sweep
-def total_trials(spec: StudySpec) -> int:
-    """Search trials plus the final phase's reruns (top_k x seeds per arm, when the spec asks for one)."""
-    final = spec.final.top_k * spec.final.seeds if spec.final is not None else 0
-    return (spec.search.trials_per_arm + final) * len(spec.arms)
-
-
 def trial_resources(spec: StudySpec) -> dict[str, float]:
     """Ray resources of one trial. Fractions pack trials: `gpu: 0.25` runs four trials on each GPU (small
     students leave most of a GPU idle; Ray sets CUDA_VISIBLE_DEVICES so the four share the same device)."""
