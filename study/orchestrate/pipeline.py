@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+import pandas as pd
+
 from study import storage
 from study.config import ArmSpec, CardSpec, SpecError, StudySpec
 from study.criteria.measures import FeatureMoments
@@ -248,11 +250,13 @@ def publish_report(
     }
     if not storage.is_s3(paths.report_dir):
         report = write_report(tracker, Path(paths.report_dir), **kwargs)
+        record_results(tracker, report, Path(paths.report_dir))
         if out is not None and Path(out).resolve() != Path(paths.report_dir).resolve():
             shutil.copytree(paths.report_dir, out, dirs_exist_ok=True)
         return report, paths.report_dir
     with tempfile.TemporaryDirectory(prefix="kd-report-") as tmp:
         report = write_report(tracker, Path(tmp), **kwargs)
+        record_results(tracker, report, Path(tmp))
         for file in sorted(Path(tmp).rglob("*")):
             if file.is_file():
                 storage.upload_file(file, storage.join(paths.report_dir, file.relative_to(tmp).as_posix()))
@@ -267,6 +271,31 @@ def publish_report(
                 plots=[local / p.name for p in report.plots],
             )
     return report, paths.report_dir
+
+
+def arm_results(ranking: pd.DataFrame) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Per arm, the report's result as numbers (its score's mean and interval, rank, trial counts by outcome) and
+    its basis (final seeds or the best search trial)."""
+    results: dict[str, dict[str, float]] = {}
+    basis: dict[str, str] = {}
+    for rank, row in ranking.iterrows():
+        values = {"rank": float(rank)}
+        for key, value in row.items():
+            if key in ("arm", "surrogate", "basis", "ranked_by") or isinstance(value, str | bool):
+                continue
+            if value is not None and value == value:  # NaN: no interval with one trial, nothing to log
+                values[str(key)] = float(value)
+        results[str(row["arm"])] = values
+        basis[str(row["arm"])] = f"{row.get('basis', '')}; score {row.get('ranked_by', '')}"
+    return results, basis
+
+
+def record_results(tracker: StudyTracker, report: Report, folder: Path) -> None:
+    """The study's answer where the MLflow UI shows it: each arm's result on its parent run, the spec and the
+    report folder as artifacts of the study run."""
+    results, basis = arm_results(report.ranking)
+    tracker.log_arm_results(results, basis)
+    tracker.log_study(folder)
 
 
 def trial_outcomes(tracker: StudyTracker) -> dict[str, int]:
