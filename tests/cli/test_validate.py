@@ -92,14 +92,17 @@ def test_validate_prints_the_plan_of_each_bundled_spec(root: Path) -> None:
 
 
 def test_validate_imports_neither_torch_nor_ray_and_takes_under_3_s(tmp_path: Path, root: Path) -> None:
+    """Imports included (they were the 11-14 s). CPU seconds, not wall: a machine shared by other jobs stretches wall
+    time, not the work (measured: 1.3-1.7 s of CPU, ~2 s wall on an idle machine)."""
     spec = write_spec(tmp_path)
     script = (
-        "import sys, time, json\n"
+        "import time\n"
+        "start = time.process_time()\n"
+        "import sys, json\n"
         "from study.cli.app import app\n"
-        "start = time.perf_counter()\n"
         f"try: app(['validate', {str(spec)!r}, '--storage', {str(root)!r}])\n"
         "except SystemExit as e: code = e.code\n"
-        "print(json.dumps({'code': code, 's': time.perf_counter() - start,"
+        "print(json.dumps({'code': code, 's': time.process_time() - start,"
         " 'heavy': sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules)}))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
@@ -181,3 +184,24 @@ def test_version_and_debug_after_the_subcommand(tmp_path: Path) -> None:
     spec.write_text("name: x\narms: []\n")
     result = runner.invoke(app, ["validate", str(spec), "--debug"])
     assert result.exit_code != 0 and result.exception is not None  # the traceback, not the one-line error
+
+
+README_COMMANDS = [
+    "validate quickstart --set teacher.train=true",
+    "validate tune_spaces/quickstart.yaml --set teacher.train=true --set train.lr=0.05",
+    "cards",
+    "specs",
+    "--version",
+]
+
+
+def test_the_readme_commands_run(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (REPO / "README.md").read_text()
+    monkeypatch.chdir(REPO)
+    for command in README_COMMANDS:
+        assert f"kd-study {command}" in readme
+        args = command.split()
+        if args[0] == "validate":
+            args += ["--storage", str(root)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (command, result.output)
