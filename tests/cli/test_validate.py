@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from study.cli.app import app
-from study.config import load_study
+from study.config import SpecError, load_study
 from study.resources import bundled_names
 
 runner = CliRunner()
@@ -183,7 +183,7 @@ def test_version_and_debug_after_the_subcommand(tmp_path: Path) -> None:
     spec = tmp_path / "bad.yaml"
     spec.write_text("name: x\narms: []\n")
     result = runner.invoke(app, ["validate", str(spec), "--debug"])
-    assert result.exit_code != 0 and result.exception is not None  # the traceback, not the one-line error
+    assert isinstance(result.exception, SpecError)  # raised with its traceback, not printed as one line
 
 
 README_COMMANDS = [
