@@ -205,3 +205,10 @@ def test_the_readme_commands_run(root: Path, monkeypatch: pytest.MonkeyPatch) ->
             args += ["--storage", str(root)]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (command, result.output)
+
+
+def test_specs_are_taken_by_bundled_name_everywhere_with_a_suggestion_for_a_typo(tmp_path: Path) -> None:
+    for args in (["quickstart", "--spec", "amount_and_mixtur", "--out", str(tmp_path)], ["validate", "quickstar"]):
+        result = runner.invoke(app, args)
+        one_line_error(result, "no bundled spec of that name (did you mean", "amount_and_mixture, quickstart")
+    assert list(tmp_path.iterdir()) == []
