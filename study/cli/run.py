@@ -146,9 +146,14 @@ def trial(
     sets: SetOption = None,
 ) -> None:
     """Run one KD trial of an arm with the spec's default hyperparameters (no Ray Tune, no MLflow)."""
+    from study.config import SpecError
+
     with user_errors():
         spec_path, study_spec, _ = load_spec(spec, storage, root, None, None, sets)
-        chosen = study_spec.arm(arm)  # an unknown arm is a user error (did you mean ...), before torch loads
+        try:
+            chosen = study_spec.arm(arm)  # an unknown arm is a user error (did you mean ...), before torch loads
+        except SpecError as err:
+            raise SpecError(f"{spec_path}: --arm: {err}") from None
         from study.distill.trial import KDTrial, TrialPaths
         from study.orchestrate.pipeline import study_paths
 

@@ -154,7 +154,7 @@ def test_data_build_refuses_a_count_below_one_and_writes_nothing(root: Path) -> 
 def test_trial_with_an_unknown_arm_names_the_arms(tmp_path: Path, root: Path) -> None:
     spec = write_spec(tmp_path)
     result = runner.invoke(app, ["trial", str(spec), "--arm", "typo", "--storage", str(root)])
-    one_line_error(result, "unknown arm 'typo'", "choices: a")
+    one_line_error(result, "spec.yaml: --arm: ", "unknown arm 'typo'", "choices: a")
 
 
 def test_teacher_train_with_an_unknown_arch_suggests_one(root: Path) -> None:
