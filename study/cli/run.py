@@ -56,12 +56,13 @@ def quickstart(
 ) -> None:
     """Run the whole study at small scale: teacher, surrogates, criteria, Ray Tune sweep, report."""
     from study.config import load_study
-    from study.orchestrate.quickstart import quickstart as run_quickstart
     from study.resources import resolve_spec_path
 
     start = time.perf_counter()
     with user_errors():
-        study_spec = load_study(resolve_spec_path(spec)) if spec else None
+        study_spec = load_study(resolve_spec_path(spec)) if spec else None  # a typo fails before torch loads
+        from study.orchestrate.quickstart import quickstart as run_quickstart
+
         with progress_bars() as progress:
             outcome = run_quickstart(out, study_spec, RichProgress(progress))
     _print_ranking(outcome)
