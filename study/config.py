@@ -7,9 +7,11 @@ the paper's values (Frank & Davis, CVPR 2025) unless a field says otherwise.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
@@ -21,6 +23,13 @@ M = TypeVar("M", bound=BaseModel)
 
 class SpecError(ValueError):
     """A user error in a spec, card or teacher file; the message names the file and the field."""
+
+
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...], what: str) -> str:
+    """`unknown <what> 'x' (did you mean 'y'?; choices: a, b, c)`: the one wording of an unknown name."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown {what} '{name}'{hint}; choices: {', '.join(sorted(choices))}"
 
 
 class Strict(BaseModel):
@@ -555,6 +564,18 @@ class StudySpec(Strict):
         return arms
 
     @model_validator(mode="after")
+    def _arm_train_values(self) -> StudySpec:
+        # checked here, not when a trial starts: `momentum: high` must fail before anything is built
+        for i, arm in enumerate(self.arms):
+            try:
+                self.train_for(arm)
+            except ValidationError as err:
+                item = err.errors()[0]
+                field = ".".join(str(p) for p in item["loc"])
+                raise ValueError(f"arms.{i}.train.{field}: {item['msg']} (arm '{arm.name}')") from None
+        return self
+
+    @model_validator(mode="after")
     def _arms_do_not_fix_searched_names(self) -> StudySpec:
         for i, arm in enumerate(self.arms):
             fixed = sorted(set(arm.train) & set(self.search.space))
@@ -580,7 +601,7 @@ class StudySpec(Strict):
         for arm in self.arms:
             if arm.name == name:
                 return arm
-        raise KeyError(f"study '{self.name}' has no arm '{name}' (arms: {[a.name for a in self.arms]})")
+        raise SpecError(f"study '{self.name}': " + did_you_mean(name, [a.name for a in self.arms], "arm"))
 
     def train_for(self, arm: ArmSpec, overrides: dict[str, Any] | None = None) -> TrainSpec:
         return TrainSpec.model_validate({**self.train.model_dump(), **arm.train, **(overrides or {})})
@@ -608,24 +629,57 @@ def apply_overrides(
 
 
 # --------------------------------------------------------------------------------------------------- loading
-def _format_validation_error(path: Path, err: ValidationError) -> str:
-    lines = [f"{path}: invalid {err.title}:"]
-    for item in err.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "<top level>"
-        msg = item["msg"]
-        if item["type"] == "extra_forbidden":
-            msg = "unknown field"
-        lines.append(f"  {field}: {msg}")
-    return "\n".join(lines)
+class DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+class SpecLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses duplicate keys (the second `search:` would silently replace the first) and
+    reads `1e6` as a number (YAML 1.1 wants `1.0e+6`, so PyYAML reads `1e6` as a string)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise DuplicateKeyError(f"duplicate key '{key}' at lines {seen[key]} and {line} (keep one)")
+            if isinstance(key, str | int | float | bool):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _one_line(item: Any) -> str:
+    field = ".".join(str(p) for p in item["loc"])
+    msg = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
+    msg = msg.removeprefix("Value error, ")
+    # a validator that names its own field (`arms.0.train.momentum: ...`) needs no prefix in front of it
+    if not field or msg.startswith(f"{field}."):
+        return msg
+    return f"{field}: {msg}"
+
+
+def _format_validation_error(path: Path | str, err: ValidationError) -> str:
+    """One line: the file, then each wrong field with what was expected."""
+    return f"{path}: " + "; ".join(_one_line(item) for item in err.errors())
 
 
 def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise SpecError(f"{path}: file not found")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=SpecLoader)  # SpecLoader is a SafeLoader
+    except DuplicateKeyError as err:
+        raise SpecError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from err
+        raise SpecError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
 
 
 def load_model(path: Path, model: type[M], data: Any = None) -> M:
@@ -638,8 +692,58 @@ def load_model(path: Path, model: type[M], data: Any = None) -> M:
         raise SpecError(_format_validation_error(path, err)) from None
 
 
-def load_study(path: Path | str) -> StudySpec:
-    return load_model(Path(path), StudySpec)
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """`train.lr=0.05` -> (['train', 'lr'], 0.05): the value read as YAML, so numbers, booleans, lists and
+    `null` arrive typed; the spec's schema then checks it like any value in the file."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise SpecError(f"--set {item}: expected key.path=value (e.g. --set train.lr=0.05)")
+    try:
+        value = yaml.load(raw, Loader=SpecLoader) if raw.strip() else ""  # a SafeLoader
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_sets(data: dict[str, Any], sets: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The spec's raw mapping with each `--set key.path=value` applied; `arms.0.train.lr` indexes a list."""
+    out = json.loads(json.dumps(data))  # a deep copy of plain YAML data
+    for item in sets:
+        path, value = parse_set(item)
+        node: Any = out
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise SpecError(f"--set {item}: '{part}' is not an index of {'.'.join(path[:depth])}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise SpecError(f"--set {item}: {'.'.join(path[:depth])} is a value, not a section")
+    return out
+
+
+def load_study(path: Path | str, sets: list[str] | tuple[str, ...] = ()) -> StudySpec:
+    """The spec at `path`, with `--set key.path=value` overrides applied before validation (so they are typed by
+    the schema and, when they change the science, part of the study's identity)."""
+    path = Path(path)
+    data = read_yaml(path)
+    if sets:
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        data = apply_sets(data, sets)
+        try:
+            return StudySpec.model_validate(data)
+        except ValidationError as err:
+            raise SpecError(_format_validation_error(f"{path} (with --set {' '.join(sets)})", err)) from None
+    return load_model(path, StudySpec, data)
 
 
 def load_card(path: Path | str) -> CardSpec:

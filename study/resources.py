@@ -6,6 +6,7 @@ into the wheel under `study/_bundled/`, so the quickstart works from a source ch
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -34,4 +35,17 @@ def resolve_spec_path(ref: str) -> Path:
     path = Path(ref)
     if path.exists() or path.suffix in (".yaml", ".yml"):
         return path
-    return bundled_dir("tune_spaces") / f"{ref}.yaml"
+    bundled = bundled_dir("tune_spaces") / f"{ref}.yaml"
+    if not bundled.is_file():
+        names = bundled_names("tune_spaces")
+        close = difflib.get_close_matches(ref, names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise FileNotFoundError(
+            f"{ref}: no such spec file, and no bundled spec of that name{hint}; bundled: {', '.join(names)}"
+        )
+    return bundled
+
+
+def bundled_names(name: str) -> list[str]:
+    """Names of the bundled `tune_spaces` specs or `datasets` cards (file stems), sorted."""
+    return sorted(p.stem for p in bundled_dir(name).glob("*.yaml"))

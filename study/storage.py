@@ -417,12 +417,27 @@ def write_bytes(uri: str, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes 0600 files: teammates sharing a study folder must read them (the umask still applies)
+        os.fchmod(fd, shared_file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+SHARED_FILE_MODE = 0o644
+"""Files kd-study writes are readable by the group and others (minus the umask); only secrets are 0600."""
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it; threads may be writing later)
+
+
+def shared_file_mode() -> int:
+    """The mode of files kd-study writes: `SHARED_FILE_MODE` less the process's umask."""
+    return SHARED_FILE_MODE & ~_UMASK
 
 
 def write_text(uri: str, text: str) -> None:

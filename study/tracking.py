@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from study.config import StudySpec
@@ -32,6 +32,11 @@ ROLE, ARM, TRIAL_ID, PHASE = "kd_study.role", "kd_study.arm", "trial_id", "phase
 OUTCOME, ERROR = "kd_study.outcome", "kd_study.error"
 OUTCOMES = ("completed", "early_stopped", "diverged", "failed")
 PARENT = "mlflow.parentRunId"
+STUDY_RUN = "study"
+"""Name and role of the study-level run: the full spec and the report as artifacts."""
+SPEC_TAG_ELSEWHERE = "too long for a tag: see the artifact spec.json of the run 'study'"
+COPIED_PREFIXES = ("criteria.", "perturbation.")
+"""Arm metrics copied onto each of its trial runs, so MLflow's charts can plot a criterion against accuracy."""
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 """Model training, so MLflow 3.17's UI opens the runs table rather than its GenAI overview."""
 MAX_PARAM_LEN = 6000
@@ -202,7 +207,9 @@ class StudyTracker:
                     artifact_location=artifact_location(self.tracking_uri, self.name),
                     tags={"kd_study.science_hash": self._science_hash, "kd_study.study": "1", **EXPERIMENT_KIND},
                 )
-                self.client.set_experiment_tag(self._experiment_id, "kd_study.spec", self._spec_json[:MAX_PARAM_LEN])
+                # the whole spec is an artifact of the study run (`log_study`); a tag holds it only when it fits whole
+                spec_tag = self._spec_json if len(self._spec_json) <= MAX_PARAM_LEN else SPEC_TAG_ELSEWHERE
+                self.client.set_experiment_tag(self._experiment_id, "kd_study.spec", spec_tag)
         return self._experiment_id
 
     def _find(self, filter_string: str) -> list:
@@ -280,8 +287,54 @@ class StudyTracker:
         if parents:
             tags[PARENT] = parents[0].info.run_id
         run = client.create_run(experiment_id, run_name=f"{arm}/{trial_id}", tags=tags)
-        client.log_batch(run.info.run_id, params=[Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in sorted(params.items())])
+        copied = []
+        if parents:
+            arm_metrics = parents[0].data.metrics
+            copied = [
+                Metric(k, float(v), 0, 0) for k, v in sorted(arm_metrics.items()) if k.startswith(COPIED_PREFIXES)
+            ]
+        client.log_batch(
+            run.info.run_id,
+            metrics=copied,
+            params=[Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in sorted(params.items())],
+        )
         return run.info.run_id
+
+    def log_recipe(self, run_id: str, recipe: dict[str, Any], client: MlflowClient | None = None) -> None:
+        """The trial's resolved recipe as params `recipe.<name>` (temperature, perturbation, crop, ...), so runs
+        can be filtered on what a trial actually trained with, defaults resolved, not only what was searched."""
+        client = client or self.client
+        have = client.get_run(run_id).data.params  # a resumed trial logs its recipe again: params are immutable
+        params = [Param(f"recipe.{k}"[:250], str(v)[:MAX_PARAM_LEN]) for k, v in sorted(recipe.items())]
+        client.log_batch(run_id, params=[p for p in params if p.key not in have])
+
+    # ---------------------------------------------------------------------------------------- results
+    def log_arm_results(self, results: dict[str, dict[str, float]], basis: dict[str, str]) -> None:
+        """Each arm's final result on its parent run: metrics `result.<name>` (mean and interval of the ranked
+        score, rank, outcome counts) and the tag `kd_study.result_basis` (final seeds or the best search trial)."""
+        runs = self.arm_runs()
+        for arm, values in results.items():
+            if arm not in runs:
+                continue
+            metrics = [Metric(f"result.{k}", float(v), 0, 0) for k, v in sorted(values.items())]
+            tags = [RunTag("kd_study.result_basis", basis[arm])] if arm in basis else []
+            self.client.log_batch(runs[arm], metrics=metrics, tags=tags)
+
+    def study_run(self) -> str:
+        """The study-level run (one per experiment), created on first use."""
+        runs = self._find(f"tags.`{ROLE}` = '{STUDY_RUN}'")
+        if runs:
+            return runs[0].info.run_id
+        return self.client.create_run(self.experiment_id, run_name=STUDY_RUN, tags={ROLE: STUDY_RUN}).info.run_id
+
+    def log_study(self, report_dir: Path | None = None) -> str:
+        """The full spec (`spec.json`) and, when given, the report folder (`report/`) on the study run."""
+        run_id = self.study_run()
+        self.client.log_text(run_id, json.dumps(json.loads(self._spec_json), indent=2), "spec.json")
+        if report_dir is not None:
+            self.client.log_artifacts(run_id, str(report_dir), "report")
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
 
     def trial_runs(self, client: MlflowClient | None = None) -> list:
         client = client or self.client

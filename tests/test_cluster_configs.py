@@ -333,7 +333,7 @@ class TestKubeRay:
     def test_rayjob_runs_the_study_driver_on_a_valid_bundled_spec(self) -> None:
         from study.config import StudySpec
         from study.orchestrate.jobs import DRIVER_MODULE, SPEC_ENV, check_submittable
-        from study.orchestrate.pipeline import load_cards
+        from study.orchestrate.validation import load_cards
 
         (job,) = kuberay_docs("rayjob.yaml")
         assert shlex.split(job["spec"]["entrypoint"]) == ["python", "-m", DRIVER_MODULE]

@@ -335,3 +335,13 @@ class TestFaultyNetwork:
         assert after["range_resumes"] - before["range_resumes"] == counts["reset_mid_body"]
         assert counts["range_requests"] >= counts["reset_mid_body"]  # a Range GET may itself be retried
         assert 0.1 < faulty_s3.faults / counts["requests"] < 0.3
+
+
+def test_written_files_are_readable_by_the_group_and_others(tmp_path: Path) -> None:
+    """A shared study folder: teammates read what kd-study wrote (0644 less the umask, not mkstemp's 0600)."""
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    storage.write_text(str(tmp_path / "a" / "meta.json"), "{}")
+    assert (tmp_path / "a" / "meta.json").stat().st_mode & 0o777 == 0o644 & ~mask

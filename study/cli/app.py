@@ -6,13 +6,35 @@ import logging
 import os
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from study.cli import data, doctor, jobs, report, run, teacher
+from study.cli import data, doctor, jobs, report, run, teacher, validate
 from study.cli.console import DEBUG, console, user_errors
 
+
+class DebugAnywhere(TyperGroup):
+    """`--debug` is a root option, accepted anywhere on the line: `kd-study run spec.yaml --debug` too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--debug" in args[1:]:
+            cut = args.index("--") if "--" in args else len(args)
+            if "--debug" in args[1:cut]:
+                args = ["--debug", *(a for i, a in enumerate(args) if not (a == "--debug" and i < cut))]
+        return super().parse_args(ctx, args)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from study import __version__
+
+        console.print(f"kd-study {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 app = typer.Typer(
-    add_completion=False,
+    cls=DebugAnywhere,
     no_args_is_help=True,
     help="kd-study: which surrogate dataset should I distill on? Build surrogates, distill, rank (Frank & Davis, "
     "CVPR 2025).",
@@ -23,7 +45,10 @@ app.add_typer(data.data_app, name="data")
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors (anywhere on the line).")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     DEBUG["on"] = debug
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -35,6 +60,7 @@ def _root(
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+validate.register(app)
 run.register(app)
 report.register(app)
 doctor.register(app)

@@ -27,19 +27,19 @@ def user_errors() -> Iterator[None]:
     from study.data.shards import ShardError
     from study.data.sources.registry import SourceError
     from study.storage import StorageError
-    from study.teacher.checkpoint import TeacherError
+    from study.teacher.meta import TeacherError
 
     try:
         yield
     except (SpecError, ShardError, TeacherError, StorageError, SourceError, FileNotFoundError) as err:
         if DEBUG["on"]:
             raise
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {err}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     except ValueError as err:
         if DEBUG["on"] or type(err).__module__.split(".")[0] != "study":
             raise
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {err}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
 
 

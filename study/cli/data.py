@@ -17,11 +17,11 @@ data_app = typer.Typer(no_args_is_help=True, help="Build, verify and list surrog
 def data_build(
     cards: Annotated[list[str], typer.Argument(help="Card names (bundled) or YAML paths.")],
     out: Annotated[str, typer.Option(help="Shard root: a folder or s3://bucket/prefix.")],
-    count: Annotated[int | None, typer.Option(help="Images per surrogate (default: the card's).")] = None,
+    count: Annotated[int | None, typer.Option(min=1, help="Images per surrogate (default: the card's).")] = None,
     teacher: Annotated[
         str | None, typer.Option(help="Teacher URI: filters cards with 'balance'; mean/std for matched noise.")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Generator processes.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Processes for generating surrogates.")] = 1,
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster address (e.g. auto): one Ray task per shard.")
     ] = None,
@@ -203,6 +203,8 @@ def data_ls(root: Annotated[str, typer.Argument(help="A shard root (folder or s3
 
     with user_errors():
         base = storage.resolve(root)
+        if not storage.is_s3(base) and not Path(base).is_dir():
+            raise FileNotFoundError(f"{base}: no such folder (give a shard root: a folder or s3://bucket/prefix)")
         table = Table("surrogate", "kind", "images", "size", "shards", "teacher")
         for name in storage.list_names(base):
             if storage.exists(storage.join(base, name, MANIFEST)):

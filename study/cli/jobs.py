@@ -67,14 +67,19 @@ def submit(
     address: Annotated[str, typer.Option(help=ADDRESS_HELP, envvar="RAY_API_SERVER_ADDRESS")],
     storage: Annotated[str | None, typer.Option(help="Study root on the cluster (e.g. s3://bucket/study).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking server every node reaches.")] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a spec field: --set train.lr=0.05 (repeatable), as `run` takes it."),
+    ] = None,
     follow: Annotated[bool, typer.Option(help="Stream the job's logs until it ends.")] = False,
 ) -> None:
-    """Run a study on a Ray cluster as a Ray Job; resubmitting resumes it (never runs it twice)."""
+    """Run a study on a Ray cluster as a Ray Job (card files beside the spec travel with it); resubmitting resumes
+    it (never runs it twice)."""
     from study.orchestrate.jobs import submit_study
     from study.resources import resolve_spec_path
 
     with job_errors():
-        sub = submit_study(resolve_spec_path(spec), address, storage, tracking_uri)
+        sub = submit_study(resolve_spec_path(spec), address, storage, tracking_uri, sets or ())
         state = f"resuming after {sub.earlier_jobs} earlier job(s)" if sub.earlier_jobs else "first job of this study"
         _console().print(f"submitted {sub.study_key} ({state})", soft_wrap=True)
         print(sub.job_id, flush=True)

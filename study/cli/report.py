@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from study.cli.console import console, user_errors
-from study.cli.options import RayAddressOption, RootOption, StorageOption, TrackingOption, load_spec
+from study.cli.options import RootOption, StorageOption, TrackingOption, load_spec, tracking_override
 
 
 def report(
@@ -17,16 +17,15 @@ def report(
     storage: StorageOption = None,
     root: RootOption = None,
     tracking_uri: TrackingOption = None,
-    ray_address: RayAddressOption = None,
     out: Annotated[Path | None, typer.Option(help="Also copy the report to this local folder.")] = None,
 ) -> None:
     """Rebuild the report (to <root>/report/<study name>) from the MLflow store alone."""
-    from study.orchestrate.pipeline import open_tracker, publish_report, study_paths
-    from study.orchestrate.sweep import total_trials
+    from study.orchestrate.pipeline import open_tracker, publish_report
+    from study.orchestrate.validation import study_paths, total_trials
     from study.teacher.checkpoint import load_meta
 
     with user_errors():
-        spec_path, study_spec = load_spec(spec, storage, root, tracking_uri, ray_address)
+        spec_path, study_spec, _ = load_spec(spec, storage, root, tracking_uri)
         paths = study_paths(study_spec)
         meta = load_meta(paths.teacher)
         tracker = open_tracker(study_spec, paths, str(spec_path.resolve().parent))
@@ -44,17 +43,23 @@ def report(
 def rank(
     spec: Annotated[str, typer.Argument(help="A finished study's spec (YAML path or bundled name).")],
     candidates: Annotated[list[str], typer.Option("--candidates", help="Candidate cards (names or YAML paths).")],
-    root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
+    storage: StorageOption = None,
+    root: RootOption = None,
+    tracking_uri: TrackingOption = None,
     count: Annotated[
         int | None, typer.Option(min=1, help="Images each candidate would supply (default: its card's count).")
     ] = None,
 ) -> None:
     """Score candidate surrogates from raw-pool criteria (teacher passes only), with a model fitted on the study."""
+    from study.config import SpecError
     from study.orchestrate.rank_candidates import rank_study_candidates
 
     with user_errors():
         # RankError: a clear message, exit 2
-        scored, validation = rank_study_candidates(spec, root, candidates, count=count)
+        if storage is not None and root is not None:
+            raise SpecError("give --storage or its alias --root, not both")
+        uri, _ = tracking_override(tracking_uri)
+        scored, validation = rank_study_candidates(spec, storage or root, candidates, count=count, tracking_uri=uri)
     table = Table(title="Candidate surrogates, predicted student test accuracy")
     for col in ("#", "card", "predicted acc", "class entropy (raw pool)"):
         table.add_column(col, justify="left" if col == "card" else "right", no_wrap=True)

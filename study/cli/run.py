@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from study.cli.console import RichProgress, console, progress_bars, user_errors
-from study.cli.options import RayAddressOption, RootOption, StorageOption, TrackingOption, load_spec
+from study.cli.options import RayAddressOption, RootOption, SetOption, StorageOption, TrackingOption, load_spec
 
 
 def _print_ranking(outcome) -> None:
@@ -50,15 +50,19 @@ def _print_ranking(outcome) -> None:
 
 def quickstart(
     out: Annotated[Path, typer.Option(help="Folder for everything the study writes.")] = Path("kd-study-quickstart"),
-    spec: Annotated[Path | None, typer.Option(help="Use this study spec instead of the bundled quickstart.")] = None,
+    spec: Annotated[
+        str | None, typer.Option(help="Use this study spec (a YAML path or a bundled name) instead of the quickstart.")
+    ] = None,
 ) -> None:
     """Run the whole study at small scale: teacher, surrogates, criteria, Ray Tune sweep, report."""
     from study.config import load_study
-    from study.orchestrate.quickstart import quickstart as run_quickstart
+    from study.resources import resolve_spec_path
 
     start = time.perf_counter()
     with user_errors():
-        study_spec = load_study(spec) if spec else None
+        study_spec = load_study(resolve_spec_path(spec)) if spec else None  # a typo fails before torch loads
+        from study.orchestrate.quickstart import quickstart as run_quickstart
+
         with progress_bars() as progress:
             outcome = run_quickstart(out, study_spec, RichProgress(progress))
     _print_ranking(outcome)
@@ -71,24 +75,31 @@ def run(
     root: RootOption = None,
     tracking_uri: TrackingOption = None,
     ray_address: RayAddressOption = None,
+    sets: SetOption = None,
     out: Annotated[Path | None, typer.Option(help="Also copy the report to this local folder.")] = None,
-    build_workers: Annotated[int, typer.Option(help="Processes for generating surrogates.")] = 1,
+    workers: Annotated[
+        int, typer.Option("--workers", "--build-workers", min=1, help="Processes for generating surrogates.")
+    ] = 1,
 ) -> None:
     """Build what is missing, then run (or resume) the Ray Tune study and write the report.
 
     Exits 0 when every trial reached a result (diverged trials are results), 3 when trials failed (after the
     report is written; they are listed there), 2 on a user error found before anything ran.
     """
-    from study.orchestrate.pipeline import run_study
+    from study.cli.validate import check
 
     with user_errors():
-        spec_path, study_spec = load_spec(spec, storage, root, tracking_uri, ray_address)
+        # the checks of `kd-study validate` first: a typo costs a second, before torch and Ray are imported
+        check(spec, storage, root, tracking_uri, sets)
+        spec_path, study_spec, _ = load_spec(spec, storage, root, tracking_uri, ray_address, sets)
+        from study.orchestrate.pipeline import run_study
+
         with progress_bars() as progress:
             outcome = run_study(
                 study_spec,
                 None,
                 RichProgress(progress),
-                build_workers=build_workers,
+                build_workers=workers,
                 spec_path=str(spec_path),
                 report_out=out,
             )
@@ -103,14 +114,15 @@ def status(
     storage: StorageOption = None,
     root: RootOption = None,
     tracking_uri: TrackingOption = None,
-    ray_address: RayAddressOption = None,
+    sets: SetOption = None,
 ) -> None:
     """Per arm and phase: trials done / running / failed / pending and the best search metric so far (MLflow)."""
-    from study.orchestrate.pipeline import open_tracker, study_paths
+    from study.orchestrate.pipeline import open_tracker
     from study.orchestrate.status import study_status
+    from study.orchestrate.validation import study_paths
 
     with user_errors():
-        spec_path, study_spec = load_spec(spec, storage, root, tracking_uri, ray_address)
+        spec_path, study_spec, _ = load_spec(spec, storage, root, tracking_uri, None, sets)
         paths = study_paths(study_spec)
         tracker = open_tracker(study_spec, paths, str(spec_path.resolve().parent))
         rows = study_status(study_spec, tracker)
@@ -131,24 +143,25 @@ def status(
 def trial(
     spec: Annotated[str, typer.Argument(help="Study spec (YAML path or bundled name).")],
     arm: Annotated[str, typer.Option(help="Arm to distill on.")],
-    root: Annotated[str | None, typer.Option(help="Override the spec's storage.root.")] = None,
+    storage: StorageOption = None,
+    root: RootOption = None,
+    sets: SetOption = None,
 ) -> None:
-    """Run one KD trial of an arm with the spec's default hyperparameters (no Ray Tune)."""
-    from study.config import SpecError, load_study
-    from study.distill.trial import KDTrial, TrialPaths
-    from study.orchestrate.pipeline import study_paths
-    from study.resources import resolve_spec_path
+    """Run one KD trial of an arm with the spec's default hyperparameters (no Ray Tune, no MLflow)."""
+    from study.config import SpecError
 
     with user_errors():
-        spec_path = resolve_spec_path(spec)
-        study_spec = load_study(spec_path)
-        paths = study_paths(study_spec, root)
-        cards_dir = str(spec_path.resolve().parent)  # card paths in a spec are relative to its folder
+        spec_path, study_spec, _ = load_spec(spec, storage, root, None, None, sets)
         try:
-            arm_spec = study_spec.arm(arm)
-        except KeyError as err:
-            raise SpecError(f"{spec_path}: --arm: {err.args[0]}") from None
-        kd = KDTrial(study_spec, arm_spec, TrialPaths(paths.teacher, paths.shards, cards_dir))
+            chosen = study_spec.arm(arm)  # an unknown arm is a user error (did you mean ...), before torch loads
+        except SpecError as err:
+            raise SpecError(f"{spec_path}: --arm: {err}") from None
+        from study.distill.trial import KDTrial, TrialPaths
+        from study.orchestrate.validation import study_paths
+
+        paths = study_paths(study_spec)
+        cards_dir = str(spec_path.resolve().parent)  # card paths in a spec are relative to its folder
+        kd = KDTrial(study_spec, chosen, TrialPaths(paths.teacher, paths.shards, cards_dir))
 
         def show(metrics: dict[str, float], _: dict) -> None:
             console.print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

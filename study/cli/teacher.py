@@ -29,11 +29,14 @@ def teacher_train(
     ] = None,
 ) -> None:
     """Train a teacher on a labelled dataset and save it with its meta.json."""
-    from study.config import TeacherSpec
+    from study.config import SpecError, TeacherSpec, did_you_mean
+    from study.models.names import ZOO_MODELS, is_known_arch
     from study.orchestrate.teacher_training import train_teacher
     from study.storage import resolve
 
     with user_errors():
+        if not is_known_arch(arch):
+            raise SpecError(f"--arch: {did_you_mean(arch, ZOO_MODELS, 'model')}, or a torchvision.models name")
         spec = TeacherSpec(dataset=dataset, arch=arch, epochs=epochs, image_size=image_size, seed=seed)
         if dataset_root is not None:
             spec = spec.model_copy(update={"dataset_root": resolve(dataset_root)})

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -33,6 +31,9 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
         return images
     if not images.flags.writeable or not images.flags.c_contiguous:
         images = np.array(images, copy=True, order="C")
+    import torch  # here: image sources register without torch, so a spec is checked without it
+    import torch.nn.functional as F
+
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()

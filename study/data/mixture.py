@@ -34,8 +34,6 @@ from study import storage
 from study.config import BalanceSpec, CardSpec, SpecError, load_card
 from study.data import shards
 from study.data.build_plan import BuildResult, ReferenceStats, plan_shards
-from study.data.images import class_interleaved_order
-from study.data.shards.reader import read_all
 from study.resources import resolve_card_path
 
 if TYPE_CHECKING:
@@ -154,6 +152,8 @@ def _balanced_pick(
             picks.append(lists[k][next_of[k]])
             next_of[k] += 1
             labels.append(c)
+    from study.data.images import class_interleaved_order  # torch: imported where images are handled
+
     order = class_interleaved_order(np.asarray(labels, dtype=np.int64))
     return [picks[j] for j in order], [labels[j] for j in order], records
 
@@ -218,6 +218,8 @@ def build_mixture(
         shards.forget_build(root, old)
 
     channels = max(b.manifest.channels for b in builds)
+    from study.data.shards.reader import read_all  # torch: imported where shards are read
+
     pools = [_as_channels(read_all(b.root, b.manifest)[0], channels) for b in builds]
     weights = [c.weight for c in card.components or []]
     selection = None

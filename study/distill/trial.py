@@ -196,21 +196,38 @@ class KDTrial:
         # the paper's temperatures: 20 on synthetic images and for fine-grained teachers, 2 otherwise
         self.temperature_choice = kd_temperature(t, self.card, meta, spec.teacher)
         self.temperature = self.temperature_choice.value
-        self.augment = BatchAugment(
-            AugmentConfig(
-                crop_scale=(t.crop_scale_min, 1.0),
-                randaugment_ops=t.randaugment_ops if t.randaugment_ops is not None else (4 if synthetic else 2),
-                randaugment_magnitude=t.randaugment_magnitude,
-                # the paper adds elastic warps and inversions for shader images only
-                elastic_p=0.5 if is_shader(self.card) else 0.0,
-                invert_p=0.1 if is_shader(self.card) else 0.0,
-                flip=student_flip(t, meta, spec.teacher),
-                pad_fraction=t.pad_fraction,
-                mixup=t.mixup,
-            ),
-            mean=meta.mean,
-            std=meta.std,
+        augment = AugmentConfig(
+            crop_scale=(t.crop_scale_min, 1.0),
+            randaugment_ops=t.randaugment_ops if t.randaugment_ops is not None else (4 if synthetic else 2),
+            randaugment_magnitude=t.randaugment_magnitude,
+            # the paper adds elastic warps and inversions for shader images only
+            elastic_p=0.5 if is_shader(self.card) else 0.0,
+            invert_p=0.1 if is_shader(self.card) else 0.0,
+            flip=student_flip(t, meta, spec.teacher),
+            pad_fraction=t.pad_fraction,
+            mixup=t.mixup,
         )
+        self.augment = BatchAugment(augment, mean=meta.mean, std=meta.std)
+        # what this trial trains with, every default resolved (MLflow params `recipe.*`, filterable in the UI)
+        self.recipe: dict[str, Any] = {
+            **t.model_dump(exclude={"temperature", "randaugment_ops", "flip"}),
+            "temperature": self.temperature,
+            "temperature_rule": self.temperature_choice.rule,
+            "randaugment_ops": augment.randaugment_ops,
+            "flip": augment.flip,
+            "elastic_p": augment.elastic_p,
+            "invert_p": augment.invert_p,
+            "labels": arm.labels,
+            "perturbation": arm.perturbation.mode,
+            **(
+                {f"perturbation.{k}": v for k, v in arm.perturbation.model_dump().items() if k != "mode"}
+                if arm.perturbation.mode != "none"
+                else {}
+            ),
+            "surrogate": surrogate,
+            "budget_images": self.budget_images,
+            "seed": self.seed,
+        }
         self.generator = torch.Generator().manual_seed(self.seed)
         cache = paths.cache.open() if paths.cache else None
         train_limit, self.heldout = held_out_slice(spec, arm, root, manifest, meta.channels, meta.image_size)
@@ -420,7 +437,8 @@ def tune_trainable(config: dict[str, Any], spec_json: str, paths: TrialPaths) ->
         # trial has made `num_to_keep` checkpoints since the last one, so per-report checkpoints of many trials
         # would force a sync per report (the sweep keeps 2 checkpoints per trial)
         nonlocal last_checkpoint
-        result = {**metrics, **placement.result(trial.stream)}
+        recipe = {f"recipe.{k}": v for k, v in trial.recipe.items()}
+        result = {**metrics, **placement.result(trial.stream), **recipe}
         if time.monotonic() - last_checkpoint < spec.resources.checkpoint_s:
             tune.report(result)
             return

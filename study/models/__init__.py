@@ -10,19 +10,24 @@ resnet8 ... resnet110, resnet8x4, resnet32x4 (`cifar_resnet`); wrn_16_1, wrn_16_
 (`mobilenetv2`); shufflenetv2 (`shufflenetv2`); tv_resnet18/34/50 (`torchvision_resnet`).
 """
 
-# The family modules register their models on import.
-from study.models import cifar_resnet, mobilenetv2, shufflenetv2, torchvision_resnet, vgg, wide_resnet
-from study.models.registry import ModelFactory, create_model, list_models, register_model
+from __future__ import annotations
 
-__all__ = [
-    "ModelFactory",
-    "cifar_resnet",
-    "create_model",
-    "list_models",
-    "mobilenetv2",
-    "register_model",
-    "shufflenetv2",
-    "torchvision_resnet",
-    "vgg",
-    "wide_resnet",
-]
+import importlib
+from typing import Any
+
+# The family modules register their models when imported; they import torch, so the package loads them on first
+# use of the registry (PEP 562): `study.models.names` (the zoo's names, for checking a spec) stays torch-free.
+_FAMILIES = ("cifar_resnet", "mobilenetv2", "shufflenetv2", "torchvision_resnet", "vgg", "wide_resnet")
+_REGISTRY_NAMES = ("ModelFactory", "create_model", "list_models", "register_model")
+
+__all__ = [*_REGISTRY_NAMES, *_FAMILIES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FAMILIES or name in _REGISTRY_NAMES:
+        for family in _FAMILIES:
+            importlib.import_module(f"study.models.{family}")
+        if name in _FAMILIES:
+            return importlib.import_module(f"study.models.{name}")
+        return getattr(importlib.import_module("study.models.registry"), name)
+    raise AttributeError(f"module 'study.models' has no attribute {name!r}")

@@ -1,7 +1,9 @@
 """Studies as Ray Jobs: `kd-study submit / jobs / logs / stop`, and the driver a submitted study runs.
 
-What travels and what does not: the spec travels as YAML text in the job's runtime_env (an environment variable)
-and the overrides travel in the entrypoint; the code does not travel at all. The cluster runs the kd-study installed
+What travels and what does not: the spec (with its `--set` overrides applied) travels as YAML text in the job's
+runtime_env (an environment variable), and so do the card files it names beside it (`$KD_STUDY_FILES_JSON`, their
+paths relative to the spec's folder), so a custom surrogate needs no new image; the where-it-runs overrides travel in
+the entrypoint; the code does not travel at all. The cluster runs the kd-study installed
 in its image (cluster/Dockerfile), so a submission never uploads the submitter's working directory, which may hold
 a multi-GB virtualenv and shards.
 
@@ -20,11 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +36,17 @@ from typing import TYPE_CHECKING, TypeVar
 
 import yaml
 
-from study.config import SpecError, StudySpec, apply_overrides, check_tracking_uri, load_model, load_study
+from study.config import (
+    SpecError,
+    StudySpec,
+    apply_overrides,
+    apply_sets,
+    check_tracking_uri,
+    load_card,
+    load_model,
+    load_study,
+    read_yaml,
+)
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
@@ -41,6 +55,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SPEC_ENV = "KD_STUDY_SPEC_YAML"
+FILES_ENV = "KD_STUDY_FILES_JSON"
+MAX_FILES_BYTES = 1_000_000
+"""Card files ride in an environment variable of the job: a few YAML files, not data."""
 STORAGE_ENV, TRACKING_ENV = "KD_STUDY_STORAGE", "MLFLOW_TRACKING_URI"
 DRIVER_MODULE = "study.orchestrate.jobs"
 META_KEY, META_STUDY = "kd_study.study_key", "kd_study.study"
@@ -75,7 +92,13 @@ class JobPayload:
     metadata: dict[str, str]
 
 
-def job_payload(spec: StudySpec, spec_yaml: str, storage: str | None, tracking_uri: str | None) -> JobPayload:
+def job_payload(
+    spec: StudySpec,
+    spec_yaml: str,
+    storage: str | None,
+    tracking_uri: str | None,
+    files: dict[str, str] | None = None,
+) -> JobPayload:
     args = ["python", "-m", DRIVER_MODULE]
     if storage:
         args += ["--storage", storage]
@@ -83,23 +106,60 @@ def job_payload(spec: StudySpec, spec_yaml: str, storage: str | None, tracking_u
         args += ["--tracking-uri", check_tracking_uri(tracking_uri)]  # the command is shown to anyone
     return JobPayload(
         entrypoint=shlex.join(args),
-        runtime_env={"env_vars": {SPEC_ENV: spec_yaml}},
+        runtime_env={"env_vars": {SPEC_ENV: spec_yaml, **({FILES_ENV: json.dumps(files)} if files else {})}},
         metadata={META_KEY: study_key(spec), META_STUDY: spec.name},
     )
 
 
-def check_submittable(spec: StudySpec, source: Path) -> None:
-    """Refuse what cannot work on a cluster before anything is sent.
-
-    Card files beside the spec stay on the submitting machine (only the spec travels), so arms must name cards
-    bundled with kd-study (the image's `datasets/`).
-    """
-    local = [f"{a.name}: {a.card}" for a in spec.arms if Path(a.card).suffix in (".yaml", ".yml")]
-    if local:
+def _inside(folder: Path, base: Path, ref: str, where: str) -> Path:
+    path = (base / ref).resolve()
+    if Path(ref).is_absolute() or not path.is_relative_to(folder):
         raise SpecError(
-            f"{source}: arms use card files that would not reach the cluster ({', '.join(local)}); "
-            "a submitted study can use only the cards bundled with kd-study (add yours to datasets/ in the image)"
+            f"{where}: card file '{ref}' is not inside the spec's folder {folder}: only files beside the spec travel "
+            "with a submitted study (move it there, or add it to datasets/ in the image)"
         )
+    if not path.is_file():
+        raise SpecError(f"{where}: card file {path} not found")
+    return path
+
+
+def card_files(spec: StudySpec, source: Path) -> dict[str, str]:
+    """The card files the spec names (and the components of mixture cards among them), as text by their path
+    relative to the spec's folder: what the job's driver needs beside the spec. Bundled cards stay behind (the
+    image has them)."""
+    folder = source.resolve().parent
+    files: dict[str, str] = {}
+    queue = [(a.card, folder, f"{source}: arms.{i}.card") for i, a in enumerate(spec.arms)]
+    while queue:
+        ref, base, where = queue.pop(0)
+        if Path(ref).suffix not in (".yaml", ".yml"):
+            continue
+        path = _inside(folder, base, ref, where)
+        rel = path.relative_to(folder).as_posix()
+        if rel in files:
+            continue
+        files[rel] = path.read_text()
+        card = load_card(path)
+        for j, component in enumerate(card.components or []):
+            queue.append((component.card, path.parent, f"{path}: components.{j}.card"))
+    if sum(len(t) for t in files.values()) > MAX_FILES_BYTES:
+        raise SpecError(f"{source}: card files beside the spec exceed {MAX_FILES_BYTES:,} bytes; put data in storage")
+    return files
+
+
+def check_submittable(spec: StudySpec, source: Path) -> None:
+    """Refuse what cannot work on a cluster before anything is sent: card files outside the spec's folder."""
+    card_files(spec, source)
+
+
+def write_files(files: dict[str, str], folder: Path) -> None:
+    """The submitted card files under `folder`, at their paths relative to the spec (the driver's cards_dir)."""
+    for rel, text in files.items():
+        path = (folder / rel).resolve()
+        if not path.is_relative_to(folder.resolve()):
+            raise SpecError(f"${FILES_ENV}: '{rel}' leaves the spec's folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
 @contextlib.contextmanager
@@ -154,13 +214,18 @@ def study_jobs(client: JobSubmissionClient, key: str) -> list[JobDetails]:
 
 
 def submit_study(
-    spec_path: Path, address: str, storage: str | None = None, tracking_uri: str | None = None
+    spec_path: Path,
+    address: str,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    sets: list[str] | tuple[str, ...] = (),
 ) -> Submission:
     """Submit the study in `spec_path` as a Ray Job; resumes (a new job on the same storage), never duplicates."""
-    spec = load_study(spec_path)
+    spec = load_study(spec_path, sets)
     spec_yaml = spec_path.read_text()
-    check_submittable(spec, spec_path)
-    payload = job_payload(spec, spec_yaml, storage, tracking_uri)
+    if sets:  # the spec as the user's --set made it, in the user's own terms (no defaults filled in)
+        spec_yaml = yaml.safe_dump(apply_sets(read_yaml(spec_path), sets), sort_keys=False)
+    payload = job_payload(spec, spec_yaml, storage, tracking_uri, card_files(spec, spec_path))
     key = payload.metadata[META_KEY]
     client = connect(address)
     earlier = _call(address, lambda: study_jobs(client, key))
@@ -266,7 +331,10 @@ def driver_main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    outcome = run_study(spec, progress=LogProgress())
+    with tempfile.TemporaryDirectory(prefix="kd-study-cards-") as cards_dir:
+        # the user's card files, as they lay beside the spec on the submitting machine
+        write_files(json.loads(os.environ.get(FILES_ENV) or "{}"), Path(cards_dir))
+        outcome = run_study(spec, progress=LogProgress(), cards_dir=cards_dir)
     print(f"study {spec.name} done: report {outcome.report.markdown if outcome.report else '-'}", flush=True)
     return 0
 

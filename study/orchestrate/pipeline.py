@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+import pandas as pd
+
 from study import storage
 from study.config import ArmSpec, CardSpec, SpecError, StudySpec
 from study.criteria.measures import FeatureMoments
@@ -26,9 +28,15 @@ from study.data.eval_splits import build_eval_shards
 from study.data.mixture import uses_teacher
 from study.data.shards.cache import ShardCacheSpec
 from study.device import pick_device
-from study.distill.trial import TrialPaths, card_for_arm, surrogate_name
-from study.orchestrate.sweep import run_sweep, total_trials
+from study.distill.trial import TrialPaths, surrogate_name
+from study.orchestrate.sweep import run_sweep
 from study.orchestrate.teacher_training import train_teacher
+from study.orchestrate.validation import (
+    StudyPaths,
+    load_cards,
+    plan_study,
+    total_trials,
+)
 from study.report.study_report import Report, write_report
 from study.teacher.checkpoint import META, NO_EVAL_DATA, Teacher, TeacherError, TeacherMeta, load_meta, load_teacher
 from study.tracking import ARM, OUTCOME, OUTCOMES, PHASE, StudyTracker, short_http_retries
@@ -51,47 +59,6 @@ class NoProgress:
         pass
 
 
-@dataclass(frozen=True)
-class StudyPaths:
-    """Every location of a study as an absolute URI (a folder or `s3://...`), resolved once on the driver."""
-
-    root: str
-    shards: str
-    tune_dir: str
-    teacher: str
-    tracking_uri: str
-    report_dir: str
-    eval_root: str = ""
-
-
-def study_paths(spec: StudySpec, root: str | None = None) -> StudyPaths:
-    """Resolve the spec's storage against `root` (or its own `storage.root`, which may be `s3://bucket/prefix`).
-
-    Relative parts join onto the root as URIs. A relative `sqlite:///` tracking URI resolves beside a local root;
-    under an S3 root it is an error, since a sqlite file cannot live in a bucket.
-    """
-    base = storage.resolve(root or spec.storage.root)
-    uri = spec.tracking.uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        relative = uri[len("sqlite:///") :]
-        if storage.is_s3(base):
-            raise SpecError(
-                f"tracking.uri '{uri}' is a sqlite file relative to storage.root '{base}', which is on S3 where a "
-                "sqlite file cannot live: give --tracking-uri (an absolute sqlite:////path/mlflow.db on this "
-                "machine, or the http:// address of an MLflow server that every node reaches)"
-            )
-        uri = "sqlite:///" + storage.resolve(relative, base)
-    return StudyPaths(
-        root=base,
-        shards=storage.resolve(spec.storage.shards, base),
-        tune_dir=storage.resolve(spec.storage.tune, base),
-        teacher=storage.resolve(spec.teacher.uri, base),
-        tracking_uri=uri,
-        report_dir=storage.resolve(f"report/{spec.name}", base),  # one folder per study sharing a root
-        eval_root=storage.resolve("eval", base),
-    )
-
-
 @dataclass
 class StudyOutcome:
     paths: StudyPaths
@@ -106,29 +73,6 @@ class StudyOutcome:
     def failed(self) -> int:
         """Trials that raised after their retries (diverged trials are results, not failures)."""
         return self.trial_outcomes.get("failed", 0)
-
-
-def load_cards(spec: StudySpec, cards_dir: str | None = None) -> dict[str, CardSpec]:
-    """Every arm's card, resolved once here (relative paths against `cards_dir`, the spec file's folder) and
-    validated, its generator's params checked, before anything runs; trials receive these, never paths."""
-    from study.data.generators.registry import create_generator
-    from study.data.mixture import component_cards
-
-    cards = {}
-    for arm in spec.arms:
-        card = card_for_arm(arm, cards_dir)
-        for part in component_cards(card) if card.kind == "mixture" else [card]:
-            if part.kind == "generated":
-                assert part.generator is not None
-                try:
-                    create_generator(part.generator, part.params, reference_stats=([0.5], [0.25]))
-                except ValueError as err:
-                    raise SpecError(f"card '{part.name}' (arm '{arm.name}'): {err}") from None
-        if arm.count and card.count and arm.count > card.count:
-            field = f"counts of arm '{arm.amount_of}'" if arm.amount_of else "count"
-            raise SpecError(f"arm '{arm.name}': {field}: {arm.count} exceeds card '{card.name}' count {card.count}")
-        cards[arm.name] = card
-    return cards
 
 
 def study_content(cards: dict[str, CardSpec], meta: TeacherMeta) -> dict[str, object]:
@@ -306,11 +250,13 @@ def publish_report(
     }
     if not storage.is_s3(paths.report_dir):
         report = write_report(tracker, Path(paths.report_dir), **kwargs)
+        record_results(tracker, report, Path(paths.report_dir))
         if out is not None and Path(out).resolve() != Path(paths.report_dir).resolve():
             shutil.copytree(paths.report_dir, out, dirs_exist_ok=True)
         return report, paths.report_dir
     with tempfile.TemporaryDirectory(prefix="kd-report-") as tmp:
         report = write_report(tracker, Path(tmp), **kwargs)
+        record_results(tracker, report, Path(tmp))
         for file in sorted(Path(tmp).rglob("*")):
             if file.is_file():
                 storage.upload_file(file, storage.join(paths.report_dir, file.relative_to(tmp).as_posix()))
@@ -326,6 +272,31 @@ def publish_report(
                 plots=[local / p.name for p in report.plots],
             )
     return report, paths.report_dir
+
+
+def arm_results(ranking: pd.DataFrame) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Per arm, the report's result as numbers (its score's mean and interval, rank, trial counts by outcome) and
+    its basis (final seeds or the best search trial)."""
+    results: dict[str, dict[str, float]] = {}
+    basis: dict[str, str] = {}
+    for rank, row in ranking.iterrows():
+        values = {"rank": float(rank)}
+        for key, value in row.items():
+            if key in ("arm", "surrogate", "basis", "ranked_by") or isinstance(value, str | bool):
+                continue
+            if value is not None and value == value:  # NaN: no interval with one trial, nothing to log
+                values[str(key)] = float(value)
+        results[str(row["arm"])] = values
+        basis[str(row["arm"])] = f"{row.get('basis', '')}; score {row.get('ranked_by', '')}"
+    return results, basis
+
+
+def record_results(tracker: StudyTracker, report: Report, folder: Path) -> None:
+    """The study's answer where the MLflow UI shows it: each arm's result on its parent run, the spec and the
+    report folder as artifacts of the study run."""
+    results, basis = arm_results(report.ranking)
+    tracker.log_arm_results(results, basis)
+    tracker.log_study(folder)
 
 
 def trial_outcomes(tracker: StudyTracker) -> dict[str, int]:
@@ -462,16 +433,15 @@ def run_study(
 
     The study always ends with its report: failed and diverged trials are outcomes recorded in MLflow and listed
     there (`StudyOutcome.failed` tells the CLI to exit non-zero). Everything checkable is checked before the
-    first build: the spec (`validate_study`), the cards (resolved against `cards_dir`, default: the spec file's
-    folder) and the teacher.
+    first build (`study.orchestrate.validation.plan_study`): the spec, the cards (resolved against `cards_dir`,
+    default: the spec file's folder), the tracking URI, the teacher and the manifests that exist.
     """
     progress = progress or NoProgress()
     where = spec_path or f"study '{spec.name}'"
     if cards_dir is None and spec_path is not None:
         cards_dir = str(Path(spec_path).resolve().parent)
-    validate_study(spec, where)
-    paths = study_paths(spec, root)
-    cards = load_cards(spec, cards_dir)
+    plan = plan_study(spec, where, cards_dir, root)  # what `kd-study validate` checks, before any work
+    paths, cards = plan.paths, plan.cards
     meta = ensure_teacher(spec, paths, progress)
     try:
         teacher = load_teacher(paths.teacher, pick_device())
@@ -518,16 +488,3 @@ def open_tracker(spec: StudySpec, paths: StudyPaths, cards_dir: str | None = Non
     except TeacherError as err:
         raise SpecError(f"{err}\n  (the spec's teacher.uri is '{spec.teacher.uri}')") from None
     return StudyTracker(paths.tracking_uri, spec, content=study_content(load_cards(spec, cards_dir), meta))
-
-
-def validate_study(spec: StudySpec, where: str) -> None:
-    """What pydantic cannot check without the model registry: models the study will build exist."""
-    from study.models import list_models
-    from study.models.registry import torchvision_name
-
-    known = list_models()
-    for field_name, arch in (("student.arch", spec.student.arch), ("teacher.arch", spec.teacher.arch)):
-        if field_name == "teacher.arch" and arch in ("torchscript", "export"):
-            continue  # an imported program needs no registry entry
-        if arch not in known and torchvision_name(arch) is None:
-            raise SpecError(f"{where}: {field_name}: unknown model '{arch}' (known: {', '.join(sorted(known))})")

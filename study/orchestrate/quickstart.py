@@ -11,8 +11,9 @@ from pathlib import Path
 
 from study import storage
 from study.config import StudySpec, load_study
-from study.orchestrate.pipeline import NoProgress, ProgressSink, StudyOutcome, run_study, study_paths
+from study.orchestrate.pipeline import NoProgress, ProgressSink, StudyOutcome, run_study
 from study.orchestrate.teacher_training import train_teacher
+from study.orchestrate.validation import study_paths
 from study.resources import bundled_dir
 from study.teacher.checkpoint import META
 

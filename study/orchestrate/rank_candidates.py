@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.config import load_card, load_study
+from study.config import apply_overrides, load_card, load_study
 from study.criteria.measures import batched, measure
 from study.criteria.populations import arm_temperature, raw_pool
 from study.device import pick_device
-from study.orchestrate.pipeline import study_paths
+from study.orchestrate.validation import study_paths
 from study.report.rank import (
     AMOUNT,
     TARGET,
@@ -34,10 +34,15 @@ from study.tracking import StudyTracker
 
 
 def rank_study_candidates(
-    spec_path: str, root: str | None, candidates: list[str], cards_dir: Path | None = None, count: int | None = None
+    spec_path: str,
+    root: str | None,
+    candidates: list[str],
+    cards_dir: Path | None = None,
+    count: int | None = None,
+    tracking_uri: str | None = None,
 ) -> tuple[pd.DataFrame, Validation]:
     """`kd-study rank`: the finished study's surrogates fit the model, candidate cards get teacher passes only."""
-    spec = load_study(resolve_spec_path(spec_path))
+    spec = apply_overrides(load_study(resolve_spec_path(spec_path)), tracking_uri=tracking_uri)
     paths = study_paths(spec, root)
     tracker = StudyTracker(paths.tracking_uri, spec)
     arms = collect_arms(tracker)

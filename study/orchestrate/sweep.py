@@ -50,6 +50,7 @@ from study.config import FinalSpec, ParamSpace, StudySpec
 from study.distill.trial import TrialPaths, tune_trainable
 from study.orchestrate.failures import FailureBudget, guarded, ledger_location, prepare_restore
 from study.orchestrate.trial_runs import MlflowTrialCallback, reached_budget
+from study.orchestrate.validation import total_trials
 from study.tracking import StudyTracker
 
 log = logging.getLogger(__name__)
@@ -472,12 +473,6 @@ class TrialProgress(tune.Callback):
 
 
 # ------------------------------------------------------------------------------------------------ the sweep
-def total_trials(spec: StudySpec) -> int:
-    """Search trials plus the final phase's reruns (top_k x seeds per arm, when the spec asks for one)."""
-    final = spec.final.top_k * spec.final.seeds if spec.final is not None else 0
-    return (spec.search.trials_per_arm + final) * len(spec.arms)
-
-
 def trial_resources(spec: StudySpec) -> dict[str, float]:
     """Ray resources of one trial. Fractions pack trials: `gpu: 0.25` runs four trials on each GPU (small
     students leave most of a GPU idle; Ray sets CUDA_VISIBLE_DEVICES so the four share the same device)."""

@@ -78,9 +78,10 @@ class MlflowTrialCallback(tune.Callback):
         self.run_ids: dict[str, str] = {}
         self.opening: set[str] = set()
         self.ended_before: set[str] = set()
+        self.recipe_logged: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "run_ids": {}, "opening": set(), "ended_before": set()}
+        return {**self.__dict__, "run_ids": {}, "opening": set(), "ended_before": set(), "recipe_logged": set()}
 
     @property
     def live(self) -> StudyTracker:
@@ -125,6 +126,12 @@ class MlflowTrialCallback(tune.Callback):
         # the node of the latest report: a trial resumed elsewhere after a node failure shows its new node
         tags = [RunTag("node_id", str(result["node_id"]))] if "node_id" in result else []
         self._submit(trial, "metrics", lambda client, run_id: client.log_batch(run_id, metrics=metrics, tags=tags))
+        recipe = {k.removeprefix("recipe."): v for k, v in result.items() if k.startswith("recipe.")}
+        logged = self.__dict__.setdefault("recipe_logged", set())  # a callback pickled before it existed
+        if recipe and trial.trial_id not in logged:
+            logged.add(trial.trial_id)
+            tracker = self.live
+            self._submit(trial, "recipe", lambda client, run_id: tracker.log_recipe(run_id, recipe, client))
 
     def outcome(self, trial: Any) -> tuple[str, str]:
         last = trial.last_result or {}

@@ -34,6 +34,20 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def chance_percent(results: StudyResults, metric: str) -> float | None:
+    """Accuracy of guessing, 100 / classes (%), for an accuracy metric of a study whose teacher is known."""
+    if metric not in ("test_acc", "val_acc") or results.teacher is None or results.teacher.num_classes < 1:
+        return None
+    return 100.0 / results.teacher.num_classes
+
+
+def chance_line(ax: plt.Axes, chance: float | None, label: bool = True) -> object | None:
+    if chance is None:
+        return None
+    text = f"chance {chance:.1f}%" if label else "_nolegend_"
+    return ax.axhline(chance, color=GREY, ls=":", lw=1.2, label=text, zorder=2)
+
+
 def ranking_plot(results: StudyResults, teacher_acc: float | None, path: Path) -> Path | None:
     r = results.ranking
     if not len(r):
@@ -59,9 +73,16 @@ def ranking_plot(results: StudyResults, teacher_acc: float | None, path: Path) -
         handles.append(
             ax.axhline(100 * teacher_acc, color="k", ls="--", lw=1, label=f"teacher {100 * teacher_acc:.1f}%")
         )
+    if (chance := chance_line(ax, chance_percent(results, ranked))) is not None:
+        handles.append(chance)
     ax.set_xticks(x, r["arm"], rotation=25, ha="right")
     ax.set_ylabel(f"student {METRIC_NAMES[ranked]} (%)")
     ax.set_ylim(0, 118)
+    # a t interval of 2-3 seeds can reach past 0% or 100%; it is cut at the axis (scores are shares), and said so
+    clipped = final & ((r["ci_low"].to_numpy() <= 0.0) | (r["ci_high"].to_numpy() >= 1.0))
+    if clipped.any():
+        names = ", ".join(str(a) for a in r["arm"][clipped])
+        fig.text(0.01, 0.01, f"intervals clipped to 0-100%: {names}", fontsize=7, color=GREY)
     ax.set_title("Student accuracy by arm" if ranked == "test_acc" else "Student-teacher agreement by arm")
     ax.legend(handles=handles, loc="upper right", fontsize=8)
     return _save(fig, path)
@@ -82,8 +103,11 @@ def criteria_plot(results: StudyResults, population: str, path: Path) -> Path | 
     fig, axes = plt.subplots(rows, cols, figsize=(max(3.6 * cols, 6), 3.0 * rows), squeeze=False)
     by_name = corr.set_index("criterion")
     ranked = results.ranked_by
-    for ax, name in zip(axes.flat, names, strict=False):
+    chance = chance_percent(results, ranked)
+    for i, (ax, name) in enumerate(zip(axes.flat, names, strict=False)):
         ax.scatter(points[name], 100 * points[ranked], color=GREEN, zorder=3)
+        if chance_line(ax, chance) is not None and i == 0:
+            ax.legend(fontsize=7, loc="best")
         for _, p in points.iterrows():
             ax.annotate(
                 str(p["surrogate"]),
@@ -114,7 +138,9 @@ def curves_plot(results: StudyResults, path: Path) -> Path | None:
     cols = min(3, len(arms))
     rows = math.ceil(len(arms) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True)
+    chance = chance_percent(results, results.metric)
     for ax, arm in zip(axes.flat, arms, strict=False):
+        chance_line(ax, chance)
         finals = 0
         for label, steps, values in curves[arm]:
             style = dict(color=BLUE, lw=2) if label.startswith("best") else dict(color=ORANGE, lw=1, alpha=0.8)

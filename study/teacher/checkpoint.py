@@ -11,61 +11,15 @@ import hashlib
 import io
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
 
-from study import __version__, storage
+from study import storage
 from study.models import create_model
+from study.teacher.meta import META, NO_EVAL_DATA, WEIGHTS, TeacherError, TeacherMeta, load_meta  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-
-WEIGHTS = "weights.pt"
-META = "meta.json"
-NO_EVAL_DATA = "none"
-"""`TeacherMeta.dataset` (and `teacher.dataset` in a spec) of a teacher imported without evaluation data."""
-
-
-class TeacherError(ValueError):
-    """A teacher checkpoint is missing or inconsistent; the message names the URI."""
-
-
-class TeacherMeta(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    arch: str
-    num_classes: int
-    classes: list[str]
-    image_size: int
-    channels: int
-    mean: list[float]
-    std: list[float]
-    dataset: str
-    dataset_root: str | None = None
-    val_split: str = "val"
-    test_split: str = "test"
-    train_accuracy: float | None = None
-    val_accuracy: float | None = None
-    test_accuracy: float | None = None
-    epochs: int | None = None
-    # how the teacher was trained; optional so that metas written before these keys existed still load
-    label_smoothing: float | None = None
-    optimizer: str | None = None
-    schedule: str | None = None
-    flip: bool | None = None
-    fine_grained: bool | None = None
-    weights_sha256: str
-    kd_study_version: str = __version__
-    # teachers imported from elsewhere (study.orchestrate.teacher_import); older metas load unchanged
-    format: Literal["state_dict", "torchscript", "export"] = "state_dict"
-    has_eval_data: bool = True
-    dataset_params: dict[str, Any] = {}
-    imported_from: str | None = None
-
-    @property
-    def teacher_id(self) -> str:
-        return f"{self.arch}-{self.dataset}-{self.weights_sha256[:12]}"
 
 
 @dataclass
@@ -78,19 +32,6 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std in [0, 1] units of uint8 (N, H, W, C) images."""
     x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
     return x.mean(0).tolist(), x.std(0).tolist()
-
-
-def load_meta(uri: str) -> TeacherMeta:
-    meta_uri = storage.join(uri, META)
-    if not storage.exists(meta_uri):
-        raise TeacherError(
-            f"{meta_uri}: teacher metadata not found "
-            "(train one: kd-study teacher train, or import one: kd-study teacher import)"
-        )
-    try:
-        return TeacherMeta.model_validate_json(storage.read_text(meta_uri))
-    except ValidationError as err:
-        raise TeacherError(f"{meta_uri}: invalid teacher metadata: {err}") from None
 
 
 def load_teacher(uri: str, device: torch.device | None = None) -> Teacher:

@@ -12,7 +12,7 @@ from study.config import BudgetSpec, CardSpec, SpecError, StudySpec, load_study
 from study.data.build import build_surrogate
 from study.data.shards.reader import ShardStream, read_all
 from study.distill.trial import KDTrial, TrialPaths
-from study.orchestrate.pipeline import load_cards
+from study.orchestrate.validation import load_cards
 from study.teacher.checkpoint import load_teacher
 
 

@@ -21,7 +21,8 @@ from study.data.shards import ShardError, read_manifest
 from study.data.shards.reader import ShardStream
 from study.distill.trial import KDTrial, TrialPaths
 from study.models import create_model
-from study.orchestrate.pipeline import load_cards, study_content, study_paths
+from study.orchestrate.pipeline import study_content
+from study.orchestrate.validation import load_cards, study_paths
 from study.teacher.checkpoint import TeacherMeta
 from study.teacher.inference import predict_classes
 from study.tracking import experiment_name

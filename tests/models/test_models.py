@@ -84,6 +84,11 @@ def shared_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module
 
 
 class TestRegistry:
+    def test_the_torch_free_name_list_is_the_registry(self) -> None:
+        from study.models.names import ZOO_MODELS
+
+        assert sorted(ZOO_MODELS) == list_models()  # `kd-study validate` checks archs against the list
+
     def test_lists_the_whole_zoo_sorted(self) -> None:
         """list_models names every CIFAR KD model and torchvision ResNet, in sorted order."""
         names = list_models()

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from study.config import load_study
-from study.orchestrate.pipeline import open_tracker, run_study, study_paths
+from study.orchestrate.pipeline import open_tracker, run_study
+from study.orchestrate.validation import study_paths
 
 pytestmark = pytest.mark.slow
 

@@ -44,8 +44,9 @@ from study import storage
 from study.cli.app import app
 from study.config import StudySpec, apply_overrides
 from study.data.sources.registry import load_source
-from study.orchestrate.pipeline import open_tracker, study_paths
+from study.orchestrate.pipeline import open_tracker
 from study.orchestrate.sweep import total_trials
+from study.orchestrate.validation import study_paths
 from study.teacher.checkpoint import load_meta
 from tests.distill.test_trial_inputs import write_teacher
 from tests.ray_cluster import LocalRayCluster, local_ray_cluster, mlflow_server

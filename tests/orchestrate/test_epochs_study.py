@@ -14,7 +14,8 @@ import yaml
 from mlflow.entities import Metric, RunTag
 
 from study.config import StudySpec, load_study
-from study.orchestrate.pipeline import open_tracker, run_study, study_paths, sweep_complete
+from study.orchestrate.pipeline import open_tracker, run_study, sweep_complete
+from study.orchestrate.validation import study_paths
 from study.tracking import OUTCOME, StudyTracker
 
 

@@ -5,6 +5,7 @@ The submission itself (a real 2-node Ray cluster, S3 and MLflow server) is tests
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -14,15 +15,19 @@ import yaml
 from study.config import SpecError, StudySpec, load_study
 from study.orchestrate.jobs import (
     DRIVER_MODULE,
+    FILES_ENV,
     META_KEY,
     SPEC_ENV,
     JobError,
+    card_files,
     check_submittable,
     connect,
     driver_main,
     job_payload,
     study_key,
+    write_files,
 )
+from study.orchestrate.validation import load_cards
 from study.resources import resolve_spec_path
 
 
@@ -61,12 +66,38 @@ class TestPayload:
         assert study_key(other) != here
 
 
-class TestRefusedBeforeSending:
-    def test_card_files_beside_the_spec_are_refused(self, tmp_path: Path) -> None:
-        spec = StudySpec.model_validate({"name": "s", "arms": [{"name": "mine", "card": "cards/mine.yaml"}]})
-        with pytest.raises(SpecError, match=r"mine: cards/mine\.yaml"):
-            check_submittable(spec, tmp_path / "s.yaml")
+class TestCardFilesTravel:
+    def test_card_files_beside_the_spec_travel_with_the_job_and_resolve_the_same_there(self, tmp_path: Path) -> None:
+        here = tmp_path / "laptop"
+        (here / "cards" / "parts").mkdir(parents=True)
+        (here / "cards" / "parts" / "noise.yaml").write_text(
+            "name: my_noise\nkind: generated\ngenerator: uniform_noise\ncount: 256\n"
+        )
+        (here / "cards" / "blend.yaml").write_text(
+            "name: my_blend\nkind: mixture\ncount: 256\n"
+            "components: [{card: parts/noise.yaml, weight: 1}, {card: dead_leaves, weight: 1}]\n"
+        )
+        spec_path = here / "s.yaml"
+        spec_path.write_text(
+            "name: s\narms: [{name: blend, card: cards/blend.yaml}, {name: digits, card: digits_train}]\n"
+        )
+        spec = load_study(spec_path)
+        files = card_files(spec, spec_path)
+        assert sorted(files) == ["cards/blend.yaml", "cards/parts/noise.yaml"]  # the bundled card stays behind
+        env = job_payload(spec, spec_path.read_text(), None, None, files).runtime_env["env_vars"]
+        there = tmp_path / "driver"
+        write_files(json.loads(env[FILES_ENV]), there)
+        assert load_cards(spec, str(there)) == load_cards(spec, str(here))
 
+    def test_a_card_file_outside_the_spec_folder_is_refused(self, tmp_path: Path) -> None:
+        (tmp_path / "elsewhere.yaml").write_text("name: e\nkind: generated\ngenerator: uniform_noise\n")
+        (tmp_path / "study").mkdir()
+        spec = StudySpec.model_validate({"name": "s", "arms": [{"name": "mine", "card": "../elsewhere.yaml"}]})
+        with pytest.raises(SpecError, match=r"arms\.0\.card: card file '\.\./elsewhere\.yaml' is not inside"):
+            check_submittable(spec, tmp_path / "study" / "s.yaml")
+
+
+class TestRefusedBeforeSending:
     def test_an_address_that_is_not_the_dashboard_url_is_refused(self) -> None:
         with pytest.raises(JobError, match="http://HEAD:8265"):
             connect("127.0.0.1:6379")

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from study.cli.app import app
 from study.config import SpecError, StudySpec
-from study.orchestrate.pipeline import NoProgress, ensure_teacher, study_paths
+from study.orchestrate.pipeline import NoProgress, ensure_teacher
+from study.orchestrate.validation import study_paths
 from study.teacher.checkpoint import load_meta
 
 runner = CliRunner()

@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 from study.cli.app import app
 from study.config import StudySpec
 from study.data.shards import read_manifest
-from study.orchestrate.pipeline import open_tracker, study_paths
+from study.orchestrate.pipeline import open_tracker
 from study.orchestrate.quickstart import quickstart_spec
+from study.orchestrate.validation import study_paths
 from study.resources import bundled_dir
 from study.teacher.checkpoint import load_meta
 

@@ -20,9 +20,10 @@ from typer.testing import CliRunner
 from study import storage
 from study.cli.app import app
 from study.config import SpecError, StudySpec, apply_overrides
-from study.orchestrate.pipeline import open_tracker, study_paths
+from study.orchestrate.pipeline import open_tracker
 from study.orchestrate.status import study_status
 from study.orchestrate.sweep import PerArmSearch, total_trials, trial_seed
+from study.orchestrate.validation import study_paths
 from study.teacher.checkpoint import load_meta
 from study.tracking import experiment_name
 from tests.s3_servers import S3Server

@@ -23,8 +23,9 @@ from mlflow.tracking import MlflowClient
 
 from study.config import load_card, load_study
 from study.data.build import build_surrogate
-from study.orchestrate.pipeline import load_cards, study_content, study_paths
+from study.orchestrate.pipeline import study_content
 from study.orchestrate.sweep import PerArmASHA, PerArmSearch, max_reports, rungs_location
+from study.orchestrate.validation import load_cards, study_paths
 from study.teacher.checkpoint import load_meta
 from study.tracking import experiment_name
 

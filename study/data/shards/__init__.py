@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-import webdataset as wds
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from study import __version__, storage
@@ -137,6 +136,8 @@ def write_shard(
     first_block: int,
 ) -> ShardInfo:
     """Write one shard of blocks under `root`; return its record. Safe to kill at any point."""
+    import webdataset as wds  # here, not at the top: webdataset imports torch, and reading a manifest needs neither
+
     name = shard_name(index)
     with tempfile.TemporaryDirectory(prefix="kd-shard-") as tmp:
         local = Path(tmp) / name

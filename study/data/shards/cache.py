@@ -166,6 +166,7 @@ class ShardCache:
 
     def _fill(self, uri: str, path: Path, sha256: str, size: int) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=TMP_PREFIX)
+        os.fchmod(fd, storage.shared_file_mode())  # mkstemp's 0600: the node's users share it
         digest, written = hashlib.sha256(), 0
         try:
             with os.fdopen(fd, "wb") as fh:
