@@ -1,5 +1,8 @@
 """Images/s of every kd-study generator at 32x32 and 224x224, against baselines measured in the same run.
 
+Window: the best of 2 timed calls producing the same image count, after each shader program has compiled.
+Baseline: `np.random` filling the same uint8 array (the shader tiling line: one image per draw), same run.
+
 Baseline for every generator: filling the same uint8 array with ``np.random`` (the floor cost of producing the
 bytes at all). For the shader renderer also: the same programs drawn one image per draw instead of a grid of
 tiles per draw (what tiling buys). Prints ``generate_<name>_<size>: ratio=X ...`` lines.

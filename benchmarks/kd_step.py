@@ -1,5 +1,8 @@
 """Throughput of kd-study's trial loop against a bare PyTorch KD loop on the same models.
 
+Window: `--steps` steps after `--warmup` warm-up steps on both sides (ours: first to last report, reads inside).
+Baseline: a bare loop (teacher + student + KD loss on a tensor in memory), same models and batch, same run.
+
 kd-study's loop streams a surrogate from shards, adapts it to the teacher's input, runs the paper's batched
 augmentation + mixup, the teacher and the student; the bare loop runs only teacher + student + KD loss on a tensor
 already in memory. The ratio is the share of the hardware's KD speed the full trial loop keeps (goal >= 0.9).

@@ -1,5 +1,8 @@
 """Many trials reading one surrogate from S3 at once, against the same readers on a local folder.
 
+Window: each reader from the common start barrier to its last batch, stream start-up inside on every setup alike.
+Baseline: the same K readers over the shards in a local folder, same run.
+
 K concurrent trial readers (K processes, each a trial's `ShardStream` over the whole surrogate for `--epochs`
 epochs, as every trial reads all of its surrogate) read from a real S3 server on loopback (moto) through the
 fault proxy (tests/fault_proxy.py) with a per-connection bandwidth cap, added latency per request and an
