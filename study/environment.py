@@ -25,8 +25,19 @@ from typing import Any
 import torch
 
 PACKAGES = ("kd-study", "torch", "torchvision", "ray", "numpy", "scipy", "optuna", "mlflow", "webdataset", "pillow")
-CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16")
-CPU_FLAGS += ("amx_bf16",)
+CPU_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+)
+"""Vector units that change which float kernels run (and so the order of their sums)."""
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")
 CHECKOUT = Path(__file__).resolve().parents[1]
 """The folder above the `study` package: a git checkout when kd-study runs from a clone (`pip install -e .`)."""
