@@ -129,6 +129,7 @@ def gpu_info() -> dict[str, Any] | None:
 def torch_settings() -> dict[str, Any]:
     """Torch's switches that trade reproducibility for speed, as this process has them."""
     return {
+        "build": torch.__version__,  # the local label says which wheel: +cu130, +cpu, ...
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,

@@ -4,6 +4,7 @@ decisions and accuracies whatever `resources.max_concurrent` is, and every study
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 from pathlib import Path
@@ -100,7 +101,8 @@ def test_a_rerun_with_one_or_two_concurrent_trials_makes_the_same_trials_decisio
     assert len(recorded) == 1
     (env_id,) = (k.rsplit(".", 1)[1] for k in recorded)
     (env,) = recorded.values()
-    assert env["packages"]["torch"] == __import__("torch").__version__ and env["cpu"]["torch_capability"]
+    assert env["torch"]["build"] == __import__("torch").__version__ and env["cpu"]["torch_capability"]
+    assert env["packages"]["torch"] == importlib.metadata.version("torch")
     runs = client.search_runs([experiment.experiment_id], "tags.`kd_study.role` = 'trial'", max_results=100)
     assert {r.data.tags.get(ENVIRONMENT) for r in runs} == {env_id}
     report = (Path(outcome.paths.report_dir) / "report.md").read_text()
