@@ -440,6 +440,11 @@ class ResourcesSpec(Strict):
     # a trial checkpoints at a report only when this long has passed since its last checkpoint (0: every report);
     # with Tune keeping 2 checkpoints per trial, experiment-state syncs are then forced at most once per period
     checkpoint_s: float = Field(default=60.0, ge=0)
+    # "deterministic": when ASHA (or TPE past its random start-up trials) could decide by which result arrived
+    # first, an arm's search trials run one after another (arms side by side), so the same spec makes the same
+    # decisions at any load or `max_concurrent`; "throughput": every slot is filled (and every dealt trial is
+    # demanded from an autoscaler) at the cost of that guarantee. Scheduling only: not part of the study's identity
+    order: Literal["deterministic", "throughput"] = "deterministic"
     loader_workers: int = Field(default=0, ge=0)
     threads_per_trial: int = Field(default=1, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 ROLE, ARM, TRIAL_ID, PHASE = "kd_study.role", "kd_study.arm", "trial_id", "phase"
 OUTCOME, ERROR = "kd_study.outcome", "kd_study.error"
 OUTCOMES = ("completed", "early_stopped", "diverged", "failed")
+ENVIRONMENT = "kd_study.environment"
+"""Experiment tags `kd_study.environment.<id>` hold each environment the study ran in (JSON, `study.environment`);
+a trial run's tag of this name is the id of the environment whose driver started it."""
 PARENT = "mlflow.parentRunId"
 STUDY_RUN = "study"
 """Name and role of the study-level run: the full spec and the report as artifacts."""
@@ -165,6 +168,7 @@ class StudyTracker:
         self._spec_json = spec.model_dump_json()
         self._science_hash = spec.science_hash(content)
         self._experiment_id: str | None = None
+        self._environment_id: str | None = None
         self._client: MlflowClient | None = None
         self._writer: MlflowWriter | None = None
 
@@ -211,6 +215,25 @@ class StudyTracker:
                 spec_tag = self._spec_json if len(self._spec_json) <= MAX_PARAM_LEN else SPEC_TAG_ELSEWHERE
                 self.client.set_experiment_tag(self._experiment_id, "kd_study.spec", spec_tag)
         return self._experiment_id
+
+    # ---------------------------------------------------------------------------------------- environment
+    def record_environment(self, environment_id: str, environment: dict[str, Any]) -> None:
+        """Tag the experiment with the environment this invocation runs in (`study.environment.probe()`, under its
+        `fingerprint`), once per distinct environment: a study resumed on another machine or with other packages
+        gets a second tag, and trial runs created from now on carry this id (tag `kd_study.environment`)."""
+        key = f"{ENVIRONMENT}.{environment_id}"
+        tags = self.client.get_experiment(self.experiment_id).tags
+        if key not in tags:
+            record = {"recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **environment}
+            self.client.set_experiment_tag(self.experiment_id, key, json.dumps(record, sort_keys=True)[:MAX_TAG_LEN])
+        self._environment_id = environment_id
+
+    def environments(self) -> dict[str, dict[str, Any]]:
+        """Every environment the study ran in, by id, oldest first."""
+        tags = self.client.get_experiment(self.experiment_id).tags
+        prefix = ENVIRONMENT + "."
+        found = {k[len(prefix) :]: json.loads(v) for k, v in tags.items() if k.startswith(prefix)}
+        return dict(sorted(found.items(), key=lambda kv: (str(kv[1].get("recorded_at", "")), kv[0])))
 
     def _find(self, filter_string: str) -> list:
         return search_all(self.client, [self.experiment_id], filter_string)
@@ -284,6 +307,8 @@ class StudyTracker:
             return found.info.run_id
         parents = search_all(client, [experiment_id], f"tags.`{ROLE}` = 'arm' and tags.`{ARM}` = '{arm}'")
         tags = {ROLE: "trial", ARM: arm, TRIAL_ID: trial_id, PHASE: phase}
+        if self._environment_id is not None:
+            tags[ENVIRONMENT] = self._environment_id
         if parents:
             tags[PARENT] = parents[0].info.run_id
         run = client.create_run(experiment_id, run_name=f"{arm}/{trial_id}", tags=tags)

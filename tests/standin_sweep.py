@@ -55,7 +55,8 @@ def standin_spec(trials: int, reports: int, checkpoint_s: float, max_pending: in
     """The stand-in study; a checkout without `checkpoint_s`/`max_pending` (before #20) gets neither."""
     from study.config import ResourcesSpec, StudySpec
 
-    resources = {"cpu": 0, "gpu": 1, "checkpoint_s": checkpoint_s, "max_pending": max_pending}
+    # a cluster-scale sweep: every slot filled, every dealt trial demanded (not one search trial per arm at a time)
+    resources = {"cpu": 0, "gpu": 1, "checkpoint_s": checkpoint_s, "max_pending": max_pending, "order": "throughput"}
     resources = {k: v for k, v in resources.items() if k in ResourcesSpec.model_fields}
 
     return StudySpec.model_validate(

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import pandas as pd
 
-from study import storage
+from study import environment, storage
 from study.config import ArmSpec, CardSpec, SpecError, StudySpec
 from study.criteria.measures import FeatureMoments
 from study.criteria.populations import measure_arm, val_moments
@@ -457,6 +457,8 @@ def run_study(
         build_eval_shards(meta, paths.eval_root)
     short_http_retries()
     tracker = StudyTracker(paths.tracking_uri, spec, content=study_content(cards, meta))
+    here = environment.probe()
+    tracker.record_environment(environment.fingerprint(here), here)
     record_arms(spec, cards, outcome.builds, teacher, tracker, progress, paths.eval_root)
     total = total_trials(spec)
     progress.task("sweep", f"KD trials ({len(spec.arms)} arms x {spec.search.trials_per_arm})", total)

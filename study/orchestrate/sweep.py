@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 METRIC, MODE = "val_acc", "max"
 TRIAL_KEYS = ("arm", "seed", "phase")
 EARLY_STOPPED_PHASES = frozenset({"search"})
+TPE_STARTUP_TRIALS = 10
+"""Optuna's TPESampler default `n_startup_trials`: its first suggestions per arm are seeded random draws that ignore
+results, so only later ones depend on which results it has been told."""
 RUNGS_SUFFIX = ".kd_study_rungs.json"
 KEEP_CHECKPOINTS = 2
 """Checkpoints Tune keeps per trial. Tune forces an experiment-state sync when a trial has checkpointed this many
@@ -107,6 +110,16 @@ def objective_value(result: dict | None, metric: str) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------------ search
+def in_arm_order_matters(spec: StudySpec) -> bool:
+    """Whether two search trials of one arm running at once could make a decision depend on which result arrived
+    first: ASHA compares a trial with the values recorded at its rung before it, and TPE (after its start-up
+    trials) suggests from the results it has been told so far. Then `PerArmSearch(sequential=True)` runs each arm's
+    search trials one after another (arms still run side by side), so a study with `max_concurrent` 1 or 8 makes
+    the same decisions (DESIGN: decisions never depend on which result arrived first)."""
+    tpe_learns = bool(spec.search.space) and spec.search.trials_per_arm > TPE_STARTUP_TRIALS
+    return spec.search.scheduler.kind == "asha" or tpe_learns
+
+
 class PerArmSearch(Searcher):
     """One Optuna (TPE) study per arm; trials are dealt to arms round-robin, `trials_per_arm` each.
 
@@ -117,6 +130,11 @@ class PerArmSearch(Searcher):
     A search trial is eligible for the final phase when it reached the budget its own result reports
     (`budget_images`: per arm in `budget.mode: epochs`); `budget_images` here only stands in for results that
     report none (`fixed_budget_images`).
+
+    With `sequential`, an arm gets its next search trial only when its previous ones have ended (see
+    `in_arm_order_matters`); the slots go to other arms meanwhile. A restored searcher forgets which trials were
+    running (a trial that ended while the driver was dead would otherwise hold its arm forever), so only a resumed
+    study may overlap an arm's trials.
     """
 
     def __init__(
@@ -128,9 +146,11 @@ class PerArmSearch(Searcher):
         metric: str = METRIC,
         final: FinalSpec | None = None,
         budget_images: int | None = None,
+        sequential: bool = False,
     ) -> None:
         super().__init__(metric=metric, mode=MODE)
-        self.final, self.budget_images = final, budget_images
+        self.final, self.budget_images, self.sequential = final, budget_images, sequential
+        self.searching: dict[str, list[str]] = {arm: [] for arm in arms}  # search trials running, per arm
         self.search_results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
         self.final_queued: list[str] = []  # arms whose final phase has been queued
         self.arms, self.trials_per_arm, self.seed, self.objective = list(arms), trials_per_arm, seed, metric
@@ -161,6 +181,10 @@ class PerArmSearch(Searcher):
             if self.final is not None and len(self.final_queued) < len(self.arms):
                 return None  # an arm's search is still running: its final phase comes after it
             return Searcher.FINISHED
+        if self.sequential:
+            open_arms = [a for a in open_arms if not self.searching[a]]
+            if not open_arms:
+                return None  # every open arm has a search trial running: asked again when one ends
         arm = min(open_arms, key=lambda a: (self.started[a], self.arms.index(a)))
         seed = trial_seed(self.seed, arm, "search", self.started[arm])
         config: dict[str, Any] = {}
@@ -170,14 +194,18 @@ class PerArmSearch(Searcher):
             number = len(study.trials)
             study.sampler = optuna.samplers.TPESampler(seed=self.seed + 1000 * self.arms.index(arm) + 7919 * number)
             config.update(study.ask(self.space).params)
+        index = self.started[arm]
         self.started[arm] += 1
-        self.trials[trial_id] = {"arm": arm, "phase": "search", "number": number, "params": config}
+        self.searching[arm].append(trial_id)
+        self.trials[trial_id] = {"arm": arm, "phase": "search", "number": number, "params": config, "index": index}
         return {**config, "arm": arm, "seed": seed, "phase": "search"}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         info = self.trials.get(trial_id)
         if info is None:
             return
+        if trial_id in self.searching.get(info["arm"], []):
+            self.searching[info["arm"]].remove(trial_id)
         if info["phase"] == "search" and self.final is not None:
             self._record_search_result(trial_id, info, result, error)
         if info["number"] is None:
@@ -200,18 +228,20 @@ class PerArmSearch(Searcher):
         value = None if error else objective_value(result, self.objective)
         full = bool(result) and not error and not (result or {}).get("diverged")
         full = full and reached_budget(result, self.budget_images)
+        index = info.get("index", len(self.search_results[arm]))
         self.search_results[arm].append(
-            {"trial_id": trial_id, "params": info.get("params", {}), "value": value, "full": full}
+            {"trial_id": trial_id, "params": info.get("params", {}), "value": value, "full": full, "index": index}
         )
         if len(self.search_results[arm]) >= self.trials_per_arm and arm not in self.final_queued:
             self._queue_final(arm)
 
     def _queue_final(self, arm: str) -> None:
         """Queue the arm's top-k configs (by the search metric, among search trials that reached the full budget
-        and did not diverge) with `seeds` distinct seeds each; ties keep the earlier trial."""
+        and did not diverge) with `seeds` distinct seeds each; ties keep the trial dealt first (its index in the
+        arm, not the order results arrived in)."""
         assert self.final is not None
         eligible = [r for r in self.search_results[arm] if r["full"] and r["value"] is not None]
-        best = sorted(eligible, key=lambda r: -r["value"])[: self.final.top_k]
+        best = sorted(eligible, key=lambda r: (-r["value"], r.get("index", 0)))[: self.final.top_k]
         for rank, record in enumerate(best):
             for k in range(self.final.seeds):
                 seed = trial_seed(self.seed, arm, "final", rank * self.final.seeds + k)
@@ -260,6 +290,10 @@ class PerArmSearch(Searcher):
         self.queued = list(state["queued"])
         self.search_results = {arm: list(r) for arm, r in state.get("search_results", {}).items()}
         self.final_queued = list(state.get("final_queued", []))
+        # which trials were running is not restored (see the class docstring); a searcher pickled before
+        # `sequential` existed deals as it did then
+        self.searching = {arm: [] for arm in self.arms}
+        self.__dict__.setdefault("sequential", False)
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps(self.state()))
@@ -613,6 +647,7 @@ def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTrac
                 final=spec.final,
                 budget_images=fixed_budget_images(spec),
                 metric=spec.search.metric,
+                sequential=spec.resources.order == "deterministic" and in_arm_order_matters(spec),
             ),
             scheduler=scheduler,
             num_samples=total_trials(spec),

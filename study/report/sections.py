@@ -67,8 +67,36 @@ def _ranking(r: StudyResults, ctx: dict) -> Section:
         if metric != ranked:
             cells[picked] = pct(row[f"best_{metric}"])
         rows.append(cells)
-    s.blocks += [Table(pd.DataFrame(rows)), Image("ranking.png", "ranking")]
+    s.blocks.append(Table(pd.DataFrame(rows)))
+    overlap = _overlap_note(r.ranking)
+    if overlap is not None:
+        s.blocks.append(overlap)
+    s.blocks.append(Image("ranking.png", "ranking"))
     return s
+
+
+def inseparable_arms(ranking: pd.DataFrame) -> list[tuple[str, str]]:
+    """Pairs of arms (in ranking order) whose 95% intervals overlap: the ranking does not separate them. Arms
+    without an interval (no final phase, or one seed) are left out: they have no interval to compare."""
+    has = ranking[ranking["ci_low"].map(math.isfinite) & ranking["ci_high"].map(math.isfinite)]
+    rows = list(has[["arm", "ci_low", "ci_high"]].itertuples(index=False))
+    return [
+        (a.arm, b.arm)
+        for i, a in enumerate(rows)
+        for b in rows[i + 1 :]
+        if a.ci_low <= b.ci_high and b.ci_low <= a.ci_high
+    ]
+
+
+def _overlap_note(ranking: pd.DataFrame) -> Note | None:
+    pairs = inseparable_arms(ranking)
+    if not pairs:
+        return None
+    listed = "; ".join(f"{a} and {b}" for a, b in pairs)
+    return Note(
+        f"Overlapping 95% intervals: {listed} cannot be told apart by this study, so their order above is not a "
+        "finding (more final-phase seeds narrow the intervals)."
+    )
 
 
 def _outcomes(r: StudyResults, ctx: dict) -> Section | None:
@@ -236,6 +264,55 @@ def _teacher(r: StudyResults, ctx: dict) -> Section:
     return s
 
 
+def _flat(prefix: str, value: object, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = "" if value is None else str(value)
+
+
+def _environment(r: StudyResults, ctx: dict) -> Section:
+    """Where the numbers came from (`study.environment`): what to compare when a rerun disagrees."""
+    s = Section("Environment")
+    if not r.environments:
+        s.blocks.append(Note("No environment recorded: the study ran before kd-study recorded one."))
+        return s
+    s.blocks.append(
+        Para(
+            "A rerun of this spec in the same environment reproduces every trial's config, early-stopping decision "
+            "and accuracy. Float results change with the kd-study commit, the package versions, the CPU's "
+            "instruction set (torch dispatches its kernels by `cpu.torch_capability`: AVX2 and AVX-512 kernels sum "
+            "in different orders), thread counts, the GPU and its driver, and torch's deterministic switches; "
+            "compare these rows first when two runs disagree. Recorded on the MLflow experiment (tags "
+            "`kd_study.environment.<id>`); each trial run's tag `kd_study.environment` names the environment of the "
+            "driver that started it."
+        )
+    )
+    if len(r.environments) > 1:
+        s.blocks.append(
+            Note(
+                f"This study ran in {len(r.environments)} environments (it was resumed on another machine or with "
+                "other code or packages): its trials may mix them. Rows that differ are marked ≠."
+            )
+        )
+    flat: dict[str, dict[str, str]] = {}
+    for env_id, env in r.environments.items():
+        flat[env_id] = {}
+        _flat("", env, flat[env_id])
+    keys = list(dict.fromkeys(k for f in flat.values() for k in f))
+    rows = []
+    for key in keys:
+        values = [flat[e].get(key, "") for e in flat]
+        differs = "≠" if len(set(values)) > 1 else ""
+        rows.append({"differs": differs, "field": key, **dict(zip(flat, values, strict=True))})
+    table = pd.DataFrame(rows)
+    if len(r.environments) == 1:
+        table = table.drop(columns=["differs"])
+    s.blocks.append(Table(table))
+    return s
+
+
 def _spec(r: StudyResults, ctx: dict) -> Section:
     try:
         text = json.dumps(json.loads(r.spec_json), indent=2)
@@ -270,6 +347,7 @@ SECTIONS: list[Callable[[StudyResults, dict], Section | None]] = [
     _perturbed,
     _samples,
     _teacher,
+    _environment,
     _spec,
     _mlflow,
 ]

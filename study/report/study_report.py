@@ -177,6 +177,7 @@ def collect(
     if len(trials):
         results.curves = learning_curves(tracker, trials, metric)
     results.artifacts = arm_artifacts(tracker, arms, artifact_dir)
+    results.environments = tracker.environments()
     # the ranking model predicts test accuracy; agreement is not comparable across surrogates (see `finding`)
     if len(points) >= MIN_POINTS and ranked == "test_acc":
         from study.report.rank import model_points, validate

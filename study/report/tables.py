@@ -32,6 +32,7 @@ class StudyResults:
     artifacts: dict[str, dict[str, Path]] = field(default_factory=dict)
     validation: object | None = None  # study.rank.Validation
     metric: str = "val_acc"  # the search metric: what picks an arm's best search trial
+    environments: dict[str, dict] = field(default_factory=dict)  # id -> study.environment.probe(), oldest first
 
     @property
     def ranked_by(self) -> str:
