@@ -25,7 +25,9 @@ def quickstart():
 def test_spec_file_with_credentials_in_tracking_uri_is_refused_naming_the_field(tmp_path: Path) -> None:
     text = (bundled_dir("tune_spaces") / "quickstart.yaml").read_text()
     path = tmp_path / "study.yaml"
-    path.write_text(f"{text}\ntracking: {{uri: '{WITH_CREDENTIALS}'}}\n")
+    assert "\ntracking:\n  uri: sqlite:///mlflow.db\n" in text  # the spec's own tracking block, replaced below
+    text = text.replace("\ntracking:\n  uri: sqlite:///mlflow.db\n", f"\ntracking:\n  uri: '{WITH_CREDENTIALS}'\n")
+    path.write_text(text)
     with pytest.raises(SpecError) as caught:
         load_study(path)
     message = str(caught.value)

@@ -593,7 +593,14 @@ def run_sweep(
     experiment_dir = storage.join(tune_dir, name)
     rungs_writer = RungsWriter(rungs_location(tune_dir, name))
     LIVE[name] = LiveContext(on_update=on_update, rungs_uri=rungs_writer.uri, rungs_writer=rungs_writer)
+    # set for this fit only: the process may run other Tuners (tests, notebooks) that expect Tune's defaults
+    saved_env = {key: os.environ.get(key) for key in tune_environment(spec)}
     os.environ.update(tune_environment(spec))
+    # with the logger files off, Tune's result grid warns that it found no result.json for every trial: MLflow is
+    # the record, so that warning says nothing to a kd-study user
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    saved_level = analysis_log.level
+    analysis_log.setLevel(logging.ERROR)
     tracker.make_live()
     # On S3 Tune gets a pyarrow filesystem and a bucket/key path, so state and checkpoints live in the bucket and
     # a study resumes from any machine (Ray refuses a head-local storage_path on a multi-node cluster).
@@ -617,6 +624,12 @@ def run_sweep(
         rungs_writer.flush()
     finally:
         LIVE.pop(name, None)
+        analysis_log.setLevel(saved_level)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return SweepResult(grid, experiment_dir, restored)
 
 

@@ -49,6 +49,11 @@ def parse(argv: list[str]) -> None:
     """Parse a command line as `kd-study` would, down to its leaf command, without running it: unknown options,
     extra arguments, missing required options and bad values raise click's UsageError/BadParameter."""
     command = cli()
+    if argv == ["--version"]:  # an eager option: it prints and exits while the context is made
+        with pytest.raises(typer.Exit) as done:
+            command.make_context("kd-study", list(argv))
+        assert done.value.exit_code == 0
+        return
     ctx = command.make_context("kd-study", list(argv))
     while hasattr(command, "resolve_command"):  # a group: resolve the subcommand as Group.invoke does
         rest = [*ctx._protected_args, *ctx.args]
