@@ -15,6 +15,7 @@ from study.config import apply_overrides, load_card, load_study
 from study.criteria.measures import batched, measure
 from study.criteria.populations import arm_temperature, raw_pool
 from study.device import pick_device
+from study.orchestrate.pipeline import open_tracker
 from study.orchestrate.validation import study_paths
 from study.report.rank import (
     AMOUNT,
@@ -30,7 +31,6 @@ from study.report.stats import MIN_POINTS, arm_accuracy, ranking_metric
 from study.report.study_report import collect_arms, collect_trials
 from study.resources import resolve_card_path, resolve_spec_path
 from study.teacher.checkpoint import load_teacher
-from study.tracking import StudyTracker
 
 
 def rank_study_candidates(
@@ -42,9 +42,12 @@ def rank_study_candidates(
     tracking_uri: str | None = None,
 ) -> tuple[pd.DataFrame, Validation]:
     """`kd-study rank`: the finished study's surrogates fit the model, candidate cards get teacher passes only."""
-    spec = apply_overrides(load_study(resolve_spec_path(spec_path)), tracking_uri=tracking_uri)
+    resolved = resolve_spec_path(spec_path)
+    spec = apply_overrides(load_study(resolved), tracking_uri=tracking_uri)
     paths = study_paths(spec, root)
-    tracker = StudyTracker(paths.tracking_uri, spec)
+    # the study's experiment is named from the teacher's and the cards' contents too: a tracker made from the spec
+    # alone opens another (empty) experiment
+    tracker = open_tracker(spec, paths, str(resolved.resolve().parent))
     arms = collect_arms(tracker)
     trials = collect_trials(tracker, arms)
     if len(trials) and ranking_metric(trials) != TARGET:
