@@ -33,6 +33,7 @@ from study.orchestrate.sweep import run_sweep
 from study.orchestrate.teacher_training import train_teacher
 from study.orchestrate.validation import (
     StudyPaths,
+    check_teacher_meta,
     load_cards,
     plan_study,
     total_trials,
@@ -405,18 +406,7 @@ def ensure_teacher(spec: StudySpec, paths: StudyPaths, progress: ProgressSink) -
             f"{err}\n  (the spec's teacher.uri is '{t.uri}'; set teacher.train: true to train it, "
             "or teacher.weights to import one)"
         ) from None
-    for name, made, wanted in (("arch", meta.arch, t.arch), ("dataset", meta.dataset, t.dataset)):
-        # only what the spec says: a spec that names just `teacher.uri` takes the teacher as it is
-        if name in t.model_fields_set and made != wanted:
-            raise SpecError(
-                f"{paths.teacher}: the teacher's {name} is '{made}' (meta.json), the spec's teacher.{name} is "
-                f"'{wanted}'; fix the spec or point teacher.uri elsewhere"
-            )
-    if spec.search.metric == "val_acc" and not meta.has_eval_data:
-        raise SpecError(
-            f"{paths.teacher}: teacher {meta.teacher_id} has no evaluation data, and search.metric 'val_acc' needs "
-            "its val split: import it with --eval-dataset/--eval-root, or set search.metric: agreement"
-        )
+    check_teacher_meta(spec, meta, paths.teacher)
     return meta
 
 

@@ -136,6 +136,23 @@ class TeacherPlan:
     meta: TeacherMeta | None = None
 
 
+def check_teacher_meta(spec: StudySpec, meta: TeacherMeta, teacher_uri: str) -> None:
+    """The teacher found at `teacher_uri` is the one the spec names (only the fields the spec sets), and it can serve
+    the search metric. Used by `validate` before any work and by the pipeline after training or importing it."""
+    t = spec.teacher
+    for name, made, wanted in (("arch", meta.arch, t.arch), ("dataset", meta.dataset, t.dataset)):
+        if name in t.model_fields_set and made != wanted:
+            raise SpecError(
+                f"{teacher_uri}: the teacher's {name} is '{made}' (meta.json), the spec's teacher.{name} is "
+                f"'{wanted}'; fix the spec or point teacher.uri elsewhere"
+            )
+    if spec.search.metric == "val_acc" and not meta.has_eval_data:
+        raise SpecError(
+            f"{teacher_uri}: teacher {meta.teacher_id} has no evaluation data, and search.metric 'val_acc' needs "
+            "its val split: import it with --eval-dataset/--eval-root, or set search.metric: agreement"
+        )
+
+
 def check_teacher(spec: StudySpec, paths: StudyPaths, where: str) -> TeacherPlan:
     """The teacher as `run` will find it: present (its meta.json agrees with the spec), or trained or imported
     because the spec says how; missing with no way to make it is an error naming the path."""
@@ -155,17 +172,7 @@ def check_teacher(spec: StudySpec, paths: StudyPaths, where: str) -> TeacherPlan
             f"{err} ({where}: teacher.uri is '{t.uri}'; set teacher.train: true to train it, "
             "or teacher.weights to import one)"
         ) from None
-    for name, made, wanted in (("arch", meta.arch, t.arch), ("dataset", meta.dataset, t.dataset)):
-        if name in t.model_fields_set and made != wanted:
-            raise SpecError(
-                f"{paths.teacher}: the teacher's {name} is '{made}' (meta.json), the spec's teacher.{name} is "
-                f"'{wanted}'; fix the spec or point teacher.uri elsewhere"
-            )
-    if spec.search.metric == "val_acc" and not meta.has_eval_data:
-        raise SpecError(
-            f"{paths.teacher}: teacher {meta.teacher_id} has no evaluation data, and search.metric 'val_acc' needs "
-            "its val split: import it with --eval-dataset/--eval-root, or set search.metric: agreement"
-        )
+    check_teacher_meta(spec, meta, paths.teacher)
     return TeacherPlan(paths.teacher, meta.arch, meta.dataset, "present", meta)
 
 
