@@ -14,8 +14,11 @@ experiment folder), the experiment folder's size per trial (the driver-synced pa
 time to restore the finished N-trial experiment (`Tuner.restore` + `get_results`). Then
 `tune_scale: ratio=R`, R = results/s at the largest N / results/s at the smallest (goal >= 0.8).
 
-Run: `python benchmarks/tune_scale.py [--trials 100 2000] [--gpus 32] [--latency-ms 20] [--local]`.
-Run it against another checkout with PYTHONPATH pointing there (the stand-in adapts to the spec it finds).
+Run: `python benchmarks/tune_scale.py [--trials 100 2000] [--gpus 32] [--latency-ms 20] [--local] [--max-pending M]
+[--side-timeout-s S]`. Run it against another checkout with PYTHONPATH pointing there, with this checkout's
+tests/standin_sweep.py copied into it (the stand-in adapts to the spec it finds). `--side-timeout-s` cuts a side
+off and rates the part that ran (results reported / time since its sweep started): a side too slow to finish
+still gives its rate. The load average before and after each side is printed: on a shared machine, judge by it.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def run_side(n: int, args: argparse.Namespace, tmp: Path, tracking: str, s3: obj
     env.update(AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, STANDIN_RESTORE="1")
     cmd = [sys.executable, "-m", "tests.standin_sweep", "--trials", str(n), "--tune-dir", tune_dir]
     cmd += ["--tracking-uri", tracking, "--gpus", str(args.gpus), "--reports", str(args.reports)]
-    cmd += ["--checkpoint-s", str(args.checkpoint_s)]
+    cmd += ["--checkpoint-s", str(args.checkpoint_s), "--max-pending", str(args.max_pending)]
     # PYTHONPATH picks the code; its own session, so that a cut-off side's Ray goes with it
     proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=PIPE, stderr=PIPE, text=True, start_new_session=True)
     try:
@@ -138,6 +141,7 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.2)
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--checkpoint-s", type=float, default=0.5, help="resources.checkpoint_s where the code has it")
+    parser.add_argument("--max-pending", type=int, default=0, help="resources.max_pending (0: the default)")
     parser.add_argument("--local", action="store_true", help="a local folder instead of S3")
     parser.add_argument(
         "--side-timeout-s", type=float, default=0, help="cut a side off after this long and rate the part that ran"
@@ -176,6 +180,7 @@ def main() -> None:
             f"; N={r['n']} cut off after {r['wall_s']:.0f} s, {r['results']} results" for r in rows if r["cut_off"]
         )
         + f"; storage={where} logical_gpus={args.gpus} reports={args.reports}x{args.sleep:g}s"
+        + f" max_pending={args.max_pending or 'default'}"
         + f" code={code_under_test()} load(1 min) before/after "
         + ", ".join(f"N={r['n']}: {r['load_before']:.1f}/{r['load_after']:.1f}" for r in rows)
     )
