@@ -165,7 +165,8 @@ class LocalRayCluster:
             raise RuntimeError(f"ray start ({name}) exited {proc.returncode}:\n{node.log.read_text()[-3000:]}")
         return node
 
-    def start_head(self, num_cpus: int) -> RayNode:
+    def start_head(self, num_cpus: int, *extra: str) -> RayNode:
+        """`extra`: more `ray start` flags (benchmarks/autoscale.py adds `--autoscaling-config`)."""
         node = self._start(
             "head",
             [
@@ -180,6 +181,7 @@ class LocalRayCluster:
                 f"--dashboard-agent-listen-port={free_port()}",
                 f"--metrics-export-port={free_port()}",
                 "--disable-usage-stats",
+                *extra,
             ],
         )
         self._wait_dashboard()

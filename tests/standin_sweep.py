@@ -127,6 +127,7 @@ def main() -> None:
     spec = standin_spec(args.trials, args.reports, args.checkpoint_s, args.max_pending)
     tracker = StudyTracker(args.tracking_uri, spec)
     assert tracker.experiment_id
+    print(f"standin sweep started at {time.time():.3f}", file=sys.stderr, flush=True)  # rates of a cut-off run
     start = time.perf_counter()
     result = run_sweep(spec, TrialPaths("unused", "unused"), args.tune_dir, tracker, trainable_fn=standin_trial)
     wall = time.perf_counter() - start
