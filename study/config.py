@@ -435,7 +435,7 @@ class ResourcesSpec(Strict):
     gpu: float = Field(default=0.0, ge=0)
     max_concurrent: int = Field(default=0, ge=0)
     # trials kept pending (placement groups requested) so an autoscaler sees the demand; 0: every dealt trial of
-    # the current phase (all search trials, then all final reruns)
+    # the current phase (all search trials, then all final reruns), at most 64 (set more for a larger cluster)
     max_pending: int = Field(default=0, ge=0)
     # a trial checkpoints at a report only when this long has passed since its last checkpoint (0: every report);
     # with Tune keeping 2 checkpoints per trial, experiment-state syncs are then forced at most once per period

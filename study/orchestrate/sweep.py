@@ -533,11 +533,18 @@ def fixed_budget_images(spec: StudySpec) -> int | None:
     return spec.budget.images if spec.budget.mode == "images" else None
 
 
+DEFAULT_MAX_PENDING = 64
+"""Pending trials when the spec sets none: a 64-GPU cluster's worth of demand. Every trial of a 2,000-trial phase
+pending cut the controller's rate to a tenth of its 100-trial rate (benchmarks/tune_scale.py); 64 kept two thirds."""
+
+
 def max_pending(spec: StudySpec) -> int:
     """Trials Tune keeps pending (each with its placement group requested), so an autoscaler sees the demand:
-    `resources.max_pending`, else every dealt trial of the largest phase; never more than `max_concurrent`."""
+    `resources.max_pending`, else every dealt trial of the largest phase up to `DEFAULT_MAX_PENDING`; never more
+    than `max_concurrent`."""
     final = spec.final.top_k * spec.final.seeds if spec.final is not None else 0
-    pending = spec.resources.max_pending or max(spec.search.trials_per_arm, final) * len(spec.arms)
+    phase = max(spec.search.trials_per_arm, final) * len(spec.arms)
+    pending = spec.resources.max_pending or min(phase, DEFAULT_MAX_PENDING)
     return min(pending, spec.resources.max_concurrent or pending)
 
 

@@ -54,3 +54,13 @@ def test_every_dealt_trial_of_the_phase_is_pending_at_once(tmp_path: Path) -> No
     peak = json.loads(done.stdout.split("PEAK ", 1)[1])
     assert peak["trials"] == 8 and peak["errors"] == 0
     assert peak["pending"] == 7, peak  # 8 trials, 1 GPU: one runs, the other 7 wait with their demand requested
+
+
+def test_the_default_demand_is_the_phase_up_to_64_trials_and_the_spec_can_raise_it() -> None:
+    from study.orchestrate.sweep import DEFAULT_MAX_PENDING, max_pending
+    from tests.standin_sweep import standin_spec
+
+    assert DEFAULT_MAX_PENDING == 64
+    assert max_pending(standin_spec(8, 2, 60.0)) == 8  # the whole phase
+    assert max_pending(standin_spec(2000, 2, 60.0)) == 64  # 2,000 pending cut the controller's rate to a tenth
+    assert max_pending(standin_spec(2000, 2, 60.0, max_pending=500)) == 500
