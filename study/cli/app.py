@@ -4,25 +4,57 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from study.cli import data, doctor, jobs, report, run, teacher, validate
 from study.cli.console import DEBUG, console, user_errors
 
+# typer vendors click and exports only this subclass of click's UsageError (bad value, unknown command, no command)
+UsageError = typer.BadParameter.__base__
+
 
 class DebugAnywhere(TyperGroup):
     """`--debug` is a root option, accepted anywhere on the line: `kd-study run spec.yaml --debug` too."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         if "--debug" in args[1:]:
             cut = args.index("--") if "--" in args else len(args)
             if "--debug" in args[1:cut]:
                 args = ["--debug", *(a for i, a in enumerate(args) if not (a == "--debug" and i < cut))]
         return super().parse_args(ctx, args)
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """A usage error (bad option value, unknown command) is one line naming the command and the option, like
+        every other user error, not typer's boxed panel; exit code 2 as click gives it."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except UsageError as err:
+            if type(err).__name__ != "NoArgsIsHelpError":  # that one's help is already printed
+                where = err.ctx.command_path if err.ctx is not None else "kd-study"
+                console.print(
+                    f"[bold red]error:[/] {where}: {err.format_message()} (see '{where} --help')",
+                    soft_wrap=True, highlight=False,
+                )  # fmt: skip
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            console.print("Aborted.", highlight=False)
+            sys.exit(1)
+        # without standalone mode an explicit Exit comes back as its code, a finished command as its None
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _version(value: bool) -> None:

@@ -64,8 +64,15 @@ def rank(
     for col in ("#", "card", "predicted acc", "class entropy (raw pool)"):
         table.add_column(col, justify="left" if col == "card" else "right", no_wrap=True)
     for i, row in scored.iterrows():
-        table.add_row(str(i), row["card"], f"{row['predicted_test_acc']:.1%}", f"{row['crit_raw_class_entropy']:.3f}")
+        shown = f"{row['predicted_test_acc']:.1%}" + (" *" if row["outside_range"] else "")
+        table.add_row(str(i), row["card"], shown, f"{row['crit_raw_class_entropy']:.3f}")
     console.print(table)
+    if scored["outside_range"].any():
+        console.print(
+            "* the model's prediction lies outside 0-100% (the candidate is unlike the study's surrogates, so the "
+            "linear model extrapolates); shown clipped, ranked by the model's value",
+            soft_wrap=True,
+        )
     console.print(validation.verdict(), soft_wrap=True)
 
 

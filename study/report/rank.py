@@ -180,7 +180,8 @@ def validate(points: pd.DataFrame, alpha: float = ALPHA) -> Validation:
 
 
 def score_candidates(points: pd.DataFrame, candidates: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
-    """Candidates (one row each, `crit_raw_*` columns) with their predicted accuracy, best first."""
+    """Candidates (one row each, `crit_raw_*` columns) with their predicted accuracy (clipped to 0-100%,
+    `outside_range` where the model's value was outside), best first."""
     points = points.reset_index(drop=True)
     if surrogate_count(points) < MIN_POINTS:
         raise RankError(
@@ -200,7 +201,11 @@ def score_candidates(points: pd.DataFrame, candidates: pd.DataFrame, alpha: floa
         raise RankError("no raw-pool criterion is shared by the study's surrogates and the candidates")
     model = RidgeRanker.fit(points, features, alpha)
     out = candidates.copy()
-    out["predicted_test_acc"] = model.predict(candidates)
-    out = out.sort_values("predicted_test_acc", ascending=False).reset_index(drop=True)
+    # a linear model extrapolates past 0 and 100% for candidates unlike the study's surrogates: the order keeps the
+    # model's value, the shown accuracy is clipped, and `outside_range` says which were cut
+    raw = model.predict(candidates)
+    out["predicted_test_acc"] = np.clip(raw, 0.0, 1.0)
+    out["outside_range"] = (raw < 0.0) | (raw > 1.0)
+    out = out.iloc[np.argsort(-raw, kind="stable")].reset_index(drop=True)
     out.index = out.index + 1
     return out

@@ -147,8 +147,13 @@ def test_tracking_uri_comes_from_the_flag_then_the_environment_then_the_spec(
 def test_data_build_refuses_a_count_below_one_and_writes_nothing(root: Path) -> None:
     for count in ("-5", "0"):
         result = runner.invoke(app, ["data", "build", "digits_train", "--out", str(root), "--count", count])
-        assert result.exit_code == 2 and "--count" in result.output
+        one_line_error(result, "data build: ", "'--count'", "greater than or equal to 1", "--help")
     assert list(root.iterdir()) == []
+
+
+def test_a_usage_error_is_one_line_naming_the_command() -> None:
+    one_line_error(runner.invoke(app, ["data", "biuld"]), "data: ", "No such command 'biuld'")
+    one_line_error(runner.invoke(app, ["data", "build"]), "data build: ", "Missing argument")
 
 
 def test_trial_with_an_unknown_arm_names_the_arms(tmp_path: Path, root: Path) -> None:

@@ -10,7 +10,8 @@ the cluster never gets): the test writes its eval splits into the bucket with `k
 deletes it before anything is submitted. The job's driver (criteria: the Fréchet
 reference) and the trials (evaluation) can then only get evaluation data from the bucket.
 
-1. The study runs as a job: it succeeds, its trials ran on both nodes (MLflow tag `node_id`), every trial read its
+1. The study, whose arm uses the user's own card file beside the spec (shipped by `submit`, in no image), runs
+   as a job: it succeeds, its trials ran on both nodes (MLflow tag `node_id`), every trial read its
    data from the bucket (metric `s3_bytes_read`), the server holds the expected runs and the report is made from it.
 2. The worker node's raylet is killed (SIGKILL) mid-trial: the GCS declares the node dead, Tune retries the trial
    (`search.max_failures`) from its last checkpoint in the bucket on the head; the job is stopped and submitted
@@ -77,10 +78,10 @@ class Setup:
             cwd=self.folder,
         )
 
-    def spec_file(self, name: str, images: int, trials: int = 2) -> Path:
+    def spec_file(self, name: str, images: int, trials: int = 2, card: str = "digits_train") -> Path:
         data = {
             "name": name,
-            "arms": [{"name": "digits", "card": "digits_train", "count": 512}],
+            "arms": [{"name": "digits", "card": card, "count": 512}],
             "train": {"batch_size": 32, "randaugment_ops": 0, "crop_scale_min": 0.8, "mixup": False},
             "search": {"trials_per_arm": trials, "scheduler": {"kind": "none"}},
             "budget": {"images": images, "report_every": 256, "eval_batch_size": 256},
@@ -103,7 +104,7 @@ class Setup:
     def trial_runs(self, spec_path: Path) -> list:
         spec = StudySpec.model_validate(yaml.safe_load(spec_path.read_text()))
         spec = apply_overrides(spec, self.root, self.tracking)
-        tracker = open_tracker(spec, study_paths(spec))
+        tracker = open_tracker(spec, study_paths(spec), cards_dir=str(spec_path.parent))
         client = MlflowClient(self.tracking)
         experiment = client.get_experiment_by_name(tracker.name)
         if experiment is None:
@@ -191,9 +192,13 @@ def object_bytes(setup: Setup, prefix: str) -> int:
 
 
 def test_submitted_study_runs_on_both_nodes_from_the_bucket_and_reports_from_the_server(setup: Setup) -> None:
-    built = setup.kd("data", "build", "digits_train", "--out", f"{setup.root}/shards")
+    # the user's own card, beside the spec and in no image: `submit` ships it with the job
+    (setup.folder / "cards").mkdir()
+    card = (REPO / "datasets" / "digits_train.yaml").read_text().replace("name: digits_train", "name: my_digits")
+    (setup.folder / "cards" / "my_digits.yaml").write_text(card)
+    built = setup.kd("data", "build", "cards/my_digits.yaml", "--out", f"{setup.root}/shards")
     assert built.returncode == 0, built.stdout + built.stderr
-    spec = setup.spec_file("e2e", images=512)
+    spec = setup.spec_file("e2e", images=512, card="cards/my_digits.yaml")
     job = setup.submit(spec)
     assert job.startswith("kd-study-e2e-") and job.endswith("-1")
 
@@ -214,7 +219,7 @@ def test_submitted_study_runs_on_both_nodes_from_the_bucket_and_reports_from_the
     nodes = {n.node_id() for n in setup.cluster.nodes}
     assert {r.data.tags["node_id"] for r in runs} == nodes  # one trial on the head, one on the worker
     teacher_id = load_meta(f"{setup.root}/teacher").teacher_id
-    needed = object_bytes(setup, f"study/eval/{teacher_id}/") + object_bytes(setup, "study/shards/digits_train/")
+    needed = object_bytes(setup, f"study/eval/{teacher_id}/") + object_bytes(setup, "study/shards/my_digits/")
     for run in runs:  # eval splits (trial process) and the surrogate (its DataLoader worker), from the bucket
         assert run.data.metrics["s3_bytes_read"] >= needed > 0
     # the teacher's dataset was deleted before the job: the driver's Fréchet reference came from the bucket too

@@ -32,6 +32,17 @@ def test_rank_recovers_a_known_ordering_of_candidates() -> None:
     assert scored["card"].tolist() == candidates["card"][np.argsort(-truth.to_numpy())].tolist()
 
 
+def test_predictions_outside_0_100_percent_are_clipped_and_flagged_but_keep_their_order() -> None:
+    candidates = synthetic(3, seed=1).drop(columns="test_acc").rename(columns={"surrogate": "card"})
+    candidates["crit_raw_class_entropy"] = [-3.0, 4.0, -2.0]  # far outside the study's 0-1: the model extrapolates
+    scored = score_candidates(synthetic(12, seed=0), candidates, alpha=0.01)
+    assert scored["card"].tolist() == ["s1", "s2", "s0"]  # by the model's value: -2 above -3
+    assert scored["predicted_test_acc"].tolist() == [1.0, 0.0, 0.0]
+    assert scored["outside_range"].tolist() == [True, True, True]
+    inside = score_candidates(synthetic(12, seed=0), synthetic(3, seed=1).rename(columns={"surrogate": "card"}))
+    assert not inside["outside_range"].any() and inside["predicted_test_acc"].between(0, 1).all()
+
+
 def test_leave_one_out_validation_beats_entropy_when_a_second_criterion_matters() -> None:
     v = validate(synthetic(12, seed=0), alpha=0.01)
     assert v.model_rho > 0.95 and v.model_rho > v.entropy_rho and v.beats_entropy
