@@ -7,10 +7,14 @@ Baseline: the same surrogate's `none` arm (no attack), same seeds, same teacher,
 Arms per surrogate: `none` (plain KD), `online` (attack every batch; with kd-study >= the fidelity change both
 orders, `after_mixup` = the authors' and `before_augment` = the earlier one), `offline` (the derived surrogate,
 4 images per success) and, where `perturbation.clean_fraction` exists, `offline_clean` (the same with half of
-the derived set clean source images). Every arm gets the same budget of images seen, the quickstart's training
-recipe (RandAugment, crop, mixup, T from the spec) and the same seeds; the table gives the mean test accuracy
-over seeds and the attack's success rate. Runs against whatever `study` is first on PYTHONPATH, so the same
-script measures the code before and after a change:
+the derived set clean source images). Where the authors' protocol options exist (#23), one arm per earlier way
+against the authors' default, each changing that one option: `none_crop_resized` and `online_crop_resized`
+(`train.crop: random_resized`), `online_equal_compute` (`online_batch`), `online_confident` (`deepen`),
+`online_uniform_other` (`target`; the same as the default on surrogates that are no shaders) and
+`online_earlier` (all four earlier ways: the online arm as it was before). Every arm gets the same budget of
+images seen, the quickstart's training recipe (RandAugment, crop, mixup, T from the spec) and the same seeds; the
+table gives the mean test accuracy over seeds and the attack's success rate. Runs against whatever `study` is
+first on PYTHONPATH, so the same script measures the code before and after a change:
 
     PYTHONPATH=/path/to/checkout python benchmarks/attack_effect.py [--images 12000 --seeds 0 1 2 --arms all]
 
@@ -32,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from study.config import PerturbationSpec, StudySpec, TeacherSpec, load_card
+from study.config import PerturbationSpec, StudySpec, TeacherSpec, TrainSpec, load_card
 from study.data.build import build_surrogate
 from study.data.perturb import build_perturbed
 from study.distill.trial import KDTrial, TrialPaths
@@ -43,30 +47,43 @@ from study.teacher.checkpoint import load_meta
 SURROGATES = ("photo_crops", "dead_leaves")
 HAS_ORDER = "online_order" in PerturbationSpec.model_fields
 HAS_CLEAN = "clean_fraction" in PerturbationSpec.model_fields
+HAS_PROTOCOL = "online_batch" in PerturbationSpec.model_fields and "crop" in TrainSpec.model_fields
+EARLIER = {"online_batch": "equal_compute", "deepen": "confident", "target": "uniform_other"}
+"""kd-study's ways before the authors' protocol became the default (#23), besides `train.crop: random_resized`."""
+RESIZED = {"crop": "random_resized"}
 
 
-def arms(epsilon: float) -> dict[str, dict]:
-    """Arm name -> perturbation fields (only those the `study` on the path knows)."""
+def arms(epsilon: float) -> dict[str, tuple[dict, dict]]:
+    """Arm name -> (perturbation fields, train fields), only those the `study` on the path knows."""
     attack = {"epsilon": epsilon}
-    out: dict[str, dict] = {"none": {"mode": "none"}}
+    out: dict[str, tuple[dict, dict]] = {"none": ({"mode": "none"}, {})}
     if HAS_ORDER:
-        out["online_after_mixup"] = {**attack, "mode": "online", "online_order": "after_mixup"}
-        out["online_before_augment"] = {**attack, "mode": "online", "online_order": "before_augment"}
+        out["online_after_mixup"] = ({**attack, "mode": "online", "online_order": "after_mixup"}, {})
+        out["online_before_augment"] = ({**attack, "mode": "online", "online_order": "before_augment"}, {})
     else:
-        out["online_before_augment"] = {**attack, "mode": "online"}  # the only order before the change
-    out["offline"] = {**attack, "mode": "offline"}
+        out["online_before_augment"] = ({**attack, "mode": "online"}, {})  # the only order before the change
+    if HAS_PROTOCOL:
+        online = {**attack, "mode": "online"}
+        out["none_crop_resized"] = ({"mode": "none"}, RESIZED)
+        out["online_crop_resized"] = (online, RESIZED)
+        for name, value in EARLIER.items():
+            out[f"online_{value}"] = ({**online, name: value}, {})
+        out["online_earlier"] = ({**online, **EARLIER}, RESIZED)
+    out["offline"] = ({**attack, "mode": "offline"}, {})
     if HAS_CLEAN:
-        out["offline_clean"] = {**attack, "mode": "offline", "clean_fraction": 0.5}
+        out["offline_clean"] = ({**attack, "mode": "offline", "clean_fraction": 0.5}, {})
     return out
 
 
-def study_spec(args: argparse.Namespace, surrogate: str, name: str, perturbation: dict, seed: int) -> StudySpec:
+def study_spec(
+    args: argparse.Namespace, surrogate: str, name: str, perturbation: dict, train: dict, seed: int
+) -> StudySpec:
     return StudySpec.model_validate(
         {
             "name": "attack-effect",
             "seed": 0,  # offline arms read the derived set built with the study seed; trials vary `seed`
             "student": {"arch": args.student},
-            "arms": [{"name": name, "card": surrogate, "perturbation": perturbation}],
+            "arms": [{"name": name, "card": surrogate, "perturbation": perturbation, "train": train}],
             "train": {"batch_size": args.batch, "temperature": args.temperature, "lr": args.lr}
             | ({} if args.flip is None else {"flip": args.flip == "on"}),
             "budget": {"images": args.images, "report_every": args.images},
@@ -117,7 +134,7 @@ def main() -> None:
         for surrogate in args.surrogates:
             source = build_surrogate(load_card(resolve_card_path(surrogate)), shards_root, teacher=teacher)
             none_acc = None
-            for name, fields in known.items():
+            for name, (fields, train) in known.items():
                 if name not in chosen:
                     continue
                 perturbation = PerturbationSpec.model_validate(fields)
@@ -126,13 +143,14 @@ def main() -> None:
                 if perturbation.mode == "offline":
                     derived = build_perturbed(source.root, teacher, shards_root, perturbation, seed=0)
                     offline_success = derived.manifest.card["success_rate"]
-                accs, success = [], []
+                accs, success, steps = [], [], []
                 for seed in args.seeds:
-                    spec = study_spec(args, surrogate, name, fields, seed)
+                    spec = study_spec(args, surrogate, name, fields, train, seed)
                     trial = KDTrial(spec, spec.arms[0], TrialPaths(teacher, shards_root), seed=seed)
                     reports: list[dict[str, float]] = []
                     trial.run(lambda metrics, _, r=reports: r.append(metrics))
                     accs.append(reports[-1]["test_acc"])
+                    steps.append(trial.step)  # optimizer steps: fewer where batches hold up to 4B images
                     success.append(reports[-1].get("attack_success", offline_success))
                 acc = statistics.mean(accs)
                 # sample sd (n - 1): the seeds are a sample of the trial's randomness, not the whole of it
@@ -143,7 +161,7 @@ def main() -> None:
                 print(
                     f"attack_effect_{surrogate}_{name}: ratio={ratio:.3f} test_acc={acc:.4f} sd={sd:.4f} "
                     f"per_seed={[round(a, 4) for a in accs]} attack_success={statistics.mean(success):.3f} "
-                    f"seconds={elapsed:.0f}",
+                    f"steps={steps} seconds={elapsed:.0f}",
                     flush=True,
                 )
                 rows.append((surrogate, name, acc, sd, statistics.mean(success)))

@@ -230,6 +230,9 @@ class TrainSpec(Strict):
     weight_decay: float = Field(default=1e-4, ge=0)
     temperature: float | None = Field(default=None, gt=0, description="None: 2 for real, 20 for synthetic (paper)")
     batch_size: int = Field(default=256, gt=0)
+    # `random`: the authors' Resize + RandomCrop to the input size, the identity on kd-study's square images;
+    # `random_resized`: kd-study's earlier RandomResizedCrop (area `crop_scale_min`-1)
+    crop: Literal["random", "random_resized"] = "random"
     crop_scale_min: float = Field(default=0.35, gt=0, le=1)
     randaugment_ops: int | None = Field(default=None, ge=0, description="None: 2 for real, 4 for synthetic")
     randaugment_magnitude: int = Field(default=14, ge=0, le=30)
@@ -246,27 +249,41 @@ class PerturbationSpec(Strict):
     a test pins the equality, this module does not import torch).
 
     * `none`: the surrogate as built.
-    * `online`: every training batch is attacked on the fly, as the authors' code does; `fraction` (default 1)
-      is the share of the batch given to perturbed images: the first `ceil(fraction * B / 4)` images are
-      attacked, the 4 images of each success take the front of the batch and the other images fill the rest,
-      so the batch size stays B. `online_order: after_mixup` (default, the authors' order) attacks the
-      augmented, mixed-up float batch and distils on the attacked images as they are; `before_augment`
-      (kd-study's earlier order) attacks the clean uint8 batch and augments and mixes the result.
+    * `online`: every training batch is attacked on the fly, as the authors' code does. `online_batch:
+      boundary_only` (default, the authors'): every image of the batch of B is attacked and the student trains on
+      the 4 images of each success alone, a batch of 4 x successes (up to 4B; none when every attack fails), with
+      the cosine schedule and the budget counted in those images. `equal_compute` (kd-study's earlier way): only
+      the first `ceil(fraction * B / 4)` images are attacked (`fraction`, default 1, applies to it alone), the 4
+      images of each success take the front of the batch and the other images fill it, so it stays B.
+      `online_order: after_mixup` (default, the authors' order) attacks the augmented, mixed-up float batch and
+      distils on the attacked images as they are; `before_augment` (kd-study's earlier order) attacks the clean
+      uint8 batch and augments and mixes the result. `target: pseudo_label` (default, the authors' for their
+      OpenGL shaders): a shader surrogate's images are attacked toward the teacher's class of the un-mixed clean
+      image (its stored label), in order `after_mixup` (elsewhere that label is the image's own class, so no
+      crossing is sought); every other case, and `uniform_other` always, draws a uniform class other than the
+      teacher's prediction.
     * `offline`: kd-study's own variant: the arm reads a `derived` surrogate built once per teacher x surrogate
       (`kd-study data perturb`, or the pipeline when it is missing) and augments it at training time like any
       surrogate; `fraction` (default 1) is the share of each source block that is attacked. The derived set
       holds the 4 images of each success and, with `clean_fraction` c > 0, the first `ceil(c * N)` clean images
-      of each source block of N as well (online batches always hold clean images where attacks fail).
+      of each source block of N as well.
+
+    `deepen: own_class_step` (default, the authors'): each kept image takes one step of `alpha` toward its own
+    class; `confident` (kd-study's earlier way) walks up to `deepen_iters` bold-driver steps until max-softmax
+    >= `threshold` inside the original ball.
     """
 
     mode: Literal["none", "online", "offline"] = "none"
     online_order: Literal["after_mixup", "before_augment"] = "after_mixup"
+    online_batch: Literal["boundary_only", "equal_compute"] = "boundary_only"
+    target: Literal["pseudo_label", "uniform_other"] = "pseudo_label"
     clean_fraction: float = Field(default=0.0, ge=0, le=1)
     epsilon: float = Field(default=32 / 255, gt=0, le=1)
     alpha: float = Field(default=1 / 255, gt=0, le=1)
     max_iters: int = Field(default=50, ge=1)
     threshold: float = Field(default=0.9, gt=0, le=1)
     random_start: bool = False
+    deepen: Literal["own_class_step", "confident"] = "own_class_step"
     deepen_iters: int = Field(default=10, ge=0)
     fraction: float | None = Field(default=None, gt=0, le=1)
 
@@ -276,11 +293,19 @@ class PerturbationSpec(Strict):
             raise ValueError(f"'alpha' ({self.alpha}) must not exceed 'epsilon' ({self.epsilon})")
         if self.clean_fraction > 0 and self.mode != "offline":
             raise ValueError("'clean_fraction' applies to mode 'offline' only (online batches keep clean images)")
+        if self.mode == "online" and self.online_batch == "boundary_only" and self.fraction is not None:
+            raise ValueError("'fraction' applies to 'online_batch: equal_compute' (boundary_only attacks every image)")
+        # compared with the default, not `model_fields_set`: a dumped spec (the trials' copy) sets every field
+        if (
+            self.deepen == "own_class_step"
+            and self.deepen_iters != PerturbationSpec.model_fields["deepen_iters"].default
+        ):
+            raise ValueError("'deepen_iters' applies to 'deepen: confident' (own_class_step takes one step)")
         return self
 
     def attack_fields(self) -> dict[str, Any]:
         """The `AttackConfig` keyword arguments (everything but how the arm uses the attack)."""
-        return self.model_dump(exclude={"mode", "fraction", "online_order", "clean_fraction"})
+        return self.model_dump(exclude={"mode", "fraction", "online_order", "online_batch", "target", "clean_fraction"})
 
 
 class ArmSpec(Strict):

@@ -1,6 +1,6 @@
 """Locate the specs and cards that ship with kd-study.
 
-`tune_spaces/` and `datasets/` live at the repository root (the design card fixes the layout) and are copied
+`tune_spaces/` and `datasets/` live at the repository root and are copied
 into the wheel under `study/_bundled/`, so the quickstart works from a source checkout and from an installed wheel.
 """
 

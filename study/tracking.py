@@ -1,6 +1,6 @@
 """The MLflow layout of a study: the study's one way into the MLflow store.
 
-Layout (DESIGN.md): one experiment per study, named and tagged with a hash of the spec's scientific content; a
+Layout: one experiment per study, named and tagged with a hash of the spec's scientific content; a
 parent run per arm (card params, criteria metrics, manifest, sample grid and class histogram as artifacts, so a
 report needs nothing but the store); a child run per trial (hyperparameters, per-report metrics, tags `phase`,
 `trial_id`). Child runs are written by one driver-side Tune callback keyed on `trial_id`

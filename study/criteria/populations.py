@@ -2,7 +2,7 @@
 
 * The **raw candidate pool**: what the surrogate's source offers before any selection. After balanced
   teacher-filtered selection (the paper's protocol) the built set's class entropy is ~1 by construction, so only
-  the raw pool can tell balanced surrogates apart (DESIGN.md, Criteria).
+  the raw pool can tell balanced surrogates apart.
 * The **built set**: the images the student trains on, after selection (the shards) or perturbation (the derived
   shards of an offline arm; for an online arm, the attack's output on a sample of the built set).
 

@@ -5,7 +5,7 @@ Frank & Davis (CVPR 2025) train students on surrogate images pushed to the teach
 on every trial; an arm with `perturbation.mode: offline` instead reads the perturbed images precomputed here,
 so every trial (and every search sample) of the arm reuses one attack pass.
 
-Layout (DESIGN.md): `<root>/<source>__adv_<hash8>/shard-000000.tar ...` + `manifest.json`, `kind: derived`. One
+Layout: `<root>/<source>__adv_<hash8>/shard-000000.tar ...` + `manifest.json`, `kind: derived`. One
 derived shard per source shard, one derived block per source block holding the 4 images of each success (a
 block whose attacks all failed is left out). Images are stored at the teacher's input size and channels. The
 manifest's `card` records the source surrogate, teacher id, attack config, seed, success rate and the class

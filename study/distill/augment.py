@@ -1,6 +1,7 @@
 """Batched, per-image augmentation: the training recipe of Frank & Davis (CVPR 2025, arXiv 2411.12817).
 
-The paper's public code applies, per image with torchvision v2, a random crop, ``RandAugment(num_ops=2,
+The paper's public code applies, per image with torchvision v2, a resize and a random crop to the input size,
+``RandAugment(num_ops=2,
 magnitude=14)`` (4 ops for synthetic surrogates, plus ``ElasticTransform(alpha=50, sigma=5)`` at p=0.5 and
 ``RandomInvert`` at p=0.1 for shaders), a horizontal flip, a pad-and-crop filled with the dataset mean,
 ``ToDtype`` + ``Normalize``, then mixup with lambda ~ Beta(1, 1) on the batch. Calling torchvision's v2
@@ -9,6 +10,10 @@ module draws every parameter per image and applies them to an (N, C, H, W) batch
 
 Order and where it departs from torchvision (each departure is distributional noise, not a change of recipe):
 
+* Crop: ``crop="random"`` (default) is the authors' ``Resize(size)`` + ``RandomCrop(size)`` (their
+  ``utils/transforms.py``): the images already come at the teacher's square input size, so that crop is the whole
+  image, the identity, and draws nothing. ``crop="random_resized"`` is kd-study's earlier RandomResizedCrop (area
+  ``crop_scale``, ratio 3/4-4/3), kept as an option (and used to train teachers).
 * Geometry: crop, the geometric RandAugment ops (ShearX/Y about the top-left corner, TranslateX/Y by whole
   pixels, Rotate about the centre, torchvision's magnitudes) and the elastic displacement are composed into
   ONE sampling grid per image (``F.affine_grid`` / ``F.grid_sample``, bilinear, fill = mean). torchvision
@@ -29,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,9 +70,11 @@ GREY_WEIGHTS = (0.2989, 0.587, 0.114)
 class AugmentConfig:
     """The recipe's knobs; defaults are the paper's real-data recipe.
 
-    Synthetic surrogates (shaders) use ``randaugment_ops=4, elastic_p=0.5, invert_p=0.1``.
+    Synthetic surrogates (shaders) use ``randaugment_ops=4, elastic_p=0.5, invert_p=0.1``. ``crop_scale`` applies
+    to ``crop="random_resized"`` only.
     """
 
+    crop: Literal["random", "random_resized"] = "random"
     crop_scale: tuple[float, float] = (0.35, 1.0)
     randaugment_ops: int = 2
     randaugment_magnitude: int = 14
@@ -77,6 +85,8 @@ class AugmentConfig:
     mixup: bool = True
 
     def __post_init__(self) -> None:
+        if self.crop not in ("random", "random_resized"):
+            raise ValueError(f"AugmentConfig.crop must be 'random' or 'random_resized', got {self.crop!r}")
         low, high = self.crop_scale
         if not 0.0 < low <= high <= 1.0:
             raise ValueError(f"AugmentConfig.crop_scale needs 0 < low <= high <= 1, got {self.crop_scale}")
@@ -179,7 +189,10 @@ class BatchAugment:
     def draw(self, n: int, height: int, width: int, generator: torch.Generator) -> AugmentParams:
         """Draws every random parameter of a batch of ``n`` images on the CPU generator."""
         cfg, g = self.config, generator
-        crop = _draw_crop(n, height, width, cfg.crop_scale, g)
+        if cfg.crop == "random_resized":
+            crop = _draw_crop(n, height, width, cfg.crop_scale, g)
+        else:  # RandomCrop to the input's own size: the whole image, nothing to draw
+            crop = torch.tensor([0, 0, height, width]).repeat(n, 1)
         k = cfg.randaugment_ops
         ops = torch.randint(0, len(OPS), (n, k), generator=g)
         negate = torch.rand(n, k, generator=g) <= 0.5

@@ -15,11 +15,18 @@ loop: augmentation, mixup, the bold-driver attack, the deeper attack, KD): the b
 attack runs on the mixed images in float pixel space (no uint8 rounding, which could undo a crossing smaller than
 1/255), and the student learns from the teacher's outputs on the attacked images, so boundary samples reach the
 student as the attack left them. Order `before_augment` attacks the clean uint8 batch and augments the result.
-The perturbed images REPLACE part of the batch rather than extend it (the authors' batch is the 4 images per
-success alone, of variable size), so the batch size, the learning-rate schedule and the image budget mean the same
-thing in every arm: the first `ceil(fraction * B / 4)` images are attacked with targets drawn from the trial's
-generator, the 4 images of each success take the front of the batch, and the un-attacked images, then the failed
-ones, fill it to B. `attack_success` (successes / attacked images over the report interval) joins the metrics.
+A shader surrogate's images are attacked toward their stored label (`target: pseudo_label`): the teacher's class
+of the clean, un-mixed image, computed on the batch before augmentation (what the teacher's balanced selection
+labelled it), so position i of the mixed batch targets the label of the image mixup kept at weight lambda.
+
+`online_batch: boundary_only` (the default, the authors'): every image of the batch of B is attacked and the
+student trains on the 4 images of each success alone, a batch of 4 x successes (up to 4B; a batch whose attacks
+all fail trains nothing). The budget counts the images trained on: each step adds its own batch size to
+`images_seen`, the last batch is cut to land on the budget exactly, the cosine schedule follows images seen
+rather than steps, and the stream position (`batches`) is kept apart from the optimizer step. `equal_compute`
+(kd-study's earlier way) keeps the batch at B: the first `ceil(fraction * B / 4)` images are attacked, the 4 images
+of each success take the front of the batch, and the un-attacked images, then the failed ones, fill it to B.
+`attack_success` (successes / attacked images over the report interval) joins the metrics.
 """
 
 from __future__ import annotations
@@ -49,18 +56,21 @@ from study.distill.loss import kd_loss, onehot_kd_loss
 from study.distill.temperature import kd_temperature, student_flip
 from study.models import create_model
 from study.resources import resolve_card_path
-from study.teacher.attack import boundary_attack
+from study.teacher.attack import AttackResult, boundary_attack
 from study.teacher.checkpoint import load_teacher
 from study.teacher.inference import predict_classes
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trial_state.pt"
+MAX_EMPTY_BATCHES = 100
+"""Consecutive `boundary_only` batches without one successful attack after which the trial gives up."""
 Reporter = Callable[[dict[str, float], dict[str, Any]], None]
 
 
 class TrialDivergedError(FloatingPointError):
-    """The KD loss became NaN or infinite; the trial stops rather than train on garbage."""
+    """The KD loss became NaN or infinite, or no attack succeeded for `MAX_EMPTY_BATCHES` batches of a
+    `boundary_only` arm: the trial stops rather than train on garbage or spin without training."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,12 @@ def is_shader(card: CardSpec) -> bool:
             c.resolved is not None and is_shader(c.resolved) for c in card.components or []
         )
     return card.generator in ("shaders", "glsl_folder")
+
+
+def targets_stored_label(card: CardSpec) -> bool:
+    """The authors attack their OpenGL shader images toward the stored label; a mixture has no per-image kind
+    in its batches, so its images keep uniform targets."""
+    return card.kind != "mixture" and is_shader(card)
 
 
 def surrogate_name(spec: StudySpec, arm: ArmSpec, card: CardSpec, teacher_id: str) -> str:
@@ -197,6 +213,7 @@ class KDTrial:
         self.temperature_choice = kd_temperature(t, self.card, meta, spec.teacher)
         self.temperature = self.temperature_choice.value
         augment = AugmentConfig(
+            crop=t.crop,
             crop_scale=(t.crop_scale_min, 1.0),
             randaugment_ops=t.randaugment_ops if t.randaugment_ops is not None else (4 if synthetic else 2),
             randaugment_magnitude=t.randaugment_magnitude,
@@ -228,11 +245,30 @@ class KDTrial:
             "budget_images": self.budget_images,
             "seed": self.seed,
         }
+        online = arm.perturbation.mode == "online"
+        self.attack = attack_config(arm.perturbation) if online else None
+        self.attack_after_mixup = online and arm.perturbation.online_order == "after_mixup"
+        self.boundary_batches = online and arm.perturbation.online_batch == "boundary_only"
+        if self.boundary_batches:
+            self.attacked_per_batch = t.batch_size
+        elif online:
+            self.attacked_per_batch = math.ceil((arm.perturbation.fraction or 1.0) * t.batch_size / 4)
+        else:
+            self.attacked_per_batch = 0
+        # the stored label exists only where mixup made the image something else: on clean images (offline,
+        # before_augment) it is the image's own class, so those keep uniform targets
+        self.stored_label_targets = (
+            self.attack_after_mixup and arm.perturbation.target == "pseudo_label" and targets_stored_label(self.card)
+        )
+        if online:
+            self.recipe["attack_target"] = "pseudo_label" if self.stored_label_targets else "uniform_other"
+        self.attack_counts = [0, 0]  # (successes, attacked) since the last report
         self.generator = torch.Generator().manual_seed(self.seed)
         cache = paths.cache.open() if paths.cache else None
         train_limit, self.heldout = held_out_slice(spec, arm, root, manifest, meta.channels, meta.image_size)
         self.stream = ShardStream(root, manifest, t.batch_size, seed=self.seed, limit=train_limit, cache=cache)
-        self.step = 0
+        self.step = 0  # optimizer steps
+        self.batches = 0  # batches drawn from the stream (a boundary_only batch whose attacks all fail is no step)
         self.images_seen = 0  # images trained on, counted per batch (a small surrogate's batches repeat images)
         self.amp_dtype = autocast_dtype(self.device, spec.resources.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -240,11 +276,6 @@ class KDTrial:
         self.test = self._eval_split(meta.test_split) if meta.has_eval_data else None
         self.test_teacher_pred = self.predict(self.teacher.model, self.test[0]) if self.test is not None else None
         self.heldout_teacher_pred = self.predict(self.teacher.model, self.heldout) if self.heldout is not None else None
-        online = arm.perturbation.mode == "online"
-        self.attack = attack_config(arm.perturbation) if online else None
-        self.attack_after_mixup = online and arm.perturbation.online_order == "after_mixup"
-        self.attacked_per_batch = math.ceil((arm.perturbation.fraction or 1.0) * t.batch_size / 4) if online else 0
-        self.attack_counts = [0, 0]  # (successes, attacked) since the last report
 
     def _eval_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (N, C, H, W) host images and labels of an eval split: from the study's eval shards, which travel to
@@ -267,6 +298,7 @@ class KDTrial:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "step": self.step,
+            "batches": self.batches,
             "images_seen": self.images_seen,
         }
 
@@ -278,6 +310,7 @@ class KDTrial:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
+        self.batches = int(state.get("batches", self.step))
         self.images_seen = int(state.get("images_seen", self.step * self.train.batch_size))
 
     def save(self, directory: Path) -> None:
@@ -316,47 +349,92 @@ class KDTrial:
             return onehot_kd_loss(student_logits, teacher_logits)
         return kd_loss(student_logits, teacher_logits, self.temperature)
 
-    def perturb(self, x: torch.Tensor) -> torch.Tensor:
-        """Online boundary perturbation of a batch; same shape, perturbed images in front.
+    def stored_labels(self, clean: torch.Tensor) -> torch.Tensor:
+        """The teacher's class of each clean, un-augmented uint8 image: the label a shader image is stored with."""
+        return self.predict(self.teacher.model, clean)
+
+    def attack_batch(self, pixels01: torch.Tensor, targets: torch.Tensor | None) -> AttackResult:
+        meta = self.teacher.meta
+        assert self.attack is not None
+        return boundary_attack(
+            self.teacher.model, pixels01, meta.mean, meta.std, self.attack, self.generator, targets=targets
+        )
+
+    def perturb(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Online boundary perturbation of a batch: `boundary_only`, the 4 images of each success alone (4 x
+        successes images); `equal_compute`, the same shape as `x` with the perturbed images in front.
 
         Order `after_mixup`: `x` is the augmented, mixed-up batch as the student sees it (normalised float) and
-        so is the result. Order `before_augment`: `x` is an adapted uint8 batch and so is the result.
+        so is the result. Order `before_augment`: `x` is an adapted uint8 batch and so is the result. `targets`
+        (one per image of `x`) fixes the attack's targets; None draws uniform other classes.
         """
-        meta, n = self.teacher.meta, self.attacked_per_batch
-        assert self.attack is not None
+        meta = self.teacher.meta
+        n = min(self.attacked_per_batch, len(x))
         if self.attack_after_mixup:
             mean = torch.tensor(meta.mean, device=x.device).view(1, -1, 1, 1)
             std = torch.tensor(meta.std, device=x.device).view(1, -1, 1, 1)
             # mixup and the mean fill keep pixels inside [0, 1]; clamp only float rounding at the edges
-            pixels = (x.float() * std + mean).clamp_(0.0, 1.0)
+            pixels = (x[:n].float() * std + mean).clamp_(0.0, 1.0)
         else:
             pixels = x[:n].float() / 255.0
-        result = boundary_attack(self.teacher.model, pixels[:n], meta.mean, meta.std, self.attack, self.generator)
+        result = self.attack_batch(pixels, None if targets is None else targets[:n])
         self.attack_counts[0] += int(result.success.sum())
         self.attack_counts[1] += n
         if self.attack_after_mixup:
             perturbed = (result.images - mean) / std
         else:
             perturbed = (result.images * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+        if self.boundary_batches:
+            return perturbed
         return torch.cat([perturbed, x[n:], x[:n][~result.success]])[: len(x)]
+
+    def finished(self) -> bool:
+        if self.boundary_batches:
+            return self.images_seen >= self.budget_images
+        return self.step >= self.total_steps
+
+    def set_images_seen_lr(self) -> None:
+        """Cosine from `lr` to `lr_min` over the images seen: a boundary_only step's batch size varies, so a
+        schedule over steps would decay at a pace set by the attack's success rate."""
+        t = self.train
+        done = min(self.images_seen / self.budget_images, 1.0)
+        lr = t.lr_min + (t.lr - t.lr_min) * (1.0 + math.cos(math.pi * done)) / 2.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def run(self, report: Reporter) -> dict[str, float]:
         """Train to the budget, calling `report(metrics, {'trial': self})` at every report point."""
         budget, every = self.budget_images, self.report_every
         batches = iter(stream_loader(self.stream, self.spec.resources.loader_workers, self.device.type == "cuda"))
-        for _ in range(self.step):  # replay the deterministic stream up to a restored checkpoint
+        for _ in range(self.batches):  # replay the deterministic stream up to a restored checkpoint
             next(batches)
         self.student.train()
         loss_sum, loss_n, t0, seen0 = 0.0, 0, time.perf_counter(), self.images_seen
         metrics: dict[str, float] = {}
-        while self.step < self.total_steps:
+        empty = 0
+        while not self.finished():
             batch = next(batches).to(self.device, non_blocking=True)
+            self.batches += 1
             x = to_teacher_input(batch, self.teacher.meta.channels, self.teacher.meta.image_size)
+            targets = self.stored_labels(x) if self.stored_label_targets else None
             if self.attack is not None and not self.attack_after_mixup:
                 x = self.perturb(x)
-            x = self.augment(x, self.generator)
+            if len(x):
+                x = self.augment(x, self.generator)
             if self.attack_after_mixup:
-                x = self.perturb(x)
+                x = self.perturb(x, targets)
+            if self.boundary_batches:
+                x = x[: budget - self.images_seen]  # the last batch lands on the budget exactly
+                if len(x) == 0:
+                    empty += 1
+                    if empty >= MAX_EMPTY_BATCHES:
+                        raise TrialDivergedError(
+                            f"arm '{self.arm.name}': no attack succeeded in {empty} batches in a row "
+                            f"after {self.images_seen} images (online_batch: boundary_only trains on none)"
+                        )
+                    continue
+                empty = 0
+                self.set_images_seen_lr()
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             loss = self._loss(x)
@@ -370,12 +448,16 @@ class KDTrial:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.scheduler.step()
+            if not self.boundary_batches:
+                self.scheduler.step()
             self.step += 1
             self.images_seen += len(x)
             loss_sum += loss_value
             loss_n += 1
-            if self.images_seen // every > (self.images_seen - len(x)) // every or (self.step == self.total_steps):
+            # a batch of up to 4B images can pass several report points: one report each, so every arm reports
+            # `budget.reports` times (the early-stopping rungs count reports)
+            passed = self.images_seen // every - (self.images_seen - len(x)) // every
+            if passed or self.finished():
                 elapsed = time.perf_counter() - t0
                 metrics = {
                     **self.evaluate(),
@@ -389,6 +471,10 @@ class KDTrial:
                     metrics["attack_success"] = self.attack_counts[0] / max(self.attack_counts[1], 1)
                     self.attack_counts = [0, 0]
                 self.student.train()
+                for point in range(max(passed, 1) - 1, 0, -1):  # the earlier points a large batch passed
+                    report(
+                        {**metrics, "images_seen": float((self.images_seen // every - point) * every)}, {"trial": self}
+                    )
                 report(metrics, {"trial": self})
                 loss_sum, loss_n, t0, seen0 = 0.0, 0, time.perf_counter(), self.images_seen
         return metrics

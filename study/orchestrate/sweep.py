@@ -115,7 +115,7 @@ def in_arm_order_matters(spec: StudySpec) -> bool:
     first: ASHA compares a trial with the values recorded at its rung before it, and TPE (after its start-up
     trials) suggests from the results it has been told so far. Then `PerArmSearch(sequential=True)` runs each arm's
     search trials one after another (arms still run side by side), so a study with `max_concurrent` 1 or 8 makes
-    the same decisions (DESIGN: decisions never depend on which result arrived first)."""
+    the same decisions: no decision depends on which result arrived first."""
     tpe_learns = bool(spec.search.space) and spec.search.trials_per_arm > TPE_STARTUP_TRIALS
     return spec.search.scheduler.kind == "asha" or tpe_learns
 

@@ -62,7 +62,9 @@ def train_teacher(
     gen = torch.Generator().manual_seed(spec.seed)
     flip = spec.resolved_flip()
     augment = BatchAugment(
-        AugmentConfig(crop_scale=(0.8, 1.0), randaugment_ops=0, flip=flip, mixup=False), mean=mean, std=std
+        AugmentConfig(crop="random_resized", crop_scale=(0.8, 1.0), randaugment_ops=0, flip=flip, mixup=False),
+        mean=mean,
+        std=std,
     )
     model.train()
     for epoch in range(spec.epochs):

@@ -13,18 +13,27 @@ teacher's prediction, with a bold-driver step size per image (Vogl et al., 1988;
 * crossed with both the new image and its pair below ``threshold``: success; keep the image just after the
   crossing and the one just before it (a pair straddling the decision boundary, both near it).
 
-Each kept image is then pushed deeper into its own predicted class by a second targeted walk with the same
-mechanics (target = its own class; a step that leaves the class is reverted and halved) until its max-softmax
-reaches ``threshold`` or ``deepen_iters`` steps are spent. A success thus yields 4 images, a failure none.
+Each kept image is then pushed deeper into its own predicted class. ``deepen="own_class_step"`` (default) is the
+authors' deeper attack: one targeted BIM step of ``alpha`` toward the image's own class, no pair rule (their
+``BIM`` run on the boundary images with ``targeted=True``, so its ball is centred on the boundary image and one
+step of ``alpha <= epsilon`` never leaves it: only [0, 1] bounds it). ``deepen="confident"`` is kd-study's earlier
+walk: the same mechanics as the crossing (target = its own class; a step that leaves the class is reverted and
+halved) inside the original ball until max-softmax reaches ``threshold`` or ``deepen_iters`` steps are spent.
+A success thus yields 4 images, a failure none.
+
+The target of each image is a class drawn uniformly from those other than the teacher's prediction, unless the
+caller passes ``targets`` (the authors attack their OpenGL images toward the stored label).
 
 Images live in pixel space [0, 1]; the teacher sees ``(x - mean) / std``, so ``epsilon`` and ``alpha`` are in
-pixel units and every output lies in the epsilon ball around its original and in [0, 1].
+pixel units. Every output lies in [0, 1]; the boundary images (and ``confident`` deepened ones) lie in the epsilon
+ball around their original, an ``own_class_step`` deepened image within ``epsilon + alpha`` of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +55,7 @@ class AttackConfig:
     ``epsilon=32/255`` because the goal is to cross the teacher's boundary toward a RANDOM class (harder than
     an untargeted step; imperceptibility is not a goal), and ``max_iters=50`` because steps growing by 1.1
     from 1/255 reach 32/255 after ~37 iterations, so any image can traverse its whole ball.
-    ``deepen_iters=10`` bounds the second walk.
+    ``deepen="own_class_step"`` is the authors' deeper step; ``deepen_iters=10`` bounds the ``confident`` walk.
     """
 
     epsilon: float = 32 / 255
@@ -54,6 +63,7 @@ class AttackConfig:
     max_iters: int = 50
     threshold: float = 0.9
     random_start: bool = False
+    deepen: Literal["own_class_step", "confident"] = "own_class_step"
     deepen_iters: int = 10
 
     def __post_init__(self) -> None:
@@ -67,6 +77,8 @@ class AttackConfig:
             )
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"AttackConfig.threshold must be in (0, 1], got {self.threshold}")
+        if self.deepen not in ("own_class_step", "confident"):
+            raise ValueError(f"AttackConfig.deepen must be 'own_class_step' or 'confident', got {self.deepen!r}")
 
 
 @dataclass
@@ -165,6 +177,15 @@ def _cross(
     return after, cur, success, pred_after, iterations
 
 
+def _own_class_step(teacher: _Teacher, start: torch.Tensor, config: AttackConfig) -> torch.Tensor:
+    """One targeted step of ``alpha`` toward each image's own predicted class, clipped to [0, 1]."""
+    if start.shape[0] == 0:
+        return start.clone()
+    own = teacher.logits(start).argmax(1)
+    _, direction = teacher.step_direction(start, own)
+    return (start - config.alpha * direction).clamp(0.0, 1.0)
+
+
 def _deepen(
     teacher: _Teacher, start: torch.Tensor, low: torch.Tensor, high: torch.Tensor, config: AttackConfig
 ) -> torch.Tensor:
@@ -200,11 +221,14 @@ def boundary_attack(
     std: Sequence[float],
     config: AttackConfig,
     generator: torch.Generator,
+    targets: torch.Tensor | None = None,
 ) -> AttackResult:
     """Runs the boundary perturbation on float images in [0, 1] (N, C, H, W); see the module docstring.
 
-    Random draws (targets, random start) come from ``generator`` (a CPU generator is fine), so a seeded call
-    is reproducible. The teacher runs in eval mode (restored afterwards); only the input receives gradients.
+    ``targets`` (N,) fixes each image's target class; ``None`` draws a uniform class other than the teacher's
+    prediction. Random draws (targets, random start) come from ``generator`` (a CPU generator is fine), so a
+    seeded call is reproducible. The teacher runs in eval mode (restored afterwards); only the input receives
+    gradients.
     """
     if images01.dim() != 4 or not images01.is_floating_point():
         raise ValueError(f"images01 must be float (N, C, H, W), got {images01.dtype} {tuple(images01.shape)}")
@@ -222,8 +246,13 @@ def boundary_attack(
         logits = net.logits(x0)
         classes = logits.shape[1]
         pred_before = logits.argmax(1)
-        offset = torch.randint(1, classes, (n,), generator=generator).to(device)
-        target = (pred_before + offset) % classes
+        if targets is None:
+            offset = torch.randint(1, classes, (n,), generator=generator).to(device)
+            target = (pred_before + offset) % classes
+        else:
+            if targets.shape != (n,) or bool(((targets < 0) | (targets >= classes)).any()):
+                raise ValueError(f"targets must be (N,) = ({n},) classes in [0, {classes}), got {tuple(targets.shape)}")
+            target = targets.to(device=device, dtype=torch.long)
         low = (x0 - config.epsilon).clamp(0.0, 1.0)
         high = (x0 + config.epsilon).clamp(0.0, 1.0)
         start = x0
@@ -238,7 +267,10 @@ def boundary_attack(
         kept = torch.stack([after[src], before[src]], dim=1).flatten(0, 1)
         kept_low = low[src].repeat_interleave(2, dim=0)
         kept_high = high[src].repeat_interleave(2, dim=0)
-        deep = _deepen(net, kept, kept_low, kept_high, config)
+        if config.deepen == "own_class_step":
+            deep = _own_class_step(net, kept, config)
+        else:
+            deep = _deepen(net, kept, kept_low, kept_high, config)
         s = src.numel()
         out = torch.stack([after[src], before[src], deep[0::2], deep[1::2]], dim=1).flatten(0, 1)
         predictions = net.logits(out).argmax(1) if s else torch.empty(0, dtype=torch.long, device=device)

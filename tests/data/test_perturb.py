@@ -15,12 +15,12 @@ from study.data import shards
 from study.data.build import build_surrogate
 from study.data.perturb import CLEAN_KIND, build_perturbed, derived_name
 from study.data.shards.reader import read_all
-from study.distill.trial import KDTrial, TrialPaths
-from study.teacher.attack import AttackConfig
+from study.distill.trial import KDTrial, TrialPaths, targets_stored_label
+from study.teacher.attack import AttackConfig, AttackResult
 from study.teacher.checkpoint import load_meta
 
 # resnet8 on 32 px digits is smooth like test_attack's MLP: a 64/255 ball lets most random targets be reached
-ATTACK = PerturbationSpec(mode="offline", epsilon=64 / 255, max_iters=20, deepen_iters=3)
+ATTACK = PerturbationSpec(mode="offline", epsilon=64 / 255, max_iters=20)
 CARD = CardSpec(
     name="digits_tiny",
     kind="real",
@@ -136,8 +136,8 @@ def _trial(tmp_path: Path, teacher: Path, shards_root: str, perturbation: dict) 
 
 
 class TestTrial:
-    def test_online_trial_reports_attack_success_in_unit_interval(self, source_root, digits_teacher, tmp_path):
-        online = {**ATTACK.model_dump(), "mode": "online", "fraction": 0.5}
+    def test_equal_compute_trial_reports_attack_success_in_unit_interval(self, source_root, digits_teacher, tmp_path):
+        online = {**ATTACK.model_dump(), "mode": "online", "online_batch": "equal_compute", "fraction": 0.5}
         trial = _trial(tmp_path, digits_teacher, str(Path(source_root).parent), online)
         assert trial.attacked_per_batch == 2
         reports: list[dict[str, float]] = []
@@ -150,6 +150,7 @@ class TestTrial:
         self, source_root, digits_teacher, tmp_path
     ) -> None:
         online = {**ATTACK.model_dump(), "mode": "online", "online_order": "before_augment"}
+        online["online_batch"] = "equal_compute"
         shards_root = str(Path(source_root).parent)
         first, second = (_trial(tmp_path, digits_teacher, shards_root, online) for _ in range(2))
         x = _uint8_batch(source_root, first)
@@ -169,15 +170,57 @@ class TestTrial:
         attacked_input, attacked_output = trial.perturbed[0]
         assert attacked_input.dtype == torch.float32  # normalised, augmented and mixed up: not the uint8 batch
         assert torch.equal(trial.losses[0], attacked_output)  # the student and teacher see the attacked batch
-        assert attacked_output.shape == attacked_input.shape and not torch.equal(attacked_output, attacked_input)
+        assert attacked_output.shape[1:] == attacked_input.shape[1:]
+        assert not torch.equal(attacked_output, attacked_input[: len(attacked_output)])
         # no quantisation: attacked pixels are not on the 1/255 grid
         mean, std = trial.teacher.meta.mean[0], trial.teacher.meta.std[0]
         levels = (attacked_output[:4] * std + mean) * 255
         assert (levels - levels.round()).abs().max() > 1e-3
 
+    def test_a_batch_of_b_with_s_successes_trains_on_4s_images_and_lands_on_the_budget(
+        self, source_root, digits_teacher, tmp_path
+    ) -> None:
+        """The authors' online batch: all B images attacked, the student trains on the 4 images of each success;
+        images seen count those exactly (the last batch is cut at the budget) and every report point is reported."""
+        online = {**ATTACK.model_dump(), "mode": "online"}
+        trial = _SpyTrial.make(tmp_path, digits_teacher, str(Path(source_root).parent), online)
+        assert trial.boundary_batches and trial.attacked_per_batch == trial.train.batch_size == 16
+        reports: list[dict[str, float]] = []
+        trial.run(lambda metrics, _: reports.append(metrics))
+        sizes = [len(x) for x in trial.losses]
+        successes = [int(r.success.sum()) for r in trial.attacks if r.success.any()]
+        assert all(len(r.success) == 16 for r in trial.attacks)
+        assert sizes[:-1] == [4 * s for s in successes[:-1]] and sizes[-1] <= 4 * successes[-1]
+        assert sum(sizes) == trial.images_seen == trial.budget_images == 64
+        assert len(reports) == 2 and reports[-1]["images_seen"] == 64.0
+
+    def test_shader_targets_are_the_teachers_labels_of_the_clean_unmixed_images(
+        self, source_root, digits_teacher, tmp_path
+    ) -> None:
+        shader = CardSpec(name="s", kind="generated", generator="shaders", count=8)
+        assert targets_stored_label(shader) and not targets_stored_label(CARD)
+        online = {**ATTACK.model_dump(), "mode": "online"}
+        trial = _SpyTrial.make(tmp_path, digits_teacher, str(Path(source_root).parent), online)
+        assert not trial.stored_label_targets  # digits are no shader: uniform other classes
+        trial.stored_label_targets = True  # what a shader card sets; the digits shards stand in for its images
+        trial.run(lambda metrics, _: None)
+        meta = trial.teacher.meta
+        clean = trial.clean[0]  # the first batch, before augmentation and mixup
+        with torch.no_grad():
+            mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (meta.mean, meta.std))
+            pixels = (clean.float() / 255 - mean) / std
+            expected = trial.teacher.model(pixels).argmax(1)
+        assert torch.equal(trial.attacks[0].target, expected)
+
     def test_clean_fraction_is_for_offline_arms(self) -> None:
         with pytest.raises(ValueError, match="clean_fraction"):
             PerturbationSpec(mode="online", clean_fraction=0.5)
+
+    def test_options_that_do_not_apply_are_refused_naming_the_field(self) -> None:
+        with pytest.raises(ValueError, match="'fraction' applies to 'online_batch: equal_compute'"):
+            PerturbationSpec(mode="online", fraction=0.5)
+        with pytest.raises(ValueError, match="'deepen_iters' applies to 'deepen: confident'"):
+            PerturbationSpec(mode="online", deepen_iters=3)
 
     def test_offline_arm_reads_the_derived_surrogate(self, derived, digits_teacher, tmp_path) -> None:
         # the trial names its derived surrogate with the study seed: the fixture built it with seed 3
@@ -208,16 +251,27 @@ class _SpyTrial(KDTrial):
 
     perturbed: list[tuple[torch.Tensor, torch.Tensor]]
     losses: list[torch.Tensor]
+    attacks: list[AttackResult]
+    clean: list[torch.Tensor]
 
     @classmethod
     def make(cls, tmp_path: Path, teacher: Path, shards_root: str, perturbation: dict) -> _SpyTrial:
         base = _trial(tmp_path, teacher, shards_root, perturbation)
         trial = cls(base.spec, base.arm, base.paths)
-        trial.perturbed, trial.losses = [], []
+        trial.perturbed, trial.losses, trial.attacks, trial.clean = [], [], [], []
         return trial
 
-    def perturb(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().perturb(x)
+    def stored_labels(self, clean: torch.Tensor) -> torch.Tensor:
+        self.clean.append(clean.clone())
+        return super().stored_labels(clean)
+
+    def attack_batch(self, pixels01: torch.Tensor, targets: torch.Tensor | None) -> AttackResult:
+        result = super().attack_batch(pixels01, targets)
+        self.attacks.append(result)
+        return result
+
+    def perturb(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        out = super().perturb(x, targets)
         self.perturbed.append((x.clone(), out.clone()))
         return out
 

@@ -9,6 +9,7 @@ from study.distill.augment import OP_INDEX, OPS, AugmentConfig, BatchAugment, mi
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.2, 0.25, 0.3)
 OFF = AugmentConfig(crop_scale=(1.0, 1.0), randaugment_ops=0, flip=False, pad_fraction=0.0, mixup=False)
+RESIZED = AugmentConfig(crop="random_resized")  # kd-study's earlier crop, kept as an option
 
 
 def _images(n: int = 64, c: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -32,7 +33,7 @@ def setup_module() -> None:
 
 class TestPerImageParameters:
     def test_ops_crops_and_magnitudes_differ_across_the_batch(self) -> None:
-        params = BatchAugment(AugmentConfig(), MEAN, STD).draw(256, 32, 32, _gen())
+        params = BatchAugment(RESIZED, MEAN, STD).draw(256, 32, 32, _gen())
         assert params.ops.shape == (256, 2)
         assert len(torch.unique(params.ops[:, 0])) == len(OPS)
         assert len(torch.unique(params.crop, dim=0)) > 100
@@ -44,17 +45,31 @@ class TestPerImageParameters:
     def test_different_images_get_different_geometry_in_one_batch(self) -> None:
         one = _images(1)
         batch = one.repeat(16, 1, 1, 1)
-        cfg = AugmentConfig(randaugment_ops=0, flip=False, pad_fraction=0.0, mixup=False)
+        cfg = replace(RESIZED, randaugment_ops=0, flip=False, pad_fraction=0.0, mixup=False)
         out = BatchAugment(cfg, MEAN, STD)(batch, _gen())
         distinct = {tuple(o.flatten()[:50].tolist()) for o in out}
         assert len(distinct) == 16
 
     def test_crops_stay_inside_the_image_with_torchvisions_scale_and_ratio(self) -> None:
-        params = BatchAugment(AugmentConfig(), MEAN, STD).draw(2000, 32, 32, _gen())
+        params = BatchAugment(RESIZED, MEAN, STD).draw(2000, 32, 32, _gen())
         top, left, h, w = params.crop.T
         assert (top >= 0).all() and (left >= 0).all() and (top + h <= 32).all() and (left + w <= 32).all()
         area = (h * w).float() / 1024
         assert area.min() >= 0.3 and area.max() <= 1.0
+
+
+class TestAuthorsCrop:
+    def test_default_crop_leaves_a_square_image_unchanged_but_for_the_pad_crop_shift(self) -> None:
+        """The authors' Resize(size) + RandomCrop(size) on a square image at that size is the whole image."""
+        images = _images(32, size=16)
+        augment = BatchAugment(AugmentConfig(randaugment_ops=0, flip=False, mixup=False), MEAN, STD)
+        params = augment.draw(32, 16, 16, _gen())
+        assert torch.equal(params.crop, torch.tensor([0, 0, 16, 16]).repeat(32, 1))
+        out = augment.apply(images, params)
+        pad = augment.padding(16, 16)
+        padded = torch.nn.functional.pad(_normalise(images), (pad, pad, pad, pad))  # mean fill: 0 once normalised
+        for i, (dy, dx) in enumerate(params.shift.tolist()):
+            assert torch.allclose(out[i], padded[i, :, dy : dy + 16, dx : dx + 16], atol=1e-6)
 
 
 class TestOutput:

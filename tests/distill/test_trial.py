@@ -21,12 +21,12 @@ def shards_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     return root
 
 
-def tiny_spec(**train: Any) -> StudySpec:
+def tiny_spec(perturbation: dict | None = None, **train: Any) -> StudySpec:
     return StudySpec.model_validate(
         {
             "name": "trial-test",
             "student": {"arch": "resnet8"},
-            "arms": [{"name": "digits", "card": "digits_train"}],
+            "arms": [{"name": "digits", "card": "digits_train", "perturbation": perturbation or {"mode": "none"}}],
             "train": {"batch_size": 32, **train},
             "budget": {"images": 192, "report_every": 64},
         }
@@ -61,6 +61,31 @@ def test_resumed_trial_matches_an_uninterrupted_run(digits_teacher: Path, shards
     for a, b in zip(whole.student.state_dict().values(), resumed.student.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert resumed_metrics[-1]["val_acc"] == whole_metrics[-1]["val_acc"]
+
+
+def test_a_resumed_boundary_only_trial_matches_an_uninterrupted_run(
+    digits_teacher: Path, shards_root: str, tmp_path: Path
+) -> None:
+    """An online batch of 4 x successes images: a batch whose attacks all fail is drawn but never a step, so the
+    stream replays the batches drawn, and the cosine schedule resumes from the images seen."""
+    spec = tiny_spec({"mode": "online", "epsilon": 64 / 255, "max_iters": 20})
+    paths = TrialPaths(str(digits_teacher), shards_root)
+    whole = KDTrial(spec, spec.arm("digits"), paths)
+    whole.run(lambda m, _: None)
+
+    def stop_after_first(metrics: dict, ctx: dict) -> None:
+        ctx["trial"].save(tmp_path)
+        raise Stop
+
+    with pytest.raises(Stop):
+        KDTrial(spec, spec.arm("digits"), paths).run(stop_after_first)
+    resumed = KDTrial(spec, spec.arm("digits"), paths)
+    resumed.restore(tmp_path)
+    resumed.run(lambda m, _: None)
+
+    assert whole.images_seen == resumed.images_seen == 192 and whole.batches == resumed.batches
+    for a, b in zip(whole.student.state_dict().values(), resumed.student.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_a_diverging_loss_stops_the_trial_with_a_clear_error(digits_teacher: Path, shards_root: str) -> None:

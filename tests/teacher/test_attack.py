@@ -77,15 +77,27 @@ class TestCrossing:
         _, images = digits
         result = _attack(digits, AttackConfig())
         assert result.success.any()
-        distance = (result.images - images[result.source_index]).abs().amax()
-        assert distance <= 32 / 255 + 1e-6
+        distance = (result.images - images[result.source_index]).abs().amax(dim=(1, 2, 3))
+        assert (distance[result.kind < 2] <= 32 / 255 + 1e-6).all()
+        # the authors' deeper step is a BIM of its own around the boundary image: one step of alpha beyond it
+        assert (distance <= (32 + 1) / 255 + 1e-6).all()
+
+    def test_given_targets_replace_the_uniform_draw(self, digits) -> None:
+        """The authors attack OpenGL images toward their stored label: the caller's targets are the targets."""
+        teacher, images = digits
+        targets = (_probs(teacher, images).argmax(1) + 3) % 10
+        result = boundary_attack(teacher, images, MEAN, STD, CONFIG, torch.Generator(), targets=targets)
+        assert torch.equal(result.target, targets)
+        assert torch.equal(result.pred_after[result.success], targets[result.success]) and result.success.any()
 
 
 class TestOutputs:
     @pytest.mark.parametrize("random_start", [False, True])
-    def test_every_image_stays_in_the_epsilon_ball_and_in_unit_range(self, digits, random_start) -> None:
+    def test_confident_deepening_keeps_every_image_in_the_epsilon_ball_and_in_unit_range(
+        self, digits, random_start
+    ) -> None:
         _, images = digits
-        result = _attack(digits, AttackConfig(epsilon=64 / 255, random_start=random_start))
+        result = _attack(digits, AttackConfig(epsilon=64 / 255, random_start=random_start, deepen="confident"))
         distance = (result.images - images[result.source_index]).abs().amax(dim=(1, 2, 3))
         assert (distance <= 64 / 255 + 1e-6).all()
         assert result.images.min() >= 0 and result.images.max() <= 1
@@ -97,9 +109,9 @@ class TestOutputs:
         assert torch.equal(result.source_index, result.success.nonzero().squeeze(1).repeat_interleave(4))
         assert torch.equal(result.kind, torch.arange(len(KINDS)).repeat(successes))
 
-    def test_deepened_images_keep_their_class_and_gain_confidence(self, digits) -> None:
+    def test_confident_deepening_keeps_the_class_and_reaches_the_threshold(self, digits) -> None:
         teacher, _ = digits
-        result = _attack(digits)
+        result = _attack(digits, AttackConfig(epsilon=64 / 255, deepen="confident"))
         probs = _probs(teacher, result.images)
         conf, pred = probs.max(1)
         for source, deepened in ((0, 2), (1, 3)):
@@ -149,6 +161,15 @@ class TestPairRule:
         assert after == pytest.approx(0.5625) and before == pytest.approx(0.425)
         conf = _probs_of(self._line_teacher(), result.images[:2]).max(1).values
         assert (conf < config.threshold).all()
+
+    def test_the_deeper_step_is_one_step_of_alpha_toward_each_images_own_class(self) -> None:
+        """The authors' deeper attack: one targeted step, no pair rule. On the line teacher the just-after image
+        (0.5625, class 1) moves up by alpha = 0.25 and the just-before image (0.425, class 0) down by it."""
+        config = AttackConfig(epsilon=0.5, alpha=0.25, max_iters=10)
+        image = torch.full((1, 1, 1, 1), 0.3)
+        result = boundary_attack(self._line_teacher(), image, (0.0,), (1.0,), config, torch.Generator())
+        assert result.images.flatten().tolist() == pytest.approx([0.5625, 0.425, 0.8125, 0.175])
+        assert result.predictions.tolist() == [1, 0, 1, 0]
 
     def test_every_pair_of_a_success_is_below_the_threshold(self, digits) -> None:
         teacher, _ = digits

@@ -1,6 +1,6 @@
 """Surrogate shards: the on-storage layout, the manifest, writing one shard, verifying.
 
-Layout (DESIGN.md): `<root>/<surrogate>/shard-000000.tar ...` plus `manifest.json`. A tar sample is a *block* of
+Layout: `<root>/<surrogate>/shard-000000.tar ...` plus `manifest.json`. A tar sample is a *block* of
 images (uint8 `.npy`, N x H x W x C) with a `.json` of per-image metadata: per-image tar entries are 20-60x slower
 to read for small images, since reading is bound by Python tar-header parsing. Tars are written with `mtime=0`,
 so the same seed gives byte-identical shards (and identical sha256) on every machine.

@@ -1,6 +1,6 @@
 """A node-local cache of S3 shards, shared by the trials of a node.
 
-Every trial reads its whole surrogate every epoch (DESIGN.md), so without a cache a cluster pays
+Every trial reads its whole surrogate every epoch (`study.data.shards.reader`), so without a cache a cluster pays
 trials x epochs x surrogate size of S3 egress, and every epoch waits on the network. With it, the first trial on a
 node to need a shard downloads it once; every later read on that node (other epochs, other trials, other seeds) is
 a local file read.

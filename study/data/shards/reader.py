@@ -1,6 +1,6 @@
 """Stream a surrogate's shards into a trial, and adapt any surrogate to the teacher's input.
 
-Every trial reads **all** shards of its surrogate (DESIGN.md): shards are split across the DataLoader workers of
+Every trial reads **all** shards of its surrogate: shards are split across the DataLoader workers of
 one trial, never across nodes or trials, so two trials of one arm see the same data. Blocks are unbatched into a
 shuffle buffer and re-batched with numpy (no per-image Python work), and the stream repeats for as many epochs as
 the image budget needs, each epoch with its own seeded shard order.

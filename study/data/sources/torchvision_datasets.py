@@ -5,7 +5,7 @@ download are torchvision's. Our split names map onto the dataset's: `train`, `va
 dataset's own extra splits keep their names (SVHN `extra`, STL-10 `unlabeled`, Aircraft and Pets `trainval`); Aircraft
 classifies the 70 families unless a card asks for `annotation_level: variant` (100 classes). A
 dataset without an official validation split gives `val` and `test` as two fixed, stratified halves of its official
-test split (the design's val/test convention: search on one half, report on the other); EuroSAT, which ships no
+test split (kd-study's val/test convention: search on one half, report on the other); EuroSAT, which ships no
 splits at all, is cut 60/20/20. Labels are read before any image is decoded, so `count` picks a seeded,
 class-balanced subset and only those images are decoded (array datasets are sliced, file datasets decode the chosen
 files with PIL, no per-image torch transforms). torchvision keeps the file lists of Food-101, DTD, Aircraft and Pets
