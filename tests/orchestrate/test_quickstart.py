@@ -49,6 +49,8 @@ def test_quickstart_command_runs_the_bundled_spec_and_a_rerun_adds_nothing(tmp_p
     for arm in spec.arms:
         manifest = read_manifest(str(tmp_path / "shards" / arm.card))
         assert manifest.count == sum(s.count for s in manifest.shards) > 0
+        if manifest.selection is not None:  # a balanced card is balanced: the scan filled every class
+            assert manifest.selection.complete and manifest.class_histogram == manifest.selection.quotas, arm.card
 
     # MLflow: a parent run per arm, each with its search and final-phase child runs, all finished
     runs = all_runs(spec, tmp_path)
