@@ -66,7 +66,12 @@ def data_build(
                     progress.console.print(
                         f"  teacher selection: {sel.kept} kept of {sel.candidates_scanned} scanned "
                         f"(acceptance {rate}), per class {sel.achieved}"
-                        + ("" if sel.complete else f" [yellow]below quotas {sel.quotas}: candidate budget spent[/]")
+                        + (
+                            ""
+                            if sel.complete
+                            else f" [yellow]{sel.label()}: candidate ceiling {sel.candidates_budget} reached, "
+                            f"classes {sel.short_classes()} below quotas {sel.quotas}[/]"
+                        )
                     )
 
 

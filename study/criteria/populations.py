@@ -40,18 +40,14 @@ def raw_pool(card: CardSpec, n: int, reference_stats: tuple[list[float], list[fl
     """The raw candidate pool: the first `n` candidates of the card's balanced scan order, before any selection.
 
     The order is `study.data.balance.scan_order` over the candidates a balanced build would scan (the real source as
-    loaded, or the generator's first `balance.candidates` images), so for a teacher-filtered card the pool is exactly
-    what the scan saw first. A card without `balance` gets the same seeded order over its source (a seeded sample).
+    loaded, or the generator's images up to its candidate ceiling), so for a teacher-filtered card the pool is
+    exactly what the scan saw first. A card without `balance` gets the same seeded order over its source (a seeded
+    sample).
     """
     if card.kind == "generated":
         assert card.generator is not None
         generator = create_generator(card.generator, card.params, reference_stats=reference_stats)
-        if card.balance is not None:
-            total = card.balance.candidates or card.balance.DEFAULT_CANDIDATES_PER_IMAGE * sum(
-                card.balance.quotas(num_classes)
-            )
-        else:
-            total = max(card.count or n, n)
+        total = card.balance.candidate_ceiling(num_classes) if card.balance else max(card.count or n, n)
         ids = scan_order(card, total)[:n]
         by_id = np.argsort(ids, kind="stable")  # render in index order, consecutive runs in one call, then unsort
         runs = np.split(ids[by_id], np.flatnonzero(np.diff(ids[by_id]) != 1) + 1)

@@ -3,11 +3,16 @@
 Frank & Davis (CVPR 2025) pass every surrogate through the teacher and keep 50K images, an equal number per
 predicted class; their imbalance ablation keeps a long-tailed mix instead (`BalanceSpec.quotas`).
 
-Unbiased order: candidates are scanned in a seeded random order (`scan_order`, deterministic from the card's seed),
-for real and generated sources alike. Quotas fill first-come, so a scan in the stored order of a class-sorted
-source (ImageNet folders, Food-101, Pets, Tiny ImageNet) would fill every quota from the first source classes and
-keep a far less diverse set than the source; in random order each source class is kept in proportion. The raw
-candidate pool (the paper's class-entropy population) is the first N candidates of the same order.
+Balanced means balanced: like the authors, the scan goes on until every quota is met; the candidate ceiling
+(`BalanceSpec.candidate_ceiling`, scaling with the quotas) only stops a scan for a class the teacher (almost) never
+predicts, and such a selection says so (`SelectionRecord.label`: "not balanced (k of K classes filled)").
+
+Unbiased order: candidates are scanned in a seeded random order (`scan_order`, deterministic from the card's seed):
+a seeded permutation of a real source, the index order of a generator's independent draws. Quotas fill first-come,
+so a scan in the stored order of a class-sorted source (ImageNet folders, Food-101, Pets, Tiny ImageNet) would fill
+every quota from the first source classes and keep a far less diverse set than the source; in random order each
+source class is kept in proportion. The raw candidate pool (the paper's class-entropy population) is the first N
+candidates of the same order.
 
 Determinism: the kept set depends only on the scan order and the sequence of teacher predictions, which is stored
 with the selection (candidates are scanned in fixed-size batches). A CPU and a GPU build therefore keep the same
@@ -47,14 +52,19 @@ SCAN_ORDER_STREAM = 0x5CA4  # separates the scan order's random stream from the 
 
 
 def scan_order(card: CardSpec, n_candidates: int) -> np.ndarray:
-    """The order a balanced build scans candidates in: a permutation of `range(n_candidates)` seeded by the card.
+    """The order a balanced build scans candidates in: candidate indices, deterministic from the card.
 
-    Candidate i is the real source's i-th image as loaded (`source.split`, at most `balance.candidates`) or the
-    generator's image i. Deterministic from `card.seed` and `n_candidates` alone, so the report can take the raw
-    pool as the first N candidates of this order without a teacher.
+    A real source (candidate i is its i-th image as loaded: `source.split`, at most `balance.candidates`) is scanned
+    in a permutation of `range(n_candidates)` seeded by the card. A generated source is scanned in index order:
+    its image i is already an independent draw from its own stream seeded by (card seed, i), so index order is a
+    seeded random order; it also renders in consecutive blocks and does not depend on `n_candidates`, so a larger
+    candidate ceiling never changes a selection that filled below the smaller one. The report takes the raw pool
+    as the first N candidates of this order without a teacher.
     """
     if n_candidates < 0:
         raise ValueError(f"card '{card.name}': n_candidates must be >= 0, got {n_candidates}")
+    if card.kind == "generated":
+        return np.arange(n_candidates)
     return np.random.default_rng([card.seed, SCAN_ORDER_STREAM]).permutation(n_candidates)
 
 
@@ -115,7 +125,8 @@ def scan(
     indices. None: position p is candidate p.
 
     Stops at the candidate that fills the last quota (so `candidates_scanned` does not depend on the batch size)
-    or when the budget is spent; then `record.complete` is False and some class has fewer than its quota.
+    or at the ceiling `budget` (`BalanceSpec.candidate_ceiling`); then `record.complete` is False, some class has
+    fewer than its quota and a warning names those classes (`shortfall_message`).
     """
     num_classes = teacher.meta.num_classes
     quotas = spec.quotas(num_classes)
@@ -152,11 +163,25 @@ def scan(
         complete=open_classes == 0,
     )
     if not record.complete:
-        log.warning(
-            "balanced selection stopped at the candidate budget %d: kept %s of quotas %s", budget, achieved, quotas
-        )
+        log.warning("%s", shortfall_message(record, str(card.get("name", "?")), teacher.meta.classes))
     return Selection(
         teacher=teacher.meta.teacher_id, card=card, candidates=kept_ids, predictions=kept_preds, record=record
+    )
+
+
+def shortfall_message(record: SelectionRecord, card_name: str, classes: list[str]) -> str:
+    """The warning of a scan that reached its ceiling with quotas unmet: which classes are empty, which short."""
+    short = record.short_classes()
+    named = [f"{c} ({classes[c]})" if c < len(classes) and classes[c] != str(c) else str(c) for c in short]
+    empty = [n for c, n in zip(short, named, strict=True) if record.achieved[c] == 0]
+    below = [n for c, n in zip(short, named, strict=True) if record.achieved[c] > 0]
+    parts = ([f"class {', '.join(empty)} empty"] if empty else []) + (
+        [f"class {', '.join(below)} below quota"] if below else []
+    )
+    return (
+        f"card '{card_name}': {record.label()}: the teacher scan stopped at the candidate ceiling "
+        f"{record.candidates_budget} with {' and '.join(parts)}; kept per class {record.achieved} of quotas "
+        f"{record.quotas} (raise balance.candidates, or give the card a source the teacher maps to every class)"
     )
 
 

@@ -137,8 +137,7 @@ def _select(
 
         assert card.generator is not None
         generator = create_generator(card.generator, card.params, reference_stats=reference_stats)
-        quota_total = sum(card.balance.quotas(meta.num_classes))
-        budget = card.balance.candidates or card.balance.DEFAULT_CANDIDATES_PER_IMAGE * quota_total
+        budget = card.balance.candidate_ceiling(meta.num_classes)
         order = scan_order(card, budget)
 
         def source(start: int, n: int) -> np.ndarray:

@@ -184,6 +184,7 @@ def record_arms(
         card = cards[arm.name]
         image_set = surrogate_name(spec, arm, card, teacher.meta.teacher_id)
         build = builds[image_set]
+        selection = build.manifest.selection
         params = {
             "surrogate": card.name,
             "image_set": image_set,
@@ -199,6 +200,9 @@ def record_arms(
             "teacher": teacher.meta.teacher_id,
             "arm_train": arm.train,
             "perturbation": arm.perturbation.model_dump(),
+            # "not balanced (k of K classes filled)" when the teacher scan hit its ceiling; the report marks it
+            "selection": selection.label() if selection is not None else "",
+            "selection_achieved": selection.achieved if selection is not None else [],
         }
         run_id = tracker.arm_run(arm.name, params)
         logged, _ = tracker.run_data(run_id)

@@ -59,20 +59,43 @@ def _ranking(r: StudyResults, ctx: dict) -> Section:
                 "maps to one class is easy to agree on)."
             )
         )
-    rows = []
+    rows, short = [], unbalanced_arms(r.arms)
     for rank, row in r.ranking.iterrows():
         ci = "" if not math.isfinite(row["ci_low"]) else f"[{pct(row['ci_low'])}, {pct(row['ci_high'])}]"
-        cells = {"#": rank, "arm": row["arm"], "surrogate": row["surrogate"], score: pct(row[ranked]), "95% CI": ci}
+        cells = {"#": rank, "arm": row["arm"], "surrogate": row["surrogate"]}
+        if short:
+            cells["selection"] = short.get(row["arm"], "")
+        cells |= {score: pct(row[ranked]), "95% CI": ci}
         cells |= {"basis": row["basis"]}
         if metric != ranked:
             cells[picked] = pct(row[f"best_{metric}"])
         rows.append(cells)
     s.blocks.append(Table(pd.DataFrame(rows)))
+    if short:
+        s.blocks.append(_unbalanced_note(r.arms, short))
     overlap = _overlap_note(r.ranking)
     if overlap is not None:
         s.blocks.append(overlap)
     s.blocks.append(Image("ranking.png", "ranking"))
     return s
+
+
+def unbalanced_arms(arms: pd.DataFrame) -> dict[str, str]:
+    """Arms whose teacher scan hit its candidate ceiling before every quota was met, with their mark
+    ('not balanced (k of K classes filled)', logged by the pipeline on the arm's parent run)."""
+    if "selection" not in arms:
+        return {}
+    marked = arms[arms["selection"].astype(str).str.startswith(("not balanced", "long tail not met"))]
+    return dict(zip(marked["arm"], marked["selection"], strict=True))
+
+
+def _unbalanced_note(arms: pd.DataFrame, short: dict[str, str]) -> Note:
+    achieved = dict(zip(arms["arm"], arms.get("selection_achieved", pd.Series([""] * len(arms))), strict=True))
+    listed = "; ".join(f"{arm}: {mark}, kept per class {achieved.get(arm) or '?'}" for arm, mark in short.items())
+    return Note(
+        f"Not balanced: the teacher scan reached its candidate ceiling (`balance.candidates`) before every class was "
+        f"filled, so these arms train on the classes the teacher predicted ({listed})."
+    )
 
 
 def inseparable_arms(ranking: pd.DataFrame) -> list[tuple[str, str]]:
@@ -187,6 +210,9 @@ def _criteria_values(r: StudyResults, ctx: dict) -> Section | None:
     frame.insert(0, "criterion", [criterion_label(c) for c in frame.index])
     for arm in frame.columns[1:]:
         frame[arm] = frame[arm].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
+    if short := unbalanced_arms(r.arms):
+        mark = pd.DataFrame([{"criterion": "selection", **{a: short.get(a, "") for a in frame.columns[1:]}}])
+        frame = pd.concat([mark, frame])
     return Section("Criteria per arm", [Table(frame.reset_index(drop=True))])
 
 

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 RAW, BUILT = "criteria.raw.", "criteria.built."
 RESULT_METRICS = ("val_acc", "test_acc", "teacher_agreement", "agreement", "train_loss", "images_per_s")
 PAPER_CRITERION = "crit_raw_class_entropy"
+ARM_RUN_COLUMNS = ["arm_run_id", "surrogate_point", "selection", "selection_achieved"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def collect_arms(tracker: StudyTracker) -> pd.DataFrame:
             **arm_fields(arm, params),  # surrogate, kind, count, amount family, mixture components
             "arm_run_id": run_id,
             "surrogate_point": params.get("surrogate_point", ""),
+            "selection": params.get("selection", ""),  # "not balanced (k of K classes filled)" marks a short scan
+            "selection_achieved": params.get("selection_achieved", ""),
         }
         for key, value in metrics.items():
             if key.startswith(RAW):
@@ -76,7 +79,7 @@ def collect_arms(tracker: StudyTracker) -> pd.DataFrame:
             elif key.startswith(BUILT):
                 row[f"crit_built_{key[len(BUILT) :]}"] = value
         rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else [*ARM_COLUMNS, "arm_run_id", "surrogate_point"])
+    return pd.DataFrame(rows, columns=None if rows else [*ARM_COLUMNS, *ARM_RUN_COLUMNS])
 
 
 def collect_trials(tracker: StudyTracker, arms: pd.DataFrame) -> pd.DataFrame:

@@ -14,13 +14,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from study.config import BalanceSpec, CardSpec
+from study.config import BalanceSpec, CardSpec, StudySpec
 from study.data import shards
 from study.data.balance import selection_uri, teacher_predictions
 from study.data.build import build_surrogate
 from study.data.preview import write_preview
 from study.data.shards.reader import iter_blocks, read_all
+from study.orchestrate.pipeline import NoProgress, record_arms
+from study.report.study_report import write_report
 from study.teacher.checkpoint import load_teacher
+from study.tracking import StudyTracker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,6 +81,43 @@ class TestSelection:
         assert sum(sel.achieved) == result.manifest.count < 200
         assert any(a < q for a, q in zip(sel.achieved, sel.quotas, strict=True))
         assert sel.acceptance_rate == pytest.approx(100 / sel.kept)
+
+    def test_an_unfillable_quota_warns_naming_the_empty_classes_and_the_report_marks_the_arm(
+        self, teacher, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # the teacher maps (almost) every Gaussian-noise image to one class: 9 of 10 quotas cannot fill in 512
+        card = CardSpec(
+            name="noise", kind="generated", generator="gaussian_noise", seed=1, images_per_sample=16,
+            balance={"per_class": 5, "candidates": 512},
+        )  # fmt: skip
+        with caplog.at_level("WARNING", logger="study.data.balance"):
+            build = build_surrogate(card, str(tmp_path / "shards"), teacher=teacher)
+        sel, m = build.manifest.selection, build.manifest
+        filled = sum(a == 5 for a in sel.achieved)
+        empty = [c for c, a in enumerate(sel.achieved) if a == 0]
+        assert not sel.complete and sel.candidates_scanned == 512 and 1 <= filled < 10 and empty
+        assert sel.label() == f"not balanced ({filled} of 10 classes filled)"
+        assert m.class_histogram == sel.achieved and m.count == sum(sel.achieved)  # the arm carries what it got
+        warning = next(r.getMessage() for r in caplog.records if "candidate ceiling" in r.getMessage())
+        assert f"card 'noise': not balanced ({filled} of 10 classes filled)" in warning
+        assert f"class {', '.join(map(str, empty))} empty" in warning
+
+        spec = StudySpec.model_validate(
+            {"name": "short", "arms": [{"name": "noise", "card": "noise"}], "criteria": {"images": 64}}
+        )
+        tracker = StudyTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", spec)
+        record_arms(spec, {"noise": card}, {"noise": build}, teacher, tracker, NoProgress())
+        _, params = tracker.run_data(tracker.arm_runs()["noise"])
+        assert params["selection"] == sel.label() and params["selection_achieved"] == str(sel.achieved)
+        report = write_report(tracker, tmp_path / "report", teacher=teacher.meta)
+        for text in (report.markdown.read_text(), report.html.read_text()):
+            assert f"not balanced ({filled} of 10 classes filled)" in text
+
+    def test_the_default_candidate_ceiling_scales_with_the_quotas(self) -> None:
+        per_image = BalanceSpec.DEFAULT_CANDIDATES_PER_IMAGE
+        assert BalanceSpec(per_class=205).candidate_ceiling(10) == per_image * 2050
+        assert BalanceSpec(per_class=5).candidate_ceiling(3) == per_image * 15
+        assert BalanceSpec(per_class=5, candidates=100).candidate_ceiling(3) == 100
 
     def test_long_tail_quotas_decay_geometrically(self) -> None:
         spec = BalanceSpec(per_class=100, mode="long_tail", imbalance=10)

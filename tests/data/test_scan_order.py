@@ -45,13 +45,21 @@ def class_sorted_folder(root: Path) -> Path:
     return root
 
 
-def test_scan_order_is_a_seeded_permutation() -> None:
-    card = CardSpec(name="c", kind="generated", generator="dead_leaves", count=4, seed=7)
+def test_scan_order_of_a_real_source_is_a_seeded_permutation() -> None:
+    card = CardSpec(name="c", kind="real", source={"name": "digits", "split": "train"}, seed=7)
     order = scan_order(card, 1000)
     assert sorted(order.tolist()) == list(range(1000))
     assert np.array_equal(order, scan_order(card, 1000))
     assert not np.array_equal(order, scan_order(card.model_copy(update={"seed": 8}), 1000))
     assert not np.array_equal(order, np.arange(1000))
+
+
+def test_scan_order_of_a_generator_is_its_index_order_whatever_the_ceiling() -> None:
+    # each generated image is an independent seeded draw: index order is random, renders in blocks and a larger
+    # candidate ceiling keeps every selection a smaller one completed
+    card = CardSpec(name="c", kind="generated", generator="dead_leaves", count=4, seed=7)
+    assert np.array_equal(scan_order(card, 1000), np.arange(1000))
+    assert np.array_equal(scan_order(card, 5000)[:1000], scan_order(card, 1000))
 
 
 def test_balanced_selection_keeps_every_class_of_a_class_sorted_source_in_proportion(tmp_path: Path) -> None:

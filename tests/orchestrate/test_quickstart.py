@@ -49,6 +49,9 @@ def test_quickstart_command_runs_the_bundled_spec_and_a_rerun_adds_nothing(tmp_p
     for arm in spec.arms:
         manifest = read_manifest(str(tmp_path / "shards" / arm.card))
         assert manifest.count == sum(s.count for s in manifest.shards) > 0
+        if (sel := manifest.selection) is not None:  # a card named balanced filled every class; the others say not
+            assert sel.complete == arm.card.endswith("_balanced"), (arm.card, sel.achieved)
+            assert manifest.class_histogram == (sel.quotas if sel.complete else sel.achieved)
 
     # MLflow: a parent run per arm, each with its search and final-phase child runs, all finished
     runs = all_runs(spec, tmp_path)
@@ -73,6 +76,9 @@ def test_quickstart_command_runs_the_bundled_spec_and_a_rerun_adds_nothing(tmp_p
     assert all(str(row["basis"]).startswith("mean") for row in ranking.values())
     text = (report_dir / "report.md").read_text()
     assert all(f"| {arm} |" in text for arm in arms)
+    ranking_md = text.split("## Ranking")[1].split("\n## ")[0]
+    marked = {line.split(" | ")[1] for line in ranking_md.splitlines() if "| not balanced (" in line}
+    assert marked == {a.name for a in spec.arms if a.card.endswith("_filtered")}, marked
     results = pd.read_parquet(report_dir / "results.parquet")
     assert len(results) == per_arm * len(arms) and set(results["phase"]) == {"search", "final"}
     # the in-domain student beats the noise baseline by far (measured 96.1% against 13.1%)

@@ -54,6 +54,12 @@ def filled_store(tmp_path: Path) -> tuple[StudyTracker, StudySpec]:
                 "surrogate": surrogate,
                 "surrogate_point": arm != VARIANT,
                 "perturbation": {"mode": "online" if arm == "leaves" else "none"},
+                # what the pipeline logs for a teacher scan that reached its candidate ceiling
+                **(
+                    {"selection": "not balanced (1 of 3 classes filled)", "selection_achieved": [34, 0, 0]}
+                    if arm == "gauss"
+                    else {}
+                ),
             },
         )
         tracker.log_arm_metrics(
@@ -181,6 +187,17 @@ class TestReportNumbers:
         assert (df["crit_class_entropy"] == df["crit_raw_class_entropy"]).all()
         final = df[df["phase"] == "final"]
         assert sorted(final["seed"].unique()) == [0, 1, 2] and df["seed"].dtype.kind == "f"
+
+    def test_an_arm_whose_scan_left_classes_empty_is_marked_not_balanced(self, report) -> None:
+        result, _, _ = report
+        ranking = result.markdown.read_text().split("## Ranking")[1].split("\n## ")[0]
+        rows = {
+            line.split(" | ")[1]: line for line in ranking.splitlines() if line.startswith("| ") and "---" not in line
+        }
+        assert "| not balanced (1 of 3 classes filled) |" in rows["gauss"]
+        assert all("not balanced" not in row for arm, row in rows.items() if arm != "gauss")
+        assert "gauss: not balanced (1 of 3 classes filled), kept per class [34, 0, 0]" in ranking
+        assert "not balanced (1 of 3 classes filled)" in result.html.read_text()
 
     def test_report_folder_holds_markdown_html_and_plots(self, report) -> None:
         result, out, tracker = report

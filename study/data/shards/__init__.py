@@ -53,8 +53,8 @@ class SelectionRecord(BaseModel):
     """How a teacher-filtered surrogate was selected (`BalanceSpec`): what the pool held and what was kept.
 
     `raw_histogram` counts the teacher's predictions over the scanned candidates, `achieved` over the kept ones;
-    `acceptance_rate` is candidates scanned per kept image; `complete` is False when the candidate budget ran out
-    before every quota was full (then `achieved` < `quotas` for some class).
+    `acceptance_rate` is candidates scanned per kept image; `complete` is False when the candidate ceiling came
+    before every quota was full (then `achieved` < `quotas` for some class, and `label` says "not balanced").
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -67,6 +67,18 @@ class SelectionRecord(BaseModel):
     achieved: list[int]
     acceptance_rate: float | None
     complete: bool
+
+    def short_classes(self) -> list[int]:
+        """Classes whose quota the scan did not meet (all of them met when `complete`)."""
+        return [c for c, (a, q) in enumerate(zip(self.achieved, self.quotas, strict=True)) if a < q]
+
+    def label(self) -> str:
+        """What the selection achieved, as the report and the arm's MLflow run name it: the mode when every quota
+        is met, else 'not balanced (k of K classes filled)' (for long-tail quotas 'long tail not met (...)')."""
+        if self.complete:
+            return "balanced" if self.mode == "balanced" else self.mode.replace("_", " ")
+        filled = f"{len(self.quotas) - len(self.short_classes())} of {len(self.quotas)} classes filled"
+        return f"not balanced ({filled})" if self.mode == "balanced" else f"long tail not met ({filled})"
 
 
 class ComponentRecord(BaseModel):
