@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -109,7 +109,15 @@ def data_perturb(
     max_iters: Annotated[int | None, typer.Option(help="Step cap of the crossing walk.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Max-softmax threshold.")] = None,
     random_start: Annotated[bool | None, typer.Option(help="Uniform random start in the ball.")] = None,
-    deepen_iters: Annotated[int | None, typer.Option(help="Step cap of the deepening walk.")] = None,
+    deepen: Annotated[
+        Literal["own_class_step", "confident"] | None,
+        typer.Option(
+            help="How kept images deepen: one step toward their own class (the authors'), or walk to confident."
+        ),
+    ] = None,
+    deepen_iters: Annotated[
+        int | None, typer.Option(help="Step cap of the deepening walk (--deepen confident).")
+    ] = None,
     fraction: Annotated[float | None, typer.Option(help="Share of each source block attacked.")] = None,
     seed: int = 0,
 ) -> None:
@@ -131,6 +139,7 @@ def data_perturb(
             max_iters=max_iters,
             threshold=threshold,
             random_start=random_start,
+            deepen=deepen,
             deepen_iters=deepen_iters,
             fraction=fraction,
         )

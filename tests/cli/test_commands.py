@@ -53,7 +53,19 @@ def test_trial_runs_one_trial_of_an_arm_without_tune(study_root: Path) -> None:
 def test_data_perturb_builds_a_verified_derived_surrogate(study_root: Path) -> None:
     out = study_root / "adv"
     args = ["data", "perturb", str(study_root / "digits_tiny.yaml"), "--teacher", str(study_root / "teacher")]
-    args += ["--out", str(out), "--epsilon", "0.25", "--max-iters", "20", "--deepen-iters", "3", "--seed", "3"]
+    args += [
+        "--out",
+        str(out),
+        "--epsilon",
+        "0.25",
+        "--max-iters",
+        "20",
+        "--deepen",
+        "confident",
+        "--deepen-iters",
+        "3",
+    ]
+    args += ["--seed", "3"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     derived = [p.parent for p in out.glob("*/manifest.json") if p.parent.name != "digits_tiny"]
