@@ -263,6 +263,9 @@ class StudyTracker:
     def log_arm_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()])
 
+    def tag_arm(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, v[:MAX_TAG_LEN]) for k, v in tags.items()])
+
     def log_arm_artifacts(self, run_id: str, files: dict[str, bytes]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for name, data in files.items():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
@@ -28,6 +29,7 @@ from study.data.balance import ScanProgress, Selection, load_selection, save_sel
 from study.data.build_plan import BlockPlan, BuildResult, ReferenceStats, plan_shards, stats_record
 from study.data.images import LabelledImages, class_interleaved_order
 from study.data.sources.registry import load_source
+from study.data.work_records import merged, record_since, recording
 from study.teacher.checkpoint import Teacher, TeacherMeta, load_meta, load_teacher
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,49 @@ def _select(
     return selection, data, False
 
 
+def _generator_version(card: CardSpec, reference_stats: ReferenceStats | None) -> str | None:
+    if card.kind != "generated":
+        return None
+    from study.data.generators.registry import create_generator
+
+    assert card.generator is not None
+    return create_generator(card.generator, card.params, reference_stats=reference_stats).version
+
+
+def _same_build(
+    old: shards.Manifest,
+    card: CardSpec,
+    count: int | None,
+    teacher_id: str | None,
+    reference_stats: ReferenceStats | None,
+    generator_version: str | None,
+) -> bool:
+    """Whether `old` holds what building `card` now would write (where it was built does not count)."""
+    wanted = count
+    if old.selection is not None and count is not None:
+        wanted = min(count, old.selection.kept)
+    same_teacher = card.balance is None or old.teacher == teacher_id
+    same_stats = card.kind != "generated" or old.reference_stats == stats_record(reference_stats)
+    same_images = old.card == card.model_dump(mode="json") and old.generator_version == generator_version
+    return same_images and same_stats and (wanted is None or old.count == wanted) and same_teacher
+
+
+def reusable_build(
+    card: CardSpec, out_root: str, *, reference_stats: ReferenceStats | None, teacher_id: str | None
+) -> BuildResult | None:
+    """The finished build of a real or generated `card` that `build_surrogate` would reuse, else None (also for a
+    mixture: its components decide). A cheap check (a manifest read and a presence check of its shards), so that a
+    study on a cluster sends only the builds that have work to do."""
+    root = storage.join(out_root, card.name)
+    if card.kind not in ("real", "generated") or not storage.exists(storage.join(root, shards.MANIFEST)):
+        return None
+    old = shards.read_manifest(root)
+    if not _same_build(old, card, card.count, teacher_id, reference_stats, _generator_version(card, reference_stats)):
+        return None
+    shards.check_present(root, old)
+    return BuildResult(root, old, 0, len(old.shards), reused=True)
+
+
 def build_surrogate(
     card: CardSpec,
     out_root: str,
@@ -164,6 +209,7 @@ def build_surrogate(
     on_shard: Callable[[int, int], None] | None = None,
     on_scan: ScanProgress | None = None,
     replace_stale: bool = False,
+    record_work: bool = False,
 ) -> BuildResult:
     """Build `card` under `<out_root>/<card.name>/` and return its manifest.
 
@@ -178,7 +224,10 @@ def build_surrogate(
     cards, the same reference mean/std: matched noise follows the teacher's statistics) is reused after a
     presence check; shards of a killed build are kept when their records match. A surrogate built from anything
     else is an error, or with `replace_stale` (the study pipeline) rebuilt in place.
+    `record_work` (a build running as a Ray task) writes where its pieces ran into the manifest's `built_on`.
     """
+    started = time.time()
+    pieces: dict[str, shards.WorkRecord] | None = {} if record_work else None
     root = storage.join(out_root, card.name)
     count = count or card.count
     card_snapshot = card.model_dump(mode="json")
@@ -199,21 +248,10 @@ def build_surrogate(
         raise shards.ShardError(
             f"card '{card.name}': 'balance' selects images through a teacher; give one (kd-study data build --teacher)"
         )
-    generator_version = None
-    if card.kind == "generated":
-        from study.data.generators.registry import create_generator
-
-        assert card.generator is not None
-        generator_version = create_generator(card.generator, card.params, reference_stats=reference_stats).version
+    generator_version = _generator_version(card, reference_stats)
     if storage.exists(storage.join(root, shards.MANIFEST)):
         old = shards.read_manifest(root)
-        wanted = count
-        if old.selection is not None and count is not None:
-            wanted = min(count, old.selection.kept)
-        same_teacher = card.balance is None or old.teacher == teacher_id
-        same_stats = card.kind != "generated" or old.reference_stats == stats_record(reference_stats)
-        same_images = old.card == card_snapshot and old.generator_version == generator_version and same_stats
-        if same_images and (wanted is None or old.count == wanted) and same_teacher:
+        if _same_build(old, card, count, teacher_id, reference_stats, generator_version):
             shards.check_present(root, old)
             if on_shard:
                 on_shard(len(old.shards), len(old.shards))
@@ -233,7 +271,10 @@ def build_surrogate(
         raise shards.ShardError(f"card '{card.name}': kind '{card.kind}' is not buildable by this command yet")
     if card.balance is not None:
         assert meta is not None
-        selection, data, selection_reused = _select(card, root, meta, get_teacher, reference_stats, on_scan)
+        with recording(pieces, "selection"):
+            selection, data, selection_reused = _select(card, root, meta, get_teacher, reference_stats, on_scan)
+        if selection_reused and pieces is not None:
+            pieces.pop("selection")  # scanned by an earlier, killed build: its record is not this one's
         order = class_interleaved_order(np.asarray(selection.predictions, dtype=np.int64))[:count]
         kept_ids = [selection.candidates[i] for i in order]
         kept_preds: list[int] | None = [selection.predictions[i] for i in order]
@@ -276,12 +317,17 @@ def build_surrogate(
             on_shard(len(infos), len(plan))
 
     jobs = [(card.model_dump_json(), root, i, first_block[i], blocks_of(i), reference_stats) for i in todo]
-    if ray_address is not None and todo:
-        _run_on_ray(jobs, data, ray_address, done)
+    shards_started = time.time()
+    if ray_address is not None and len(todo) > 1:  # one shard: a task would only add a worker's start-up
+        work = _run_on_ray(jobs, data, ray_address, done)
+        if pieces is not None:
+            pieces["shards"] = merged(work)
     elif data is not None or workers <= 1 or len(todo) <= 1:
         # real data is already in this process: shipping it to workers costs more than writing it
         for job in jobs:
             done(job[2], write_shard_task(*job, data=data))
+        if pieces is not None and todo:
+            pieces["shards"] = record_since(shards_started)
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
@@ -293,6 +339,8 @@ def build_surrogate(
                 # fail fast: finished shards are kept for the rerun, queued ones are not worth waiting for
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
+        if pieces is not None:
+            pieces["shards"] = record_since(shards_started)  # this node's processes
 
     manifest = shards.Manifest(
         name=card.name,
@@ -311,24 +359,35 @@ def build_surrogate(
         reference_stats=stats_record(reference_stats) if card.kind == "generated" else None,
         selection=None if selection is None else selection.record,
         shards=[infos[i] for i in range(len(plan))],
+        built_on=None if pieces is None else {**pieces, "build": record_since(started)},
     )
     shards.write_manifest(root, manifest)
     log.info("built %s: %d images in %d shards (%d kept)", root, count, len(plan), kept_count)
     return BuildResult(root, manifest, len(todo), kept_count, reused=False, selection_reused=selection_reused)
 
 
+def _recorded_shard_task(*job: Any, data: LabelledImages | None) -> tuple[shards.ShardInfo, shards.WorkRecord]:
+    started = time.time()
+    return write_shard_task(*job, data=data), record_since(started)
+
+
 def _run_on_ray(
     jobs: list[tuple], data: LabelledImages | None, address: str, done: Callable[[int, shards.ShardInfo], None]
-) -> None:
-    """One Ray task per shard; real data goes once into the object store and is shared by every task."""
+) -> list[shards.WorkRecord]:
+    """One Ray task per shard; real data goes once into the object store and is shared by every task. Returns
+    where each shard was written."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, configure_logging=False)
-    task = ray.remote(num_cpus=1)(write_shard_task)
+    task = ray.remote(num_cpus=1)(_recorded_shard_task)
     data_ref = ray.put(data) if data is not None else None
     pending = {task.remote(*job, data=data_ref): job[2] for job in jobs}
+    work = []
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         index = pending.pop(ready[0])
-        done(index, ray.get(ready[0]))
+        info, record = ray.get(ready[0])
+        work.append(record)
+        done(index, info)
+    return work

@@ -22,6 +22,7 @@ fix.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -115,7 +116,14 @@ def interleave(counts: list[int]) -> np.ndarray:
 
 
 def manifest_sha256(root: str) -> str:
-    return hashlib.sha256(storage.read_text(storage.join(root, shards.MANIFEST)).encode()).hexdigest()
+    """The sha256 of a component's manifest text, without `built_on`: a component rebuilt on another node holds
+    the same images, and must not make its mixture stale."""
+    text = storage.read_text(storage.join(root, shards.MANIFEST))
+    if '"built_on"' in text:
+        record = json.loads(text)
+        if record.pop("built_on", None) is not None:
+            text = json.dumps(record, indent=2)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _as_channels(images: np.ndarray, channels: int) -> np.ndarray:

@@ -22,8 +22,9 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,8 @@ from study.config import PerturbationSpec
 from study.data import shards
 from study.data.build_plan import BuildResult
 from study.data.shards.reader import iter_blocks, to_teacher_input
-from study.device import pick_device
+from study.data.work_records import merged, record_since
+from study.device import pick_device, require_cuda
 from study.teacher.attack import KINDS, AttackConfig, boundary_attack
 from study.teacher.checkpoint import Teacher, load_teacher
 from study.teacher.inference import normalise, predict
@@ -86,6 +88,7 @@ class BlockResult:
     before: list[int]
     after: list[int]
     clean: int = 0
+    work: shards.WorkRecord | None = None  # where it ran, when it ran as a Ray task
 
 
 def perturb_block(
@@ -151,13 +154,17 @@ def _cached_teacher(uri: str) -> Teacher:
 
 
 def _perturb_task(
-    teacher_uri: str, images: np.ndarray, source_start: int, block: int, spec_json: str, seed: int
+    teacher_uri: str, images: np.ndarray, source_start: int, block: int, spec_json: str, seed: int, gpus: float = 0.0
 ) -> BlockResult:
-    """A block's attack on a Ray worker; the teacher is loaded once per worker process."""
+    """A block's attack on a Ray worker; the teacher is loaded once per worker process. Given a GPU, it runs there
+    or fails (never on the CPU behind the GPU's back)."""
+    started = time.time()
+    require_cuda(gpus, f"offline perturbation of block {block}")
     torch.set_num_threads(1)
     teacher = _cached_teacher(teacher_uri)
     spec = PerturbationSpec.model_validate_json(spec_json)
-    return perturb_block(teacher, images, source_start, block, spec, seed, next(teacher.model.parameters()).device)
+    result = perturb_block(teacher, images, source_start, block, spec, seed, next(teacher.model.parameters()).device)
+    return replace(result, work=record_since(started))
 
 
 def _use_ray(ray_address: str | None) -> bool:
@@ -189,8 +196,10 @@ def _attacked_shards(
     spec: PerturbationSpec,
     seed: int,
     use_ray: bool,
+    block_resources: dict[str, float] | None = None,
 ) -> Iterator[tuple[int, list[BlockResult]]]:
-    """(shard index, its attacked blocks) in shard order; on Ray, one shard ahead is in flight."""
+    """(shard index, its attacked blocks) in shard order; on Ray, one shard ahead is in flight, each block a task
+    with `block_resources` (Ray's `num_cpus`/`num_gpus`; default one CPU)."""
     if not use_ray:
         teacher = _cached_teacher(teacher_uri)
         device = next(teacher.model.parameters()).device
@@ -206,13 +215,15 @@ def _attacked_shards(
         return
     import ray
 
-    remote = ray.remote(num_cpus=1)(_perturb_task)
+    resources = block_resources or {"num_cpus": 1}
+    remote = ray.remote(**resources)(_perturb_task)  # type: ignore[call-overload]
     spec_json = spec.model_dump_json()
+    gpus = float(resources.get("num_gpus", 0.0))
 
     def submit(index: int) -> list[Any]:
         blocks = _source_shard_blocks(source_root, manifest, index)
         return [
-            remote.remote(teacher_uri, images, start, first_block[index] + b, spec_json, seed)
+            remote.remote(teacher_uri, images, start, first_block[index] + b, spec_json, seed, gpus)
             for b, (images, start) in enumerate(blocks)
         ]
 
@@ -238,12 +249,17 @@ def build_perturbed(
     name: str | None = None,
     ray_address: str | None = None,
     on_shard: Callable[[int, int], None] | None = None,
+    block_resources: dict[str, float] | None = None,
+    record_work: bool = False,
 ) -> BuildResult:
     """Build the derived surrogate of `source_root` under `<out_root>/<name>/` (default `derived_name`).
 
-    Blocks are attacked as Ray tasks when `ray_address` is given or a Ray runtime is already up, in this
-    process otherwise; results are identical either way. An existing manifest of the same derivation is reused.
+    Blocks are attacked as Ray tasks (`block_resources`: Ray's `num_cpus`/`num_gpus` per block, default one CPU)
+    when `ray_address` is given or a Ray runtime is already up, in this process otherwise; results are identical
+    either way. An existing manifest of the same derivation is reused. `record_work` (a build running as a Ray
+    task) writes where it and its attacks ran into the manifest's `built_on`.
     """
+    started = time.time()
     source = shards.read_manifest(source_root)
     shards.check_present(source_root, source)
     teacher = _cached_teacher(teacher_uri)
@@ -288,7 +304,13 @@ def build_perturbed(
     use_ray = _use_ray(ray_address) and bool(todo)
     out_start = 0
     next_index = 0
-    for index, results in _attacked_shards(todo, source_root, source, first_block, teacher_uri, spec, seed, use_ray):
+    attacks_started = time.time()
+    work: list[shards.WorkRecord] = []
+    attacked_shards = _attacked_shards(
+        todo, source_root, source, first_block, teacher_uri, spec, seed, use_ray, block_resources
+    )
+    for index, results in attacked_shards:
+        work += [r.work for r in results if r.work is not None]
         while next_index < index:  # kept shards before this one
             out_start += infos[next_index].count
             next_index += 1
@@ -348,6 +370,11 @@ def build_perturbed(
         teacher=teacher_id,
         shards=[infos[i] for i in range(total)],
     )
+    if record_work:
+        pieces = {"perturbation": record_since(started)}
+        if todo:
+            pieces["attack"] = merged(work) if work else record_since(attacks_started)
+        manifest.built_on = pieces
     shards.write_manifest(root, manifest)
     log.info(
         "perturbed %s -> %s: %d/%d successes, %d images (%d shards kept)",

@@ -13,22 +13,24 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 import pandas as pd
 
 from study import environment, storage
 from study.config import ArmSpec, CardSpec, SpecError, StudySpec
 from study.criteria.measures import FeatureMoments
-from study.criteria.populations import measure_arm, val_moments
+from study.criteria.populations import ArmCriteria, measure_arm, val_moments
 from study.data import shards
 from study.data.build import build_surrogate
 from study.data.build_plan import BuildResult
 from study.data.eval_splits import build_eval_shards
 from study.data.mixture import uses_teacher
+from study.data.shards import WorkRecord
 from study.data.shards.cache import ShardCacheSpec
 from study.device import pick_device
 from study.distill.trial import TrialPaths, surrogate_name
+from study.orchestrate.presweep import build_on_cluster, built_by, cluster_address, measure_on_cluster, node_tags
+from study.orchestrate.progress import NoProgress, ProgressSink
 from study.orchestrate.sweep import run_sweep
 from study.orchestrate.teacher_training import train_teacher
 from study.orchestrate.validation import (
@@ -43,21 +45,6 @@ from study.teacher.checkpoint import META, NO_EVAL_DATA, Teacher, TeacherError, 
 from study.tracking import ARM, OUTCOME, OUTCOMES, PHASE, StudyTracker, short_http_retries
 
 log = logging.getLogger(__name__)
-
-
-class ProgressSink(Protocol):
-    """What the pipeline tells a UI; the CLI implements it with rich, tests with nothing."""
-
-    def task(self, key: str, description: str, total: int | None) -> None: ...
-    def update(self, key: str, completed: int, total: int | None = None) -> None: ...
-
-
-class NoProgress:
-    def task(self, key: str, description: str, total: int | None) -> None:
-        pass
-
-    def update(self, key: str, completed: int, total: int | None = None) -> None:
-        pass
 
 
 @dataclass
@@ -173,14 +160,35 @@ def record_arms(
     tracker: StudyTracker,
     progress: ProgressSink,
     eval_root: str | None = None,
+    teacher_uri: str | None = None,
 ) -> None:
     """Parent run per arm with card params, raw-pool and built-set criteria and artifacts, measured once per arm.
 
-    `eval_root` holds the teacher's val split for the Fréchet reference (else it is loaded from its dataset)."""
+    `eval_root` holds the teacher's val split for the Fréchet reference (else it is loaded from its dataset).
+    With `teacher_uri` (a study on a cluster) the arms are measured as Ray tasks (`presweep.measure_on_cluster`),
+    else one after another in this process."""
     progress.task("criteria", "criteria (teacher forward passes)", len(spec.arms))
     points = surrogate_points(spec, cards)
     reference: list[FeatureMoments | None] = []
-    for i, arm in enumerate(spec.arms):
+    measured = 0
+    todo: list[tuple[ArmSpec, CardSpec, BuildResult]] = []
+    runs: dict[str, str] = {}
+
+    def log_criteria(arm: ArmSpec, found: ArmCriteria, where: WorkRecord | None) -> None:
+        build = builds[surrogate_name(spec, arm, cards[arm.name], teacher.meta.teacher_id)]
+        run_id = runs[arm.name]
+        tracker.log_arm_metrics(run_id, found.logged_metrics())
+        files = {"manifest.json": build.manifest.model_dump_json(indent=2).encode(), **found.artifacts}
+        if arm.perturbation.mode == "offline":
+            files.pop("perturbation_histograms.json", None)
+        tracker.log_arm_artifacts(run_id, files)
+        if tags := node_tags(built_by(build.manifest), where):
+            tracker.tag_arm(run_id, tags)
+        nonlocal measured
+        measured += 1
+        progress.update("criteria", measured)
+
+    for arm in spec.arms:
         card = cards[arm.name]
         image_set = surrogate_name(spec, arm, card, teacher.meta.teacher_id)
         build = builds[image_set]
@@ -220,16 +228,18 @@ def record_arms(
                     ).encode()
                 },
             )
-        if "criteria.raw.class_entropy" not in logged:
+        runs[arm.name] = run_id
+        if "criteria.raw.class_entropy" in logged:
+            measured += 1
+            progress.update("criteria", measured)
+        elif teacher_uri is not None:
+            todo.append((arm, card, build))
+        else:
             if not reference:
                 reference.append(val_moments(teacher, eval_root))
-            found = measure_arm(spec, arm, card, build, teacher, reference[0])
-            tracker.log_arm_metrics(run_id, found.logged_metrics())
-            files = {"manifest.json": build.manifest.model_dump_json(indent=2).encode(), **found.artifacts}
-            if arm.perturbation.mode == "offline":
-                files.pop("perturbation_histograms.json", None)
-            tracker.log_arm_artifacts(run_id, files)
-        progress.update("criteria", i + 1)
+            log_criteria(arm, measure_arm(spec, arm, card, build, teacher, reference[0]), None)
+    if teacher_uri is not None:
+        measure_on_cluster(spec, todo, teacher_uri, eval_root, log_criteria)
 
 
 def publish_report(
@@ -442,8 +452,12 @@ def run_study(
     except TeacherError as err:
         raise SpecError(f"{err}\n  ({where}: teacher.uri is '{spec.teacher.uri}')") from None
     outcome = StudyOutcome(paths, meta)
-    outcome.builds = build_surrogates(cards, paths, meta, progress, build_workers)
-    outcome.builds.update(build_perturbed_surrogates(spec, cards, paths, meta, progress))
+    on_cluster = cluster_address(spec) is not None
+    if on_cluster:  # Ray tasks across the cluster (study.orchestrate.presweep)
+        outcome.builds = build_on_cluster(spec, cards, paths.shards, paths.teacher, meta, progress)
+    else:
+        outcome.builds = build_surrogates(cards, paths, meta, progress, build_workers)
+        outcome.builds.update(build_perturbed_surrogates(spec, cards, paths, meta, progress))
     names = {a.name: surrogate_name(spec, a, cards[a.name], meta.teacher_id) for a in spec.arms}
     check_arm_sizes(spec, outcome.builds, names, where)
     check_held_out(spec, outcome.builds, names, where)
@@ -453,7 +467,9 @@ def run_study(
     tracker = StudyTracker(paths.tracking_uri, spec, content=study_content(cards, meta))
     here = environment.probe()
     tracker.record_environment(environment.fingerprint(here), here)
-    record_arms(spec, cards, outcome.builds, teacher, tracker, progress, paths.eval_root)
+    record_arms(
+        spec, cards, outcome.builds, teacher, tracker, progress, paths.eval_root, paths.teacher if on_cluster else None
+    )
     total = total_trials(spec)
     progress.task("sweep", f"KD trials ({len(spec.arms)} arms x {spec.search.trials_per_arm})", total)
     if not sweep_complete(spec, tracker):

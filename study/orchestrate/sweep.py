@@ -525,6 +525,21 @@ def ray_address(spec: StudySpec) -> str:
     return spec.resources.ray_address or os.environ.get("RAY_ADDRESS") or "local"
 
 
+def connect_ray(spec: StudySpec) -> None:
+    """This process's Ray runtime, joined or started once (`ray_address`): the sweep and the pre-sweep tasks share
+    it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=ray_address(spec),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=False,
+        )
+
+
 def fixed_budget_images(spec: StudySpec) -> int | None:
     """The images every trial trains on when that is one number for the study (`budget.mode: images`); None in
     `budget.mode: epochs`, where each arm's budget is its epochs times its own image count and only the trial
@@ -579,16 +594,7 @@ def run_sweep(
 
     `trainable_fn` replaces the KD trial (same signature as `tune_trainable`): benchmarks measure the plumbing
     around a stand-in trial with it."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(
-            address=ray_address(spec),
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            configure_logging=False,
-        )
+    connect_ray(spec)
     name = tracker.name
     ledger = ledger_location(tune_dir, name)
     trainable = tune.with_resources(

@@ -13,6 +13,8 @@ reference) and the trials (evaluation) can then only get evaluation data from th
 1. The study, whose arm uses the user's own card file beside the spec (shipped by `submit`, in no image), runs
    as a job: it succeeds, its trials ran on both nodes (MLflow tag `node_id`), every trial read its
    data from the bucket (metric `s3_bytes_read`), the server holds the expected runs and the report is made from it.
+   Its pre-sweep work ran as Ray tasks: two teacher-filtered surrogates built side by side, one of them (build,
+   selection) on the worker node, where its arm's criteria were measured too (manifest `built_on`, arm run tags).
 2. The worker node's raylet is killed (SIGKILL) mid-trial: the GCS declares the node dead, Tune retries the trial
    (`search.max_failures`) from its last checkpoint in the bucket on the head; the job is stopped and submitted
    again, and the second job resumes the study and completes it: one MLflow run per trial, the killed trial's first
@@ -44,6 +46,7 @@ from typer.testing import CliRunner
 from study import storage
 from study.cli.app import app
 from study.config import StudySpec, apply_overrides
+from study.data import shards
 from study.data.sources.registry import load_source
 from study.orchestrate.pipeline import open_tracker
 from study.orchestrate.sweep import total_trials
@@ -78,10 +81,12 @@ class Setup:
             cwd=self.folder,
         )
 
-    def spec_file(self, name: str, images: int, trials: int = 2, card: str = "digits_train") -> Path:
+    def spec_file(
+        self, name: str, images: int, trials: int = 2, card: str = "digits_train", arms: tuple[dict, ...] = ()
+    ) -> Path:
         data = {
             "name": name,
-            "arms": [{"name": "digits", "card": card, "count": 512}],
+            "arms": [{"name": "digits", "card": card, "count": 512}, *arms],
             "train": {"batch_size": 32, "randaugment_ops": 0, "crop_scale_min": 0.8, "mixup": False},
             "search": {"trials_per_arm": trials, "scheduler": {"kind": "none"}},
             "budget": {"images": images, "report_every": 256, "eval_batch_size": 256},
@@ -191,6 +196,15 @@ def object_bytes(setup: Setup, prefix: str) -> int:
     return sum(o["Size"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith(".tar"))
 
 
+def balanced_noise_card(folder: Path, name: str, generator: str) -> dict:
+    """A teacher-filtered noise card beside the spec, built by the job. Its scan of 24,576 candidates takes some
+    seconds (the untrained teacher never fills most quotas), so two such builds overlap despite worker start-up."""
+    card = {"name": name, "kind": "generated", "generator": generator, "image_size": 16, "seed": 7,
+            "balance": {"per_class": 20, "candidates": 24576}}  # fmt: skip
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(card))
+    return {"name": name, "card": f"{name}.yaml"}
+
+
 def test_submitted_study_runs_on_both_nodes_from_the_bucket_and_reports_from_the_server(setup: Setup) -> None:
     # the user's own card, beside the spec and in no image: `submit` ships it with the job
     (setup.folder / "cards").mkdir()
@@ -198,7 +212,11 @@ def test_submitted_study_runs_on_both_nodes_from_the_bucket_and_reports_from_the
     (setup.folder / "cards" / "my_digits.yaml").write_text(card)
     built = setup.kd("data", "build", "cards/my_digits.yaml", "--out", f"{setup.root}/shards")
     assert built.returncode == 0, built.stdout + built.stderr
-    spec = setup.spec_file("e2e", images=512, card="cards/my_digits.yaml")
+    noise = [
+        balanced_noise_card(setup.folder, n, g)
+        for n, g in (("noise_a", "gaussian_noise"), ("noise_b", "uniform_noise"))
+    ]
+    spec = setup.spec_file("e2e", images=512, trials=1, card="cards/my_digits.yaml", arms=tuple(noise))
     job = setup.submit(spec)
     assert job.startswith("kd-study-e2e-") and job.endswith("-1")
 
@@ -214,17 +232,32 @@ def test_submitted_study_runs_on_both_nodes_from_the_bucket_and_reports_from_the
     assert job in listed.stdout and "SUCCEEDED" in listed.stdout
 
     runs = setup.trial_runs(spec)
-    assert len(runs) == total_trials(StudySpec.model_validate(yaml.safe_load(spec.read_text()))) == 2
+    assert len(runs) == total_trials(StudySpec.model_validate(yaml.safe_load(spec.read_text()))) == 3
     assert all(r.info.status == "FINISHED" for r in runs)
+    worker_id = setup.cluster.nodes[1].node_id()
     nodes = {n.node_id() for n in setup.cluster.nodes}
-    assert {r.data.tags["node_id"] for r in runs} == nodes  # one trial on the head, one on the worker
+    assert {r.data.tags["node_id"] for r in runs} == nodes  # the first two trials side by side, one on each node
     teacher_id = load_meta(f"{setup.root}/teacher").teacher_id
-    needed = object_bytes(setup, f"study/eval/{teacher_id}/") + object_bytes(setup, "study/shards/my_digits/")
+    surrogate = {"digits": "my_digits", "noise_a": "noise_a", "noise_b": "noise_b"}
     for run in runs:  # eval splits (trial process) and the surrogate (its DataLoader worker), from the bucket
+        folder = surrogate[run.data.tags["kd_study.arm"]]
+        needed = object_bytes(setup, f"study/eval/{teacher_id}/") + object_bytes(setup, f"study/shards/{folder}/")
         assert run.data.metrics["s3_bytes_read"] >= needed > 0
-    # the teacher's dataset was deleted before the job: the driver's Fréchet reference came from the bucket too
+    # the teacher's dataset was deleted before the job: the Fréchet reference came from the bucket too
     arm_runs = MlflowClient(setup.tracking).search_runs([runs[0].info.experiment_id], "tags.`kd_study.role` = 'arm'")
-    assert [r.data.metrics.get("criteria.built.frechet_val", -1) > 0 for r in arm_runs] == [True]
+    assert [r.data.metrics.get("criteria.built.frechet_val", -1) > 0 for r in arm_runs] == [True] * 3
+
+    # pre-sweep work as Ray tasks: the two balanced surrogates built side by side, one of them on the worker
+    pieces = {n: shards.read_manifest(f"{setup.root}/shards/{n}").built_on for n in ("noise_a", "noise_b")}
+    assert all(p is not None and {"build", "selection"} <= p.keys() for p in pieces.values()), pieces
+    a, b = (p["build"] for p in pieces.values())  # type: ignore[index]
+    assert a.started < b.ended and b.started < a.ended, pieces
+    on_worker = [n for n, p in pieces.items() if p["build"].nodes == [worker_id]]  # type: ignore[index]
+    assert len(on_worker) == 1, pieces
+    assert pieces[on_worker[0]]["selection"].nodes == [worker_id]  # type: ignore[index]
+    tags = {r.data.tags["kd_study.arm"]: r.data.tags for r in arm_runs}
+    assert tags[on_worker[0]]["kd_study.node.build"] == tags[on_worker[0]]["kd_study.node.criteria"] == worker_id
+    assert "kd_study.node.criteria" in tags["digits"] and "kd_study.node.build" not in tags["digits"]  # reused
 
     report = setup.kd(
         "report", str(spec), "--storage", setup.root, "--tracking-uri", setup.tracking, "--out", "report-copy"

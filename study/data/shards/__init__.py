@@ -93,6 +93,17 @@ class ComponentRecord(BaseModel):
     manifest_sha256: Sha256Hex
 
 
+class WorkRecord(BaseModel):
+    """Where and when one piece of a build ran: the Ray nodes that did it (none outside Ray), their hosts, and its
+    start and end (unix seconds). Provenance only: never part of what a surrogate is, so never a reason to rebuild."""
+
+    model_config = ConfigDict(extra="forbid")
+    nodes: list[str] = []
+    hosts: list[str] = []
+    started: float
+    ended: float
+
+
 class Manifest(BaseModel):
     """What a surrogate holds and how it was made; enough to verify it and to reproduce it."""
 
@@ -116,6 +127,8 @@ class Manifest(BaseModel):
     shards: list[ShardInfo]
     components: list[ComponentRecord] | None = None
     realised: dict[str, float] | None = None
+    # per piece ("build", "selection", "shards", "perturbation", "attack"), where it ran when it ran as Ray tasks
+    built_on: dict[str, WorkRecord] | None = None
     kd_study_version: str = __version__
 
     def shard_uris(self, root: str) -> list[str]:
@@ -193,7 +206,9 @@ def sha256_of(uri: str) -> str:
 
 
 def write_manifest(root: str, manifest: Manifest) -> None:
-    storage.write_text(storage.join(root, MANIFEST), manifest.model_dump_json(indent=2))
+    # a build that recorded nowhere (a local one) writes the manifest it wrote before `built_on` existed
+    exclude = {"built_on"} if manifest.built_on is None else None
+    storage.write_text(storage.join(root, MANIFEST), manifest.model_dump_json(indent=2, exclude=exclude))
 
 
 def read_manifest(root: str) -> Manifest:
