@@ -97,7 +97,7 @@ def test_a_failed_build_task_names_its_surrogate_and_node(ray_session, tmp_path:
 def test_an_offline_arm_is_perturbed_by_tasks_once_its_source_is_built(ray_session, digits_teacher, tmp_path) -> None:
     card = CardSpec(name="digits_tiny", kind="real", source={"name": "digits"}, count=48, images_per_sample=8,
                     samples_per_shard=2)  # fmt: skip
-    attack = {"mode": "offline", "epsilon": 64 / 255, "max_iters": 20, "deepen_iters": 3}
+    attack = {"mode": "offline", "epsilon": 64 / 255, "max_iters": 20, "deepen": "confident", "deepen_iters": 3}
     study = StudySpec.model_validate({"name": "p", "arms": [{"name": "adv", "card": "x", "perturbation": attack}]})
     meta = load_meta(str(digits_teacher))
     built = build_on_cluster(study, {"adv": card}, str(tmp_path), str(digits_teacher), meta, NoProgress())
