@@ -29,7 +29,14 @@ from study.data.shards import WorkRecord
 from study.data.shards.cache import ShardCacheSpec
 from study.device import pick_device
 from study.distill.trial import TrialPaths, surrogate_name
-from study.orchestrate.presweep import build_on_cluster, built_by, cluster_address, measure_on_cluster, node_tags
+from study.orchestrate.presweep import (
+    build_on_cluster,
+    built_by,
+    cluster_address,
+    measure_on_cluster,
+    node_tags,
+    offline_surrogates,
+)
 from study.orchestrate.progress import NoProgress, ProgressSink
 from study.orchestrate.sweep import run_sweep
 from study.orchestrate.teacher_training import train_teacher
@@ -111,13 +118,7 @@ def build_perturbed_surrogates(
     from study.data.perturb import build_perturbed
 
     results: dict[str, BuildResult] = {}
-    for arm in spec.arms:
-        if arm.perturbation.mode != "offline":
-            continue
-        card = cards[arm.name]
-        name = surrogate_name(spec, arm, card, meta.teacher_id)
-        if name in results:
-            continue
+    for name, (arm, card) in offline_surrogates(spec, cards, meta.teacher_id).items():
         key = f"perturb:{name}"
         progress.task(key, f"perturbed {name}", None)
         results[name] = build_perturbed(

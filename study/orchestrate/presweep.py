@@ -54,6 +54,19 @@ def cluster_address(spec: StudySpec) -> str | None:
     return spec.resources.ray_address or os.environ.get("RAY_ADDRESS") or None
 
 
+def offline_surrogates(
+    spec: StudySpec, cards: dict[str, CardSpec], teacher_id: str
+) -> dict[str, tuple[ArmSpec, CardSpec]]:
+    """The derived surrogate of each offline-perturbed arm, by name, with the first arm (and its card) that reads
+    it: arms that share a card and an attack share one derived surrogate, built once."""
+    derived: dict[str, tuple[ArmSpec, CardSpec]] = {}
+    for arm in spec.arms:
+        if arm.perturbation.mode == "offline":
+            card = cards[arm.name]
+            derived.setdefault(surrogate_name(spec, arm, card, teacher_id), (arm, card))
+    return derived
+
+
 def built_by(manifest: Manifest) -> WorkRecord | None:
     """Where a surrogate was made: its perturbation for a derived one, else its build (None: not on a cluster)."""
     pieces = manifest.built_on or {}
@@ -223,13 +236,7 @@ def build_on_cluster(
         refs[card.name] = ref
         pending[ref] = card.name
     perturb = ray.remote(perturb_task)
-    for arm in spec.arms:
-        if arm.perturbation.mode != "offline":
-            continue
-        card = cards[arm.name]
-        name = surrogate_name(spec, arm, card, meta.teacher_id)
-        if name in refs:
-            continue
+    for name, (arm, card) in offline_surrogates(spec, cards, meta.teacher_id).items():
         progress.task(f"perturb:{name}", f"perturbed {name}", None)
         source = refs[card.name] if card.name in refs else results[card.name]
         options = {**_resources(spec, gpu=False), "name": f"perturb {name}"}

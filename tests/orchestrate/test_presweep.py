@@ -16,7 +16,14 @@ from study.data import shards
 from study.data.build import build_surrogate, reusable_build
 from study.data.mixture import manifest_sha256
 from study.distill.trial import surrogate_name
-from study.orchestrate.presweep import PresweepError, build_on_cluster, built_by, cluster_address, node_tags
+from study.orchestrate.presweep import (
+    PresweepError,
+    build_on_cluster,
+    built_by,
+    cluster_address,
+    node_tags,
+    offline_surrogates,
+)
 from study.orchestrate.progress import NoProgress
 from study.teacher.checkpoint import TeacherMeta, load_meta
 
@@ -107,3 +114,15 @@ def test_an_offline_arm_is_perturbed_by_tasks_once_its_source_is_built(ray_sessi
     assert source is not None and pieces is not None and set(pieces) == {"perturbation", "attack"}
     assert pieces["perturbation"].nodes == pieces["attack"].nodes == source["build"].nodes == [node]
     assert pieces["perturbation"].started >= source["build"].ended  # after its source, as Ray resolved it
+
+
+def test_arms_sharing_a_card_and_an_attack_share_one_derived_surrogate() -> None:
+    card = CardSpec(name="digits_tiny", kind="real", source={"name": "digits"}, count=48)
+    attack, other = {"mode": "offline"}, {"mode": "offline", "epsilon": 4 / 255}
+    arms = [{"name": "clean", "card": "x"}, {"name": "adv", "card": "x", "perturbation": attack},
+            {"name": "adv_lr", "card": "x", "perturbation": attack, "train": {"lr": 0.05}},
+            {"name": "adv_small", "card": "x", "perturbation": other}]  # fmt: skip
+    study = StudySpec.model_validate({"name": "p", "arms": arms})
+    derived = offline_surrogates(study, dict.fromkeys(["clean", "adv", "adv_lr", "adv_small"], card), "t")
+    assert [arm.name for arm, _ in derived.values()] == ["adv", "adv_small"]  # once per attack, first arm named
+    assert all(name.startswith("digits_tiny") and name != "digits_tiny" for name in derived)
