@@ -250,6 +250,9 @@ class TestFaultyNetwork:
         uri = f"s3://{moto_server.make_bucket()}/obj.bin"
         storage.write_bytes(uri, data := _payload(11))
         monkeypatch.setenv("KD_STUDY_S3_READ_TIMEOUT", "0.5")
+        # A stall far longer than the read timeout, so a loaded CI runner's overhead (2.3 s seen on one)
+        # cannot pass for "waited for the close" and a resume on the close cannot pass for a timeout.
+        faulty_s3.rates.stall_s = 15.0
         faulty_s3.force("stall_mid_body", "GET")
         start = time.monotonic()
         with storage.open_read(uri) as stream:
