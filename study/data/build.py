@@ -242,7 +242,7 @@ def build_surrogate(
             card, out_root, count=count, reference_stats=reference_stats, teacher_id=teacher_id, meta=meta,
             get_teacher=get_teacher, teacher=teacher, build_component=build_surrogate, workers=workers,
             ray_address=ray_address, on_shard=on_shard,
-            replace_stale=replace_stale,
+            replace_stale=replace_stale, record_work=record_work,
         )  # fmt: skip
     if card.balance is not None and meta is None:
         raise shards.ShardError(

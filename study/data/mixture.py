@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ from study import storage
 from study.config import BalanceSpec, CardSpec, SpecError, load_card
 from study.data import shards
 from study.data.build_plan import BuildResult, ReferenceStats, plan_shards
+from study.data.work_records import record_since
 from study.resources import resolve_card_path
 
 if TYPE_CHECKING:
@@ -181,9 +183,13 @@ def build_mixture(
     ray_address: str | None = None,
     on_shard: Callable[[int, int], None] | None = None,
     replace_stale: bool = False,
+    record_work: bool = False,
 ) -> BuildResult:
     """Build the components with `build_component` (`study.data.build.build_surrogate`, passed in so that the two
-    modules do not import each other), reusing what exists, then the mixture under `<out_root>/<card.name>/`."""
+    modules do not import each other), reusing what exists, then the mixture under `<out_root>/<card.name>/`.
+    `record_work` (a build running as a Ray task) writes where the mixture's build ran into its `built_on`, as a
+    plain card's build does, so a cluster study's node tags cover mixtures too."""
+    started = time.time()
     components = component_cards(card)
     if uses_teacher(card) and meta is None:
         raise shards.ShardError(f"card '{card.name}': it selects images through a teacher; give one (--teacher)")
@@ -197,6 +203,7 @@ def build_mixture(
             workers=workers,
             ray_address=ray_address,
             replace_stale=replace_stale,
+            record_work=record_work,
         )
         for c in components
     ]
@@ -300,6 +307,7 @@ def build_mixture(
             for b, w, n, sha in zip(builds, weights, from_each, shas, strict=True)
         ],
         realised={b.manifest.name: n / max(total, 1) for b, n in zip(builds, from_each, strict=True)},
+        built_on={"build": record_since(started)} if record_work else None,
     )
     shards.write_manifest(root, manifest)
     log.info("built mixture %s: %d images, %s from each component", root, total, from_each)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from study import storage
-from study.config import CardSpec, StudySpec
+from study.config import CardSpec, StudySpec, load_card
 from study.data import shards
 from study.data.build import build_surrogate, reusable_build
-from study.data.mixture import manifest_sha256
+from study.data.mixture import manifest_sha256, resolve_mixture
 from study.distill.trial import surrogate_name
 from study.orchestrate.presweep import (
     PresweepError,
@@ -83,6 +84,22 @@ class TestBuiltOn:
         node = ray_session.get_runtime_context().get_node_id()
         assert set(built.manifest.built_on) == {"build", "shards"}  # no teacher: no selection
         assert built.manifest.built_on["shards"].nodes == built.manifest.built_on["build"].nodes == [node]
+
+    def test_a_ray_task_build_of_a_mixture_records_its_node_and_its_components(self, ray_session, tmp_path) -> None:
+        for name, generator in (("noise_m", "uniform_noise"), ("leaves_m", "dead_leaves")):
+            card = {"name": name, "kind": "generated", "generator": generator, "count": 32, "image_size": 8}
+            (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(card))
+        parts = [{"card": "noise_m.yaml", "weight": 1}, {"card": "leaves_m.yaml", "weight": 1}]
+        mixture = {"name": "blend_m", "kind": "mixture", "count": 32, "image_size": 8, "components": parts}
+        (tmp_path / "blend_m.yaml").write_text(yaml.safe_dump(mixture))
+        card = resolve_mixture(load_card(tmp_path / "blend_m.yaml"), tmp_path)
+        built = build_surrogate(card, str(tmp_path / "shards"), ray_address="auto", record_work=True)
+        node = ray_session.get_runtime_context().get_node_id()
+        assert built.manifest.built_on is not None and built.manifest.built_on["build"].nodes == [node]
+        for name in ("noise_m", "leaves_m"):
+            component = shards.read_manifest(str(tmp_path / "shards" / name)).built_on
+            assert component is not None and component["build"].nodes == [node]
+        assert node_tags(built_by(built.manifest), None)["kd_study.node.build"] == node
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
