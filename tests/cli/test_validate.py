@@ -215,5 +215,7 @@ def test_the_readme_commands_run(root: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_specs_are_taken_by_bundled_name_everywhere_with_a_suggestion_for_a_typo(tmp_path: Path) -> None:
     for args in (["quickstart", "--spec", "amount_and_mixtur", "--out", str(tmp_path)], ["validate", "quickstar"]):
         result = runner.invoke(app, args)
-        one_line_error(result, "no bundled spec of that name (did you mean", "amount_and_mixture, quickstart")
+        one_line_error(
+            result, "no bundled spec of that name (did you mean", "amount_and_mixture, paper_cifar10, quickstart"
+        )
     assert list(tmp_path.iterdir()) == []
