@@ -532,9 +532,23 @@ class TrackingSpec(Strict):
 
 
 class CriteriaSpec(Strict):
-    """Teacher-side criteria (`study.criteria.measures`): images per population (raw candidate pool, built set)."""
+    """Teacher-side criteria (`study.criteria.measures`): images per population (raw candidate pool, built set),
+    and the seeded sample of training batches the `trained` population measures (`study.criteria.trained`):
+    `trained_batches` batches as the student trains on them, drawing at most `trained_source_batches` batches from
+    the stream (an online `boundary_only` arm trains on none of a batch whose attacks all fail)."""
 
     images: int = Field(default=2048, ge=64)
+    trained_batches: int = Field(default=8, ge=1)
+    trained_source_batches: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _enough_source_batches(self) -> CriteriaSpec:
+        if self.trained_source_batches < self.trained_batches:
+            raise ValueError(
+                f"trained_source_batches ({self.trained_source_batches}) is below trained_batches "
+                f"({self.trained_batches}): the sample could never be drawn"
+            )
+        return self
 
 
 class FinalSpec(Strict):

@@ -3,8 +3,9 @@
 Frank & Davis (CVPR 2025, Sec. 5) name what makes a good KD dataset: the teacher's predictions on it cover all
 classes evenly, the images are diverse, and they carry decision-boundary information. Each function below turns
 one of those into a number and states its formula; `measure` computes all of them in one streaming teacher pass
-over a population of images (the raw candidate pool or the built set, `study.criteria.populations`), on the teacher's
-device (CUDA when present), keeping only running sums, so the pool can be as large as the caller wants.
+over a population of images (the raw candidate pool, the built set, `study.criteria.populations`, or the batches
+the student trains on, `study.criteria.trained`), on the teacher's device (CUDA when present), keeping only running
+sums, so the pool can be as large as the caller wants.
 
 K is the number of classes, N the number of images, p_i the teacher's softmax on image i (at temperature T where
 named `_t`), f_i the teacher's penultimate feature vector (the input of its classifier layer).
@@ -119,7 +120,8 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
 
 
 def grey(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float (N, H, W) grey levels in [0, 1] (channel mean), for the image statistics."""
+    """(N, C, H, W) pixels on the 0-255 scale (uint8, or float for trained batches) -> float (N, H, W) grey levels
+    in [0, 1] (channel mean), for the image statistics."""
     return images.float().mean(1) / 255.0
 
 
@@ -282,6 +284,48 @@ def measure(
     `temperature` is the arm's KD temperature (the `_t` criteria); `reference` the teacher's val-split feature
     moments for `frechet_val` (omitted when None). Without a classifier layer to hook, logits stand in for features.
     """
+    meta = teacher.meta
+    device = next(teacher.model.parameters()).device
+
+    def inputs() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in batches:
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+            x = to_teacher_input(x, meta.channels, meta.image_size)
+            yield normalise(x, meta.mean, meta.std), x
+
+    return _measure(teacher, inputs(), temperature, reference)
+
+
+@torch.no_grad()
+def measure_normalised(
+    teacher: Teacher,
+    batches: Iterable[torch.Tensor],
+    temperature: float = 1.0,
+    reference: FeatureMoments | None = None,
+) -> Criteria:
+    """`measure` on batches the teacher takes as they are: normalised float (n, C, H, W) at its input (what the
+    student trains on after augmentation, mixup and an online attack; `study.criteria.trained`). The image
+    statistics read the pixels back as (x * std + mean) on the 0-255 scale."""
+    meta = teacher.meta
+    device = next(teacher.model.parameters()).device
+    mean = torch.tensor(meta.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(meta.std, device=device).view(1, -1, 1, 1)
+
+    def inputs() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in batches:
+            x = batch.to(device).float()
+            yield x, (x * std + mean).clamp(0.0, 1.0) * 255.0
+
+    return _measure(teacher, inputs(), temperature, reference)
+
+
+def _measure(
+    teacher: Teacher,
+    inputs: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    temperature: float,
+    reference: FeatureMoments | None,
+) -> Criteria:
+    """The one teacher pass: `inputs` yields (normalised input, pixels on the 0-255 scale) per batch."""
     meta, model = teacher.meta, teacher.model
     device = next(model.parameters()).device
     store: list[torch.Tensor] = []
@@ -292,12 +336,10 @@ def measure(
     was_training = model.training
     model.eval()
     try:
-        for batch in batches:
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-            x = to_teacher_input(x, meta.channels, meta.image_size)
+        for x, pixels in inputs:
             store.clear()
-            logits = model(normalise(x, meta.mean, meta.std)).float()
-            acc.add(logits, store[-1] if store else logits, x)
+            logits = model(x).float()
+            acc.add(logits, store[-1] if store else logits, pixels)
     finally:
         model.train(was_training)
         if handle is not None:

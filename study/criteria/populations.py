@@ -1,13 +1,15 @@
-"""The two populations a surrogate's criteria are measured on, and the arm-level measurements around them.
+"""The populations a surrogate's criteria are measured on, and the arm-level measurements around them.
 
 * The **raw candidate pool**: what the surrogate's source offers before any selection. After balanced
   teacher-filtered selection (the paper's protocol) the built set's class entropy is ~1 by construction, so only
   the raw pool can tell balanced surrogates apart.
 * The **built set**: the images the student trains on, after selection (the shards) or perturbation (the derived
   shards of an offline arm; for an online arm, the attack's output on a sample of the built set).
+* The **trained batches** (`study.criteria.trained`): a seeded sample of the batches the student trains on, after
+  the arm's augmentation, mixup and online attack, as the teacher sees them.
 
-`record_arm_criteria` measures both for one arm and logs them on its parent run (`criteria.raw.*`,
-`criteria.built.*`; `criteria.class_entropy` is the paper's measure, i.e. the raw pool's).
+`measure_arm` measures all three for one arm; the pipeline logs them on its parent run (`criteria.raw.*`,
+`criteria.built.*`, `criteria.trained.*`; `criteria.class_entropy` is the paper's measure, i.e. the raw pool's).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from study.config import ArmSpec, CardSpec, StudySpec
 from study.criteria.measures import Criteria, FeatureMoments, batched, measure
+from study.criteria.trained import arm_batches, measure_trained
 from study.data.balance import scan_order
 from study.data.build import load_real_source
 from study.data.build_plan import BuildResult
@@ -153,16 +156,21 @@ def before_after_png(originals: np.ndarray, attacked: np.ndarray, source_index: 
 
 @dataclass
 class ArmCriteria:
-    """What `measure_arm` found: raw and built criteria, their histograms, extra metrics and artifacts."""
+    """What `measure_arm` found: raw, built and trained criteria (trained: None when no training batch held an
+    image), their histograms, extra metrics, artifacts and the tags that say how the trained batches were sampled."""
 
     raw: Criteria
     built: Criteria
+    trained: Criteria | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, bytes] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
 
     def logged_metrics(self) -> dict[str, float]:
         out = {f"criteria.raw.{k}": v for k, v in self.raw.values.items()}
         out |= {f"criteria.built.{k}": v for k, v in self.built.values.items()}
+        if self.trained is not None:
+            out |= {f"criteria.trained.{k}": v for k, v in self.trained.values.items()}
         out["criteria.class_entropy"] = self.raw.values["class_entropy"]  # the paper's measure: the raw pool's
         return out | self.metrics
 
@@ -175,9 +183,10 @@ def measure_arm(
     teacher: Teacher,
     reference: FeatureMoments | None,
 ) -> ArmCriteria:
-    """Raw-pool and built-set criteria of one arm, plus its acceptance rate and attack statistics.
+    """Raw-pool, built-set and trained-batch criteria of one arm, plus its acceptance rate and attack statistics.
 
-    The raw pool of an offline-perturbed arm is its source card's; its built set is the derived surrogate.
+    The raw pool of an offline-perturbed arm is its source card's; its built set is the derived surrogate, which its
+    trained batches are drawn from.
     """
     meta, images = teacher.meta, spec.criteria.images
     temperature = arm_temperature(spec, arm, card, meta)
@@ -208,18 +217,29 @@ def measure_arm(
         extra["criteria.built.attack_success"] = float(derived["success_rate"])
         artifacts["perturbation.png"] = attack_sample(teacher, pool[:64], arm, spec.seed).grid_png
     built = measure(teacher, batched(built_images), temperature, reference)
+    c = spec.criteria
+    trained = measure_trained(
+        arm_batches(spec, arm, card, build, teacher),
+        c.trained_batches,
+        c.trained_source_batches,
+        temperature,
+        reference,
+    )
     artifacts["class_histogram.json"] = json.dumps(
         {
             "raw": raw.predicted_histogram,
             "built": built.predicted_histogram,
+            "trained": trained.criteria.predicted_histogram if trained.criteria is not None else None,
             "classes": meta.classes,
             "raw_images": len(pool),
             "built_images": len(built_images),
+            "trained_images": trained.images,
+            "trained_sample": trained.note(),
             "temperature": temperature,
         }
     ).encode()
     artifacts["samples.png"] = sample_grid_png(built_images)
-    return ArmCriteria(raw, built, extra, artifacts)
+    return ArmCriteria(raw, built, trained.criteria, extra, artifacts, trained.params())
 
 
 def sample_grid_png(images: np.ndarray, n: int = 64) -> bytes:

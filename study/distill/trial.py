@@ -27,6 +27,9 @@ rather than steps, and the stream position (`batches`) is kept apart from the op
 (kd-study's earlier way) keeps the batch at B: the first `ceil(fraction * B / 4)` images are attacked, the 4 images
 of each success take the front of the batch, and the un-attacked images, then the failed ones, fill it to B.
 `attack_success` (successes / attacked images over the report interval) joins the metrics.
+
+The stream and the per-batch pipeline live in `study.distill.batches.TrainingBatches`, which `KDTrial` extends: the
+`trained` criteria population (`study.criteria.trained`) draws its batches from the same class.
 """
 
 from __future__ import annotations
@@ -44,21 +47,19 @@ from typing import Any
 import torch
 
 from study import storage
-from study.config import ArmSpec, CardSpec, StudySpec, TrainSpec, load_card
+from study.config import ArmSpec, CardSpec, StudySpec, load_card
 from study.data import shards
 from study.data.eval_splits import eval_split, read_eval_split
-from study.data.perturb import attack_config, derived_name
+from study.data.perturb import derived_name
 from study.data.shards.cache import ShardCacheSpec
-from study.data.shards.reader import ShardStream, read_range, stream_loader, to_teacher_input
+from study.data.shards.reader import ShardStream, to_teacher_input
 from study.device import autocast_dtype, pick_device, require_cuda
-from study.distill.augment import AugmentConfig, BatchAugment
+from study.distill.batches import TrainingBatches
 from study.distill.loss import kd_loss, onehot_kd_loss
-from study.distill.temperature import kd_temperature, student_flip
+from study.distill.temperature import kd_temperature
 from study.models import create_model
 from study.resources import resolve_card_path
-from study.teacher.attack import AttackResult, boundary_attack
 from study.teacher.checkpoint import load_teacher
-from study.teacher.inference import predict_classes
 
 log = logging.getLogger(__name__)
 
@@ -111,32 +112,6 @@ def check_manifest_card(root: str, manifest: shards.Manifest, card: CardSpec) ->
         )
 
 
-def is_synthetic(card: CardSpec) -> bool:
-    """The paper's synthetic recipe (T 20, 4 RandAugment ops) applies: generated cards, and mixtures whose
-    `recipe` is synthetic (the default when a component is generated: `study.data.mixture.mixture_recipe`)."""
-    if card.kind == "mixture":
-        from study.data.mixture import mixture_recipe
-
-        return mixture_recipe(card) == "synthetic"
-    return card.kind == "generated"
-
-
-def is_shader(card: CardSpec) -> bool:
-    """Shader images get elastic warps and inversions (paper); so does a synthetic-recipe mixture with a shader
-    component (the extras are per batch, like the rest of the recipe)."""
-    if card.kind == "mixture":
-        return is_synthetic(card) and any(
-            c.resolved is not None and is_shader(c.resolved) for c in card.components or []
-        )
-    return card.generator in ("shaders", "glsl_folder")
-
-
-def targets_stored_label(card: CardSpec) -> bool:
-    """The authors attack their OpenGL shader images toward the stored label; a mixture has no per-image kind
-    in its batches, so its images keep uniform targets."""
-    return card.kind != "mixture" and is_shader(card)
-
-
 def surrogate_name(spec: StudySpec, arm: ArmSpec, card: CardSpec, teacher_id: str) -> str:
     """The surrogate an arm reads: its card's, or for an offline-perturbed arm the derived one (built with the
     study's seed, so every trial and seed of the arm shares one attack pass)."""
@@ -145,27 +120,9 @@ def surrogate_name(spec: StudySpec, arm: ArmSpec, card: CardSpec, teacher_id: st
     return card.name
 
 
-def held_out_slice(
-    spec: StudySpec, arm: ArmSpec, root: str, manifest: shards.Manifest, channels: int, image_size: int
-) -> tuple[int | None, torch.Tensor | None]:
-    """(images the trial trains on, held-out uint8 images at the teacher's input) of an arm.
-
-    With `search.metric: agreement` the last `search.agreement_images` images of the arm's built set are held out
-    of training and scored by agreement with the teacher: the one exception to "every trial reads its whole
-    surrogate", so a study needs no labelled data at all. Otherwise nothing is held out.
-    """
-    if spec.search.metric != "agreement":
-        return arm.count, None
-    total = min(arm.count or manifest.count, manifest.count)
-    held = spec.search.agreement_images
-    if held >= total:
-        raise ValueError(f"arm '{arm.name}': search.agreement_images ({held}) leaves no training images of its {total}")
-    images = read_range(root, manifest, total - held, total)
-    return total - held, to_teacher_input(torch.from_numpy(images), channels, image_size)
-
-
-class KDTrial:
-    """A trial's state and its training loop; `run` drives it and calls `report` at each report point."""
+class KDTrial(TrainingBatches):
+    """A trial's state and its training loop; `run` drives it and calls `report` at each report point. Its batches
+    come from `TrainingBatches` (the stream and the pipeline the `trained` criteria population shares)."""
 
     def __init__(
         self,
@@ -176,19 +133,21 @@ class KDTrial:
         seed: int | None = None,
         device: torch.device | None = None,
     ) -> None:
-        self.spec, self.arm, self.paths = spec, arm, paths
-        self.train: TrainSpec = spec.train_for(arm, overrides)
-        self.seed = spec.seed if seed is None else seed
-        self.device = device or pick_device()
-        self.card = paths.card(arm)
-        self.teacher = load_teacher(paths.teacher, self.device)
-        meta = self.teacher.meta
-        surrogate = surrogate_name(spec, arm, self.card, meta.teacher_id)
+        self.paths = paths
+        train = spec.train_for(arm, overrides)
+        seed = spec.seed if seed is None else seed
+        device = device or pick_device()
+        card = paths.card(arm)
+        teacher = load_teacher(paths.teacher, device)
+        meta = teacher.meta
+        surrogate = surrogate_name(spec, arm, card, meta.teacher_id)
         root = f"{paths.shards_root.rstrip('/')}/{surrogate}"
         manifest = shards.read_manifest(root)
         shards.check_present(root, manifest)
         if arm.perturbation.mode != "offline":  # a derived surrogate's manifest holds its attack, not the card
-            check_manifest_card(root, manifest, self.card)
+            check_manifest_card(root, manifest, card)
+        cache = paths.cache.open() if paths.cache else None
+        super().__init__(spec, arm, train, card, teacher, root, manifest, seed, device, cache)
         torch.manual_seed(self.seed)
         self.student = create_model(spec.student.arch, meta.num_classes, meta.channels).to(self.device)
         if self.device.type == "cuda":
@@ -208,23 +167,10 @@ class KDTrial:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=self.total_steps, eta_min=t.lr_min
         )
-        synthetic = is_synthetic(self.card)
         # the paper's temperatures: 20 on synthetic images and for fine-grained teachers, 2 otherwise
         self.temperature_choice = kd_temperature(t, self.card, meta, spec.teacher)
         self.temperature = self.temperature_choice.value
-        augment = AugmentConfig(
-            crop=t.crop,
-            crop_scale=(t.crop_scale_min, 1.0),
-            randaugment_ops=t.randaugment_ops if t.randaugment_ops is not None else (4 if synthetic else 2),
-            randaugment_magnitude=t.randaugment_magnitude,
-            # the paper adds elastic warps and inversions for shader images only
-            elastic_p=0.5 if is_shader(self.card) else 0.0,
-            invert_p=0.1 if is_shader(self.card) else 0.0,
-            flip=student_flip(t, meta, spec.teacher),
-            pad_fraction=t.pad_fraction,
-            mixup=t.mixup,
-        )
-        self.augment = BatchAugment(augment, mean=meta.mean, std=meta.std)
+        augment = self.augment.config
         # what this trial trains with, every default resolved (MLflow params `recipe.*`, filterable in the UI)
         self.recipe: dict[str, Any] = {
             **t.model_dump(exclude={"temperature", "randaugment_ops", "flip"}),
@@ -245,28 +191,8 @@ class KDTrial:
             "budget_images": self.budget_images,
             "seed": self.seed,
         }
-        online = arm.perturbation.mode == "online"
-        self.attack = attack_config(arm.perturbation) if online else None
-        self.attack_after_mixup = online and arm.perturbation.online_order == "after_mixup"
-        self.boundary_batches = online and arm.perturbation.online_batch == "boundary_only"
-        if self.boundary_batches:
-            self.attacked_per_batch = t.batch_size
-        elif online:
-            self.attacked_per_batch = math.ceil((arm.perturbation.fraction or 1.0) * t.batch_size / 4)
-        else:
-            self.attacked_per_batch = 0
-        # the stored label exists only where mixup made the image something else: on clean images (offline,
-        # before_augment) it is the image's own class, so those keep uniform targets
-        self.stored_label_targets = (
-            self.attack_after_mixup and arm.perturbation.target == "pseudo_label" and targets_stored_label(self.card)
-        )
-        if online:
+        if self.attack is not None:
             self.recipe["attack_target"] = "pseudo_label" if self.stored_label_targets else "uniform_other"
-        self.attack_counts = [0, 0]  # (successes, attacked) since the last report
-        self.generator = torch.Generator().manual_seed(self.seed)
-        cache = paths.cache.open() if paths.cache else None
-        train_limit, self.heldout = held_out_slice(spec, arm, root, manifest, meta.channels, meta.image_size)
-        self.stream = ShardStream(root, manifest, t.batch_size, seed=self.seed, limit=train_limit, cache=cache)
         self.step = 0  # optimizer steps
         self.batches = 0  # batches drawn from the stream (a boundary_only batch whose attacks all fail is no step)
         self.images_seen = 0  # images trained on, counted per batch (a small surrogate's batches repeat images)
@@ -320,10 +246,6 @@ class KDTrial:
         self.load_state_dict(torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True))
 
     # ------------------------------------------------------------------------------------------ loop
-    def predict(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        meta = self.teacher.meta
-        return predict_classes(model, images, meta.mean, meta.std, self.device, self.spec.budget.eval_batch_size)
-
     def evaluate(self) -> dict[str, float]:
         """`val_acc`, `test_acc` and `teacher_agreement` (on test) when the teacher has eval data; `agreement` on
         the arm's held-out surrogate images when the search uses it."""
@@ -349,45 +271,6 @@ class KDTrial:
             return onehot_kd_loss(student_logits, teacher_logits)
         return kd_loss(student_logits, teacher_logits, self.temperature)
 
-    def stored_labels(self, clean: torch.Tensor) -> torch.Tensor:
-        """The teacher's class of each clean, un-augmented uint8 image: the label a shader image is stored with."""
-        return self.predict(self.teacher.model, clean)
-
-    def attack_batch(self, pixels01: torch.Tensor, targets: torch.Tensor | None) -> AttackResult:
-        meta = self.teacher.meta
-        assert self.attack is not None
-        return boundary_attack(
-            self.teacher.model, pixels01, meta.mean, meta.std, self.attack, self.generator, targets=targets
-        )
-
-    def perturb(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Online boundary perturbation of a batch: `boundary_only`, the 4 images of each success alone (4 x
-        successes images); `equal_compute`, the same shape as `x` with the perturbed images in front.
-
-        Order `after_mixup`: `x` is the augmented, mixed-up batch as the student sees it (normalised float) and
-        so is the result. Order `before_augment`: `x` is an adapted uint8 batch and so is the result. `targets`
-        (one per image of `x`) fixes the attack's targets; None draws uniform other classes.
-        """
-        meta = self.teacher.meta
-        n = min(self.attacked_per_batch, len(x))
-        if self.attack_after_mixup:
-            mean = torch.tensor(meta.mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(meta.std, device=x.device).view(1, -1, 1, 1)
-            # mixup and the mean fill keep pixels inside [0, 1]; clamp only float rounding at the edges
-            pixels = (x[:n].float() * std + mean).clamp_(0.0, 1.0)
-        else:
-            pixels = x[:n].float() / 255.0
-        result = self.attack_batch(pixels, None if targets is None else targets[:n])
-        self.attack_counts[0] += int(result.success.sum())
-        self.attack_counts[1] += n
-        if self.attack_after_mixup:
-            perturbed = (result.images - mean) / std
-        else:
-            perturbed = (result.images * 255.0).round_().clamp_(0, 255).to(torch.uint8)
-        if self.boundary_batches:
-            return perturbed
-        return torch.cat([perturbed, x[n:], x[:n][~result.success]])[: len(x)]
-
     def finished(self) -> bool:
         if self.boundary_batches:
             return self.images_seen >= self.budget_images
@@ -405,7 +288,7 @@ class KDTrial:
     def run(self, report: Reporter) -> dict[str, float]:
         """Train to the budget, calling `report(metrics, {'trial': self})` at every report point."""
         budget, every = self.budget_images, self.report_every
-        batches = iter(stream_loader(self.stream, self.spec.resources.loader_workers, self.device.type == "cuda"))
+        batches = self.source_batches()
         for _ in range(self.batches):  # replay the deterministic stream up to a restored checkpoint
             next(batches)
         self.student.train()
@@ -413,16 +296,8 @@ class KDTrial:
         metrics: dict[str, float] = {}
         empty = 0
         while not self.finished():
-            batch = next(batches).to(self.device, non_blocking=True)
+            x = self.make_batch(next(batches).to(self.device, non_blocking=True))
             self.batches += 1
-            x = to_teacher_input(batch, self.teacher.meta.channels, self.teacher.meta.image_size)
-            targets = self.stored_labels(x) if self.stored_label_targets else None
-            if self.attack is not None and not self.attack_after_mixup:
-                x = self.perturb(x)
-            if len(x):
-                x = self.augment(x, self.generator)
-            if self.attack_after_mixup:
-                x = self.perturb(x, targets)
             if self.boundary_batches:
                 x = x[: budget - self.images_seen]  # the last batch lands on the budget exactly
                 if len(x) == 0:

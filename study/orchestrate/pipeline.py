@@ -163,7 +163,8 @@ def record_arms(
     eval_root: str | None = None,
     teacher_uri: str | None = None,
 ) -> None:
-    """Parent run per arm with card params, raw-pool and built-set criteria and artifacts, measured once per arm.
+    """Parent run per arm with card params, raw-pool, built-set and trained-batch criteria and artifacts, measured once
+    per arm (the trained sample's size in the run's `kd_study.criteria.trained.*` tags).
 
     `eval_root` holds the teacher's val split for the Fréchet reference (else it is loaded from its dataset).
     With `teacher_uri` (a study on a cluster) the arms are measured as Ray tasks (`presweep.measure_on_cluster`),
@@ -183,7 +184,7 @@ def record_arms(
         if arm.perturbation.mode == "offline":
             files.pop("perturbation_histograms.json", None)
         tracker.log_arm_artifacts(run_id, files)
-        if tags := node_tags(built_by(build.manifest), where):
+        if tags := node_tags(built_by(build.manifest), where) | found.tags:
             tracker.tag_arm(run_id, tags)
         nonlocal measured
         measured += 1

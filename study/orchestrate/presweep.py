@@ -162,7 +162,8 @@ def criteria_task(
     reference: FeatureMoments | None,
     gpus: float,
 ) -> tuple[ArmCriteria, WorkRecord]:
-    """One arm's criteria pass, and where it ran."""
+    """One arm's criteria pass (raw pool, built set and trained batches: `populations.measure_arm`), and where it
+    ran."""
     spec = StudySpec.model_validate_json(spec_json)
     card = CardSpec.model_validate_json(card_json)
     started = time.time()

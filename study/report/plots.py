@@ -89,7 +89,8 @@ def ranking_plot(results: StudyResults, teacher_acc: float | None, path: Path) -
 
 
 def criteria_plot(results: StudyResults, population: str, path: Path) -> Path | None:
-    """Scatter of accuracy against each criterion of one population (`raw` or `built`), one point per surrogate."""
+    """Scatter of accuracy against each criterion of one population (`raw`, `built` or `trained`), one point per
+    surrogate."""
     from study.report.tables import criterion_label
 
     points, corr = results.points, results.correlations
@@ -125,7 +126,7 @@ def criteria_plot(results: StudyResults, population: str, path: Path) -> Path | 
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    what = "raw candidate pool" if population == "raw" else "built set"
+    what = {"raw": "raw candidate pool", "built": "built set", "trained": "trained batches"}[population]
     fig.suptitle(f"Criteria of the {what} vs. student {METRIC_NAMES[ranked]} (one point per surrogate)", fontsize=11)
     return _save(fig, path)
 
@@ -160,21 +161,28 @@ def curves_plot(results: StudyResults, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _histogram_panels(panels: list[tuple[str, list[int], list[int], str, str]], title: str, path: Path) -> Path | None:
+Histograms = list[tuple[str, list[int]]]
+"""(label, counts per class) of the series one panel compares."""
+
+
+def _histogram_panels(panels: list[tuple[str, Histograms]], title: str, path: Path) -> Path | None:
     if not panels:
         return None
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False, sharey=True)
-    for ax, (name, first, second, first_label, second_label) in zip(axes.flat, panels, strict=False):
-        a, b = np.asarray(first, float), np.asarray(second, float)
-        k = np.arange(len(a))
-        ax.bar(k - 0.2, 100 * a / max(a.sum(), 1), width=0.4, color=GREY, label=first_label)
-        ax.bar(k + 0.2, 100 * b / max(b.sum(), 1), width=0.4, color=BLUE, label=second_label)
+    colours = [GREY, BLUE, ORANGE]
+    for ax, (name, series) in zip(axes.flat, panels, strict=False):
+        width = 0.8 / len(series)
+        for i, (label, counts) in enumerate(series):
+            h = np.asarray(counts, float)
+            k = np.arange(len(h))
+            offset = (i - (len(series) - 1) / 2) * width
+            ax.bar(k + offset, 100 * h / max(h.sum(), 1), width=width, color=colours[i % len(colours)], label=label)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("teacher-predicted class", fontsize=8)
         ax.set_ylabel("share (%)", fontsize=8)
-        ax.set_xticks(k)
+        ax.set_xticks(np.arange(len(series[0][1])))
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels) :]:
@@ -189,8 +197,12 @@ def class_histograms_plot(results: StudyResults, path: Path) -> Path | None:
         if "class_histogram.json" in files:
             h = json.loads(files["class_histogram.json"].read_text())
             if "raw" in h:
-                panels.append((arm, h["raw"], h["built"], "raw pool", "built set"))
-    return _histogram_panels(panels, "Teacher's predicted classes: raw candidate pool vs. built set", path)
+                series = [("raw pool", h["raw"]), ("built set", h["built"])]
+                if h.get("trained"):  # absent in studies measured before the trained population
+                    series.append(("trained batches", h["trained"]))
+                panels.append((arm, series))
+    title = "Teacher's predicted classes: raw candidate pool, built set and trained batches"
+    return _histogram_panels(panels, title, path)
 
 
 def perturbation_histograms_plot(results: StudyResults, path: Path) -> Path | None:
@@ -198,7 +210,7 @@ def perturbation_histograms_plot(results: StudyResults, path: Path) -> Path | No
     for arm, files in sorted(results.artifacts.items()):
         if "perturbation_histograms.json" in files:
             h = json.loads(files["perturbation_histograms.json"].read_text())
-            panels.append((arm, h["histogram_before"], h["histogram_after"], "before attack", "after attack"))
+            panels.append((arm, [("before attack", h["histogram_before"]), ("after attack", h["histogram_after"])]))
     return _histogram_panels(panels, "Perturbed arms: teacher's classes before and after the attack", path)
 
 
@@ -207,6 +219,7 @@ def write_all(results: StudyResults, out_dir: Path, teacher_acc: float | None) -
         ranking_plot(results, teacher_acc, out_dir / "ranking.png"),
         criteria_plot(results, "raw", out_dir / "criteria_raw.png"),
         criteria_plot(results, "built", out_dir / "criteria_built.png"),
+        criteria_plot(results, "trained", out_dir / "criteria_trained.png"),
         curves_plot(results, out_dir / "learning_curves.png"),
         class_histograms_plot(results, out_dir / "class_histograms.png"),
         perturbation_histograms_plot(results, out_dir / "perturbation_histograms.png"),

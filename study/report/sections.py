@@ -16,7 +16,7 @@ import pandas as pd
 from study.criteria.measures import NOT_DATA_FREE
 from study.report.document import Code, Image, Note, Para, Section, Table
 from study.report.stats import ADJUSTMENT, ALPHA, METRIC_NAMES, MIN_POINTS, TOO_FEW, family_size
-from study.report.tables import StudyResults, criterion_label
+from study.report.tables import POPULATIONS, StudyResults, criterion_label
 
 
 def pct(v: float) -> str:
@@ -145,11 +145,14 @@ def _correlations(r: StudyResults, ctx: dict) -> Section:
             "surrogate(s), one "
             "point per distinct image source (arms that vary labels, image count or online perturbation of one "
             "surrogate share its images and enter once). Bootstrap 95% intervals (2,000 resamples of the surrogates) "
-            "and two-sided permutation p-values. Criteria are measured on two populations: the **raw pool** (a seeded "
-            "sample of the candidates before teacher-filtered selection; the paper's class entropy) and the **built "
-            "set** the student trains on."
+            "and two-sided permutation p-values. Criteria are measured on three populations: the **raw pool** (a "
+            "seeded sample of the candidates before teacher-filtered selection; the paper's class entropy), the "
+            "**built set** (the clean images the arm's shards hold) and the **trained batches** (a seeded sample of "
+            "the batches the student trains on, after the arm's augmentation, mixup and online attack)."
         )
     )
+    if len(r.correlations):
+        s.blocks.append(Para(best_population(r.correlations)))
     if len(r.correlations):
         m = family_size(r.correlations)
         s.blocks.append(
@@ -178,11 +181,43 @@ def _correlations(r: StudyResults, ctx: dict) -> Section:
         s.blocks.append(Table(table))
         if any(x.split("_", 2)[2] in NOT_DATA_FREE for x in c["criterion"]):
             s.blocks.append(Para("† not data-free: measured against the teacher's own validation split."))
-    s.blocks += [
-        Image("criteria_raw.png", "criteria of the raw pool"),
-        Image("criteria_built.png", "criteria of the built set"),
-    ]
+    s.blocks += [Image(f"criteria_{p}.png", f"criteria of the {name}") for p, name in POPULATIONS.items()]
     return s
+
+
+def best_population(correlations: pd.DataFrame) -> str:
+    """One sentence: the population whose strongest criterion has the lowest Holm-adjusted Spearman p (the
+    adjusted p, since the choice is made over every test in the table); populations that share that p are named
+    as a tie, never ordered by the table's order."""
+    c = correlations.dropna(subset=["rho_p_holm"])
+    if not len(c):
+        return (
+            "Which population predicts best: not known yet (no correlation has a p-value: too few surrogates, or no "
+            "criterion varies across them)."
+        )
+    best: dict[str, tuple[float, str]] = {}
+    for population in POPULATIONS:
+        rows = c[c["criterion"].str.startswith(f"crit_{population}_")]
+        if len(rows):
+            top = rows.loc[rows["rho_p_holm"].idxmin()]
+            best[population] = (float(top["rho_p_holm"]), str(top["criterion"]))
+    lowest = min(p for p, _ in best.values())
+    winners = [pop for pop, (p, _) in best.items() if math.isclose(p, lowest, rel_tol=1e-9, abs_tol=1e-12)]
+    each = "; ".join(
+        f"{name}: {p_value(best[pop][0])} ({criterion_label(best[pop][1])})" if pop in best else f"{name}: not measured"
+        for pop, name in POPULATIONS.items()
+    )
+    verdict = "significant" if lowest <= ALPHA else "not significant"
+    if len(winners) == 1:
+        lead = f"the {POPULATIONS[winners[0]]}, whose strongest criterion has the lowest {ADJUSTMENT}-adjusted p"
+    else:
+        names = [POPULATIONS[w] for w in winners]
+        tied = ", ".join(names[:-1]) + f" and {names[-1]}"
+        lead = f"no single population: the {tied} tie at the lowest {ADJUSTMENT}-adjusted p"
+    return (
+        f"Which population predicts best: {lead} ({p_value(lowest)}, {verdict} at the {ALPHA:.0%} level; the "
+        f"strongest criterion's {ADJUSTMENT}-adjusted Spearman p per population: {each})."
+    )
 
 
 def _prediction(r: StudyResults, ctx: dict) -> Section:
@@ -231,11 +266,12 @@ def _curves(r: StudyResults, ctx: dict) -> Section:
 
 def _histograms(r: StudyResults, ctx: dict) -> Section:
     return Section(
-        "Teacher class histograms: raw pool vs. built set",
+        "Teacher class histograms: raw pool, built set, trained batches",
         [
             Para(
-                "Share of each teacher-predicted class in the raw candidate pool and in the set the student trains on "
-                "(balanced selection flattens the built set, so only the raw pool tells balanced surrogates apart)."
+                "Share of each teacher-predicted class in the raw candidate pool, in the built set and in the sampled "
+                "batches the student trains on (balanced selection flattens the built set, so only the raw pool tells "
+                "balanced surrogates apart; augmentation, mixup and an online attack move the teacher's view again)."
             ),
             Image("class_histograms.png", "class histograms"),
         ],
@@ -354,8 +390,8 @@ def _mlflow(r: StudyResults, ctx: dict) -> Section:
             Para(
                 f"Experiment `{r.name}` in `{r.tracking_uri}`: a parent run per arm (criteria, manifest, sample grid, "
                 f"histograms) and a child run per trial (learning curve). Browse: `mlflow ui --backend-store-uri "
-                f"{r.tracking_uri}`. `results.parquet` holds one row per trial with `crit_raw_*` / `crit_built_*` "
-                "columns (`crit_class_entropy` is the raw pool's, the paper's measure)."
+                f"{r.tracking_uri}`. `results.parquet` holds one row per trial with `crit_raw_*` / `crit_built_*` / "
+                "`crit_trained_*` columns (`crit_class_entropy` is the raw pool's, the paper's measure)."
             )
         ],
     )

@@ -36,13 +36,14 @@ from study.report.stats import (
     family_size,
     ranking_metric,
 )
-from study.report.tables import StudyResults, criterion_label, surrogate_points
+from study.report.tables import CRITERIA_PREFIXES, POPULATIONS, StudyResults, criterion_label, surrogate_points
 from study.teacher.checkpoint import TeacherMeta
 from study.tracking import ARM, ERROR, OUTCOME, PHASE, TRIAL_ID, StudyTracker
 
 log = logging.getLogger(__name__)
 
-RAW, BUILT = "criteria.raw.", "criteria.built."
+POPULATION_METRICS = {f"criteria.{p}.": f"crit_{p}_" for p in POPULATIONS}
+"""MLflow metric prefix -> results column prefix, one per criteria population (raw, built, trained)."""
 RESULT_METRICS = ("val_acc", "test_acc", "teacher_agreement", "agreement", "train_loss", "images_per_s")
 PAPER_CRITERION = "crit_raw_class_entropy"
 ARM_RUN_COLUMNS = ["arm_run_id", "surrogate_point", "selection", "selection_achieved"]
@@ -62,7 +63,8 @@ class Report:
 
 # ------------------------------------------------------------------------------------------------ reading
 def collect_arms(tracker: StudyTracker) -> pd.DataFrame:
-    """One row per arm: its parent run, surrogate, point flag and criteria as `crit_raw_*` / `crit_built_*`."""
+    """One row per arm: its parent run, surrogate, point flag and criteria as `crit_raw_*` / `crit_built_*` /
+    `crit_trained_*`."""
     rows = []
     for arm, run_id in tracker.arm_runs().items():
         metrics, params = tracker.run_data(run_id)
@@ -74,10 +76,9 @@ def collect_arms(tracker: StudyTracker) -> pd.DataFrame:
             "selection_achieved": params.get("selection_achieved", ""),
         }
         for key, value in metrics.items():
-            if key.startswith(RAW):
-                row[f"crit_raw_{key[len(RAW) :]}"] = value
-            elif key.startswith(BUILT):
-                row[f"crit_built_{key[len(BUILT) :]}"] = value
+            for metric, column in POPULATION_METRICS.items():
+                if key.startswith(metric):
+                    row[f"{column}{key[len(metric) :]}"] = value
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else [*ARM_COLUMNS, *ARM_RUN_COLUMNS])
 
@@ -162,7 +163,7 @@ def collect(
     ranking = arm_accuracy(trials, metric) if len(trials) else pd.DataFrame()
     ranked = ranking_metric(trials)
     points = surrogate_points(ranking, arms)
-    crit_cols = [c for c in arms.columns if c.startswith(("crit_raw_", "crit_built_"))]
+    crit_cols = [c for c in arms.columns if c.startswith(CRITERIA_PREFIXES)]
     corr = correlations(points, crit_cols, ranked) if len(points) else pd.DataFrame()
     results = StudyResults(
         tracker.name,

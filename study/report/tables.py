@@ -13,6 +13,15 @@ from study.criteria.measures import NOT_DATA_FREE
 from study.report.stats import ranking_metric
 from study.teacher.checkpoint import TeacherMeta
 
+POPULATIONS = {"raw": "raw pool", "built": "built set", "trained": "trained batches"}
+"""The populations criteria are measured on (`study.criteria`), by the name in their `crit_<population>_*` columns."""
+CRITERIA_PREFIXES = tuple(f"crit_{p}_" for p in POPULATIONS)
+
+
+def population_of(column: str) -> str:
+    """`crit_trained_confidence` -> 'trained'."""
+    return column.split("_", 2)[1]
+
 
 @dataclass
 class StudyResults:
@@ -23,7 +32,7 @@ class StudyResults:
     spec_json: str
     teacher: TeacherMeta | None
     trials: pd.DataFrame
-    arms: pd.DataFrame  # one row per arm: params and crit_raw_* / crit_built_* columns
+    arms: pd.DataFrame  # one row per arm: params and crit_raw_* / crit_built_* / crit_trained_* columns
     ranking: pd.DataFrame
     points: pd.DataFrame  # one row per surrogate (its point arm): accuracy and criteria
     correlations: pd.DataFrame
@@ -41,7 +50,7 @@ class StudyResults:
 
     @property
     def criteria_columns(self) -> list[str]:
-        return [c for c in self.arms.columns if c.startswith(("crit_raw_", "crit_built_"))]
+        return [c for c in self.arms.columns if c.startswith(CRITERIA_PREFIXES)]
 
     @property
     def partial(self) -> str:
@@ -68,6 +77,6 @@ def surrogate_points(ranking: pd.DataFrame, arms: pd.DataFrame, per: tuple[str, 
 # ------------------------------------------------------------------------------------------------ wording
 def criterion_label(column: str) -> str:
     """`crit_raw_class_entropy` -> 'class entropy (raw pool)'; a dagger marks criteria that are not data-free."""
-    population = "raw pool" if column.startswith("crit_raw_") else "built set"
+    population = POPULATIONS[population_of(column)]
     name = column.split("_", 2)[2]
     return f"{name.replace('_', ' ')} ({population}){' †' if name in NOT_DATA_FREE else ''}"

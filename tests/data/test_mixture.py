@@ -13,7 +13,7 @@ from study.data import shards
 from study.data.build import build_surrogate
 from study.data.mixture import allocate, interleave, manifest_sha256, mixture_recipe, resolve_mixture, uses_teacher
 from study.data.shards.reader import iter_blocks, read_all
-from study.distill.trial import is_synthetic
+from study.distill.batches import is_synthetic
 from study.resources import resolve_card_path
 from study.teacher.checkpoint import load_teacher
 

@@ -15,7 +15,8 @@ from study.data import shards
 from study.data.build import build_surrogate
 from study.data.perturb import CLEAN_KIND, build_perturbed, derived_name
 from study.data.shards.reader import read_all
-from study.distill.trial import KDTrial, TrialPaths, targets_stored_label
+from study.distill.batches import targets_stored_label
+from study.distill.trial import KDTrial, TrialPaths
 from study.teacher.attack import AttackConfig, AttackResult
 from study.teacher.checkpoint import load_meta
 

@@ -236,6 +236,59 @@ def test_too_few_surrogates_are_said_in_words(tmp_path: Path) -> None:
     assert "partial results: 17 of 40 trials ended" in text.lower()
 
 
+# surrogate -> the trained batches' confidence: in the order of the surrogates' accuracy, so the trained population
+# holds the one criterion that ranks all 6 surrogates right
+TRAINED = {"digits": 0.9, "photos": 0.8, "leaves": 0.7, "spectral": 0.6, "uniform": 0.5, "gauss": 0.4}
+
+
+def test_report_shows_the_trained_population_beside_raw_and_built_and_which_predicts_best(tmp_path: Path) -> None:
+    tracker, _ = filled_store(tmp_path)
+    for arm, run in tracker.arm_runs().items():
+        surrogate = "photos" if arm == VARIANT else arm
+        tracker.log_arm_metrics(run, {"criteria.trained.confidence": TRAINED[surrogate]})
+        histograms = {"raw": [50, 30, 20], "built": [34, 33, 33], "trained": [20, 40, 40], "classes": list("abc")}
+        tracker.log_arm_artifacts(run, {"class_histogram.json": json.dumps(histograms).encode()})
+    result = write_report(tracker, tmp_path / "out", None)
+    out = tmp_path / "out"
+    assert {"criteria_raw.png", "criteria_built.png", "criteria_trained.png"} <= {p.name for p in out.iterdir()}
+    df = pd.read_parquet(result.parquet)
+    assert (df["crit_trained_confidence"] == df["surrogate"].map(TRAINED)).all()
+    table = pd.read_parquet(result.correlations).set_index("criterion")
+    trained = table.loc["crit_trained_confidence"]
+    assert trained["rho"] == pytest.approx(1.0) and trained["rho_p_holm"] == table["rho_p_holm"].min()
+    text = result.markdown.read_text()
+    assert next(line for line in text.splitlines() if line.startswith("| confidence (trained batches)"))
+    sentence = next(line for line in text.splitlines() if line.startswith("Which population predicts best"))
+    assert sentence.startswith(
+        f"Which population predicts best: the trained batches, whose strongest criterion has the lowest "
+        f"Holm-adjusted p ({trained['rho_p_holm']:.3f}, significant at the 5% level;"
+    )
+    raw_best = table[table.index.str.startswith("crit_raw_")]["rho_p_holm"].min()
+    assert f"raw pool: {raw_best:.3f}" in sentence and "trained batches: " in sentence
+    assert "three populations" in text and "**trained batches**" in text
+
+
+def test_populations_that_share_the_lowest_adjusted_p_are_named_as_a_tie_whatever_their_order() -> None:
+    from study.report.sections import best_population
+
+    table = pd.DataFrame(
+        {
+            "criterion": ["crit_trained_confidence", "crit_built_class_entropy", "crit_raw_class_entropy"],
+            "rho_p_holm": [0.6, 0.9, 0.6],
+        }
+    )
+    for order in (table, table.iloc[::-1]):
+        sentence = best_population(order)
+        assert "no single population: the raw pool and trained batches tie at the lowest Holm-adjusted p (0.600" in (
+            sentence
+        )
+        assert "not significant" in sentence and "built set: 0.900" in sentence
+    nothing = best_population(table.assign(rho_p_holm=np.nan))
+    assert nothing.startswith("Which population predicts best: not known yet")
+    only_raw = best_population(table.iloc[2:])
+    assert "the raw pool, whose strongest" in only_raw and "trained batches: not measured" in only_raw
+
+
 # ------------------------------------------------------------------------------------------------ the browser
 VERDICT_SCRIPT = """<script>
 window.__errors = [];
