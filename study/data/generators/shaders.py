@@ -7,11 +7,11 @@ GPU's driver where one is present. One context per process, created on first ren
 a generator can be built in a driver process and used in workers). A process that has rendered must not fork
 workers that render (Mesa's EGL does not survive fork): use 'spawn' / 'forkserver' there; it is an error.
 
-Program convention (Shadertoy's, so public collections work unchanged). A program is one ``.glsl`` file that
-defines ``void mainImage(out vec4 fragColor, in vec2 fragCoord)``; ``fragCoord`` is in pixels with the origin
-at the bottom left, and ``fragColor.rgb`` in [0, 1] is the image (clamped). It may read these globals, set per
-image from the image's own random stream (never declare them; ``uniform`` declarations of them and
-``#version`` lines are removed):
+Program convention (Shadertoy's, so Shadertoy programs work unchanged; ``glsl_folder`` converts Twigl programs to
+it, see :mod:`shader_styles`). A program is one ``.glsl`` file that defines ``void mainImage(out vec4 fragColor,
+in vec2 fragCoord)``; ``fragCoord`` is in pixels with the origin at the bottom left, and ``fragColor.rgb`` in
+[0, 1] is the image (clamped). It may read these globals, set per image from the image's own random stream (never
+declare them; ``uniform`` declarations of them and ``#version`` lines are removed):
 
 - ``vec3 iResolution`` (width, height, 1) in pixels, ``float iTime`` uniform in [0, 60), ``vec4 iMouse`` (x, y
   uniform in the image in pixels, z = w = 0), ``int iFrame`` = 0, ``float iTimeDelta``, ``vec4 iDate`` = 0;
