@@ -5,7 +5,10 @@ Baseline: `np.random` filling the same uint8 array (the shader tiling line: one 
 
 Baseline for every generator: filling the same uint8 array with ``np.random`` (the floor cost of producing the
 bytes at all). For the shader renderer also: the same programs drawn one image per draw instead of a grid of
-tiles per draw (what tiling buys). Prints ``generate_<name>_<size>: ratio=X ...`` lines.
+tiles per draw (what tiling buys), and render throughput at 32 px with the program count: the 1,000 composed
+programs (card ``composed_shaders``, 4 images per program so one pass covers all of them) against the 32 bundled
+ones, warm (compiled) in both, plus the composed pass's cold rate (compiling and first drawing 1,000 programs).
+Prints ``generate_<name>_<size>: ratio=X ...`` lines.
 
     python benchmarks/generate.py [--scale 0.5]
 """
@@ -30,6 +33,7 @@ COUNTS = {
     "dead_leaves": (1024, 16),
     "shaders": (4096, 256),
     "glsl_folder": (4096, 256),
+    "composed_shaders": (4096, 256),
 }
 
 
@@ -75,6 +79,25 @@ def main() -> None:
             shader_module._MAX_TILES_PER_SIDE = saved
         print(f"generate_shaders_tiling_{size}: ratio={tiled / single:.2f} tiled={tiled:.1f} img/s "
               f"one_per_draw={single:.1f} img/s")  # fmt: skip
+    program_count_line(args.scale)
+
+
+def program_count_line(scale: float) -> None:
+    """Images/s at 32 px over 1,000 composed programs vs the 32 bundled ones (llvmpipe on a CPU)."""
+    bundled = create_generator("shaders", {})
+    n_bundled = len(bundled_programs())
+    composed = create_generator("composed_shaders", {"programs": 1000, "images_per_program": 4})
+    n_composed = len(composed.sources)
+    count = max(n_composed * 4, int(4000 * scale))
+    start = time.perf_counter()
+    composed.generate(2, 0, count, 32)  # compiles and first-draws every program
+    cold = count / (time.perf_counter() - start)
+    warm = best_rate(lambda: composed.generate(2, 0, count, 32), count)
+    bundled.generate(2, 0, n_bundled, 32)
+    base = best_rate(lambda: bundled.generate(2, 0, count, 32), count)
+    print(f"generate_shader_programs_32: ratio={warm / base:.2f} programs={n_composed} composed={warm:.1f} img/s "
+          f"bundled_programs={n_bundled} bundled={base:.1f} img/s composed_cold={cold:.1f} img/s "
+          f"(compile + first draw of {n_composed} programs: {count / cold:.1f} s)")  # fmt: skip
 
 
 if __name__ == "__main__":

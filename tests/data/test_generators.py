@@ -51,6 +51,7 @@ def cheap_params(user_folder: Path) -> dict[str, dict]:
         "dead_leaves": {"n_shapes": 16},
         "shaders": {"programs": ["plasma", "truchet", "voronoi_cells"]},
         "glsl_folder": {"path": str(user_folder)},
+        "composed_shaders": {"programs": 3, "images_per_program": 2},
     }
 
 
@@ -307,7 +308,7 @@ class TestGlslFolder:
             create_generator("glsl_folder", {"path": str(missing)})
 
     def test_folder_without_programs_is_named(self, tmp_path: Path) -> None:
-        with pytest.raises(GeneratorError, match=r"holds no \.glsl programs"):
+        with pytest.raises(GeneratorError, match=r"holds no programs \(\.glsl, \.frag, \.fragment\)"):
             create_generator("glsl_folder", {"path": str(tmp_path)})
 
     def test_compile_error_names_the_program(self, tmp_path: Path) -> None:
@@ -319,7 +320,13 @@ class TestGlslFolder:
 
 @pytest.mark.parametrize(
     ("card_name", "generator_name"),
-    [("shaders", "shaders"), ("uniform_noise", "uniform_noise"), ("spectral_noise", "spectral_noise")],
+    [
+        ("shaders", "shaders"),
+        ("uniform_noise", "uniform_noise"),
+        ("spectral_noise", "spectral_noise"),
+        ("composed_shaders", "composed_shaders"),
+        ("shaders_balanced", "composed_shaders"),
+    ],
 )
 def test_bundled_cards_render_their_generator(card_name: str, generator_name: str) -> None:
     """The README builds `shaders`; the report ranks against the noise baselines: their cards ship."""
@@ -327,9 +334,13 @@ def test_bundled_cards_render_their_generator(card_name: str, generator_name: st
     from study.resources import resolve_card_path
 
     card = load_card(resolve_card_path(card_name))
-    assert card.kind == "generated" and card.generator == generator_name and card.count
+    assert card.kind == "generated" and card.generator == generator_name and (card.count or card.balance)
     generator = create_generator(card.generator, card.params)
     if card_name == "shaders":
         assert list(generator.sources) == list(bundled_programs())  # every bundled program
+    if generator_name == "composed_shaders":
+        assert len(generator.sources) >= 1000  # the paper's diversity (Shaders-1k: 1,089 programs)
+    if card_name == "shaders_balanced":
+        assert card.balance is not None and card.balance.per_class
     images = generator.generate(card.seed, 0, 4, card.image_size)
     assert images.shape == (4, card.image_size, card.image_size, 3) and images.std() > 0

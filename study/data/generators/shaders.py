@@ -7,11 +7,11 @@ GPU's driver where one is present. One context per process, created on first ren
 a generator can be built in a driver process and used in workers). A process that has rendered must not fork
 workers that render (Mesa's EGL does not survive fork): use 'spawn' / 'forkserver' there; it is an error.
 
-Program convention (Shadertoy's, so public collections work unchanged). A program is one ``.glsl`` file that
-defines ``void mainImage(out vec4 fragColor, in vec2 fragCoord)``; ``fragCoord`` is in pixels with the origin
-at the bottom left, and ``fragColor.rgb`` in [0, 1] is the image (clamped). It may read these globals, set per
-image from the image's own random stream (never declare them; ``uniform`` declarations of them and
-``#version`` lines are removed):
+Program convention (Shadertoy's, so Shadertoy programs work unchanged; ``glsl_folder`` converts Twigl programs to
+it, see :mod:`shader_styles`). A program is one ``.glsl`` file that defines ``void mainImage(out vec4 fragColor,
+in vec2 fragCoord)``; ``fragCoord`` is in pixels with the origin at the bottom left, and ``fragColor.rgb`` in
+[0, 1] is the image (clamped). It may read these globals, set per image from the image's own random stream (never
+declare them; ``uniform`` declarations of them and ``#version`` lines are removed):
 
 - ``vec3 iResolution`` (width, height, 1) in pixels, ``float iTime`` uniform in [0, 60), ``vec4 iMouse`` (x, y
   uniform in the image in pixels, z = w = 0), ``int iFrame`` = 0, ``float iTimeDelta``, ``vec4 iDate`` = 0;
@@ -22,9 +22,16 @@ A prelude of helpers prefixed ``kd_`` (hashes, value noise, fbm, a cosine palett
 rotation) is available. ``iChannel`` textures are not supported. Compile errors name the program's file.
 
 To be fast, each draw renders a grid of tiles (up to 32 x 32) into one framebuffer: a tile's index selects its
-image's random values from a float texture. Image ``i`` uses program ``i % n_programs`` (programs sorted by
-name) and its values depend only on ``(seed, i)``, so images are block independent. Output can differ in the
-last bits between drivers (llvmpipe vs a GPU); within one machine it is exact.
+image's random values from a float texture. Image ``i`` uses program ``(i // images_per_program) % n_programs``
+(programs sorted by name; ``images_per_program`` defaults to 1, i.e. ``i % n_programs``) and its values depend
+only on ``(seed, i)``, so images are block independent. Output can differ in the last bits between drivers
+(llvmpipe vs a GPU); within one machine it is exact.
+
+Many programs: llvmpipe keeps about 1,024 compiled fragment-shader variants per process and re-JITs (~0.1 s each)
+beyond that, so the renderer keeps at most :data:`_CACHED_PROGRAMS` programs (least recently used ones are deleted)
+and a call renders all of its images of one program in one pass. A collection of 1,000+ programs should set
+``images_per_program`` (e.g. 16): a block of consecutive images then needs few programs, each compiled once.
+Compiling is the cost, not drawing: ~12 ms to link a program, ~0.1 s for its first draw on llvmpipe.
 """
 
 from __future__ import annotations
@@ -32,13 +39,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
+from study.data.generators import shader_composer
 from study.data.generators.registry import Generator, GeneratorError, ReferenceStats, image_rng, register_generator
+from study.data.generators.shader_composer import composed_programs
+from study.data.generators.shader_styles import EXTENSIONS, Style, StyleError, read_folder
 from study.resources import bundled_dir
 
 APT_PACKAGES = ["libegl1", "libegl-mesa0", "libgl1-mesa-dri", "libgbm1", "libgles2"]
@@ -49,6 +60,7 @@ _INSTALL_HINT = (
 _MAX_TILES_PER_SIDE = 32
 _MAX_FRAMEBUFFER_SIDE = 2048
 _CACHED_FRAMEBUFFERS = 8
+_CACHED_PROGRAMS = 1000  # below llvmpipe's 1,024 shader variants per process (more re-JIT on every draw)
 _TIME_RANGE = 60.0
 _VALUES_PER_IMAGE = 12  # time, mouse x, mouse y, spare, iParams[0..7]
 
@@ -139,18 +151,28 @@ class _Renderer:
         self.pid = os.getpid()
         quad = np.array([-1, -1, 1, -1, -1, 1, -1, 1, 1, -1, 1, 1], dtype="f4")
         self.vbo = self.ctx.buffer(quad.tobytes())
-        self.programs: dict[str, Any] = {}
+        self.programs: OrderedDict[str, Any] = OrderedDict()  # least recently used first
         self.framebuffers: dict[tuple[int, int], Any] = {}
+
+    def compile(self, name: str, source: str) -> Any:
+        """Compile and link ``source`` (the caller releases it); compile errors name the program."""
+        try:
+            return self.ctx.program(vertex_shader=_VERTEX, fragment_shader=wrap_program(source))
+        except Exception as error:
+            raise GeneratorError(f"shader program '{name}' does not compile: {error}") from None
 
     def program(self, name: str, source: str) -> Any:
         key = hashlib.sha256(source.encode()).hexdigest()
-        if key not in self.programs:
-            try:
-                program = self.ctx.program(vertex_shader=_VERTEX, fragment_shader=wrap_program(source))
-            except Exception as error:
-                raise GeneratorError(f"shader program '{name}' does not compile: {error}") from None
-            vao = self.ctx.vertex_array(program, [(self.vbo, "2f", "kd_position")])
-            self.programs[key] = (program, vao)
+        if key in self.programs:
+            self.programs.move_to_end(key)
+            return self.programs[key]
+        while len(self.programs) >= _CACHED_PROGRAMS:
+            _, (old_program, old_vao) = self.programs.popitem(last=False)
+            old_vao.release()
+            old_program.release()  # frees its llvmpipe variants too
+        program = self.compile(name, source)
+        vao = self.ctx.vertex_array(program, [(self.vbo, "2f", "kd_position")])
+        self.programs[key] = (program, vao)
         return self.programs[key]
 
     def framebuffer(self, width: int, height: int) -> Any:
@@ -177,9 +199,10 @@ class _Renderer:
             texture = self.ctx.texture((3, len(chunk)), 4, data=data, dtype="f4")
             texture.filter = (self.ctx.NEAREST, self.ctx.NEAREST)
             texture.use(location=0)
-            program["kd_values"].value = 0
-            program["kd_grid"].value = grid
-            program["kd_tile"].value = tile
+            # a program that reads no per-image value (nor the tile size) has these uniforms compiled out
+            for uniform, value in (("kd_values", 0), ("kd_grid", grid), ("kd_tile", tile)):
+                if program.get(uniform, None) is not None:
+                    program[uniform].value = value
             fbo = self.framebuffer(grid * tile, rows * tile)
             fbo.use()
             fbo.viewport = (0, 0, grid * tile, rows * tile)
@@ -236,12 +259,19 @@ def bundled_programs() -> dict[str, str]:
 
 
 class _ShaderGenerator(Generator):
-    """Renders ``self.sources`` (name -> source), image ``i`` with program ``i % len(sources)``."""
+    """Renders ``self.sources`` (name -> source), image ``i`` with :meth:`program_of` ``(i)``."""
 
     sources: dict[str, str]
 
     class Params(Generator.Params):
         supersample: int = Field(1, ge=1, le=4, description="render k x k samples per pixel and average them")
+        images_per_program: int = Field(
+            1, ge=1, description="consecutive images per program: image i uses program (i // this) % n_programs"
+        )
+
+    def program_of(self, indices: np.ndarray) -> np.ndarray:
+        """Program number (position in ``sources``) of each image index."""
+        return (np.asarray(indices) // self.params.images_per_program) % len(self.sources)
 
     def generate(self, seed: int, start: int, count: int, image_size: int) -> np.ndarray:
         self._check_request(seed, start, count, image_size)
@@ -251,9 +281,11 @@ class _ShaderGenerator(Generator):
         values = np.stack([image_values(seed, int(i)) for i in indices]) if count else np.zeros((0, 12))
         out = np.empty((count, image_size, image_size, 3), dtype=np.uint8)
         gl = renderer() if count else None
-        for p, name in enumerate(names):
-            rows = np.flatnonzero(indices % len(names) == p)
-            if rows.size == 0 or gl is None:
+        programs = self.program_of(indices)
+        for p in np.unique(programs):  # program-major: each program's images in one pass
+            name = names[int(p)]
+            rows = np.flatnonzero(programs == p)
+            if gl is None:
                 continue
             images = gl.render(name, self.sources[name], values[rows].astype(np.float32), image_size * ss)
             if ss > 1:
@@ -270,6 +302,12 @@ def _library_digest() -> str:
     except (FileNotFoundError, GeneratorError):
         return "missing"
     text = _HEADER + _MAIN + "".join(f"{name}\n{source}" for name, source in programs.items())
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _composer_digest() -> str:
+    """Short hash of the composer's code and the prelude: any change to a composed program changes the version."""
+    text = _HEADER + _MAIN + Path(shader_composer.__file__).read_text()
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -296,16 +334,47 @@ class Shaders(_ShaderGenerator):
 
 
 @register_generator
-class GlslFolder(_ShaderGenerator):
-    name: ClassVar[str] = "glsl_folder"
-    version: ClassVar[str] = "1"
+class ComposedShaders(_ShaderGenerator):
+    """``programs`` procedural programs composed with random structure (:mod:`shader_composer`), offline."""
+
+    name: ClassVar[str] = "composed_shaders"
+    version: ClassVar[str] = f"1-{_composer_digest()}"
 
     class Params(_ShaderGenerator.Params):
-        path: str
+        programs: int = Field(1000, ge=1, le=100_000, description="programs 0 .. programs-1 of the composer")
+        images_per_program: int = Field(
+            16, ge=1, description="consecutive images per program: image i uses program (i // this) % programs"
+        )
 
     def __init__(self, params: Params, reference_stats: ReferenceStats | None = None) -> None:
         super().__init__(params, reference_stats)
+        self.sources = composed_programs(params.programs)
+
+
+@register_generator
+class GlslFolder(_ShaderGenerator):
+    """Every program file in a folder: Shadertoy-style ``mainImage`` sources and Twigl programs (converted)."""
+
+    name: ClassVar[str] = "glsl_folder"
+    version: ClassVar[str] = "2"
+
+    class Params(_ShaderGenerator.Params):
+        path: str
+        style: Style = Field("auto", description="the programs' style; auto detects it per file")
+
+    def __init__(self, params: Params, reference_stats: ReferenceStats | None = None) -> None:
+        super().__init__(params, reference_stats)
+        folder = Path(params.path).expanduser()
+        if not folder.is_dir():
+            raise GeneratorError(
+                f"generator '{self.name}': path: shader folder '{folder}' does not exist or is not a directory"
+            )
         try:
-            self.sources = read_programs(Path(params.path).expanduser())
-        except GeneratorError as error:
-            raise GeneratorError(f"generator '{self.name}': path: {error}") from None
+            programs = read_folder(folder, params.style)
+        except StyleError as error:
+            raise GeneratorError(f"generator '{self.name}': {error}") from None
+        if not programs:
+            raise GeneratorError(
+                f"generator '{self.name}': path: shader folder '{folder}' holds no programs ({', '.join(EXTENSIONS)})"
+            )
+        self.sources = {name: source for name, (_, source) in programs.items()}
