@@ -188,7 +188,7 @@ def _correlations(r: StudyResults, ctx: dict) -> Section:
 def best_population(correlations: pd.DataFrame) -> str:
     """One sentence: the population whose strongest criterion has the lowest Holm-adjusted Spearman p (the
     adjusted p, since the choice is made over every test in the table); populations that share that p are named
-    as a tie, never ordered by the table's order."""
+    as a tie, never ordered by the table's order, and when no adjusted p is significant none is named best."""
     c = correlations.dropna(subset=["rho_p_holm"])
     if not len(c):
         return (
@@ -207,13 +207,19 @@ def best_population(correlations: pd.DataFrame) -> str:
         f"{name}: {p_value(best[pop][0])} ({criterion_label(best[pop][1])})" if pop in best else f"{name}: not measured"
         for pop, name in POPULATIONS.items()
     )
-    verdict = "significant" if lowest <= ALPHA else "not significant"
+    names = [POPULATIONS[w] for w in winners]
+    held_by = names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
+    if lowest > ALPHA:  # a "winner" by a p that is not significant would read as a finding
+        return (
+            "Which population predicts best: none at this size: no criterion of any population is significant after "
+            f"{ADJUSTMENT} adjustment (the lowest {ADJUSTMENT}-adjusted p, {p_value(lowest)}, belongs to the "
+            f"{held_by}; the strongest criterion's {ADJUSTMENT}-adjusted Spearman p per population: {each})."
+        )
+    verdict = "significant"
     if len(winners) == 1:
         lead = f"the {POPULATIONS[winners[0]]}, whose strongest criterion has the lowest {ADJUSTMENT}-adjusted p"
     else:
-        names = [POPULATIONS[w] for w in winners]
-        tied = ", ".join(names[:-1]) + f" and {names[-1]}"
-        lead = f"no single population: the {tied} tie at the lowest {ADJUSTMENT}-adjusted p"
+        lead = f"no single population: the {held_by} tie at the lowest {ADJUSTMENT}-adjusted p"
     return (
         f"Which population predicts best: {lead} ({p_value(lowest)}, {verdict} at the {ALPHA:.0%} level; the "
         f"strongest criterion's {ADJUSTMENT}-adjusted Spearman p per population: {each})."

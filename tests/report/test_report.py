@@ -274,19 +274,23 @@ def test_populations_that_share_the_lowest_adjusted_p_are_named_as_a_tie_whateve
     table = pd.DataFrame(
         {
             "criterion": ["crit_trained_confidence", "crit_built_class_entropy", "crit_raw_class_entropy"],
-            "rho_p_holm": [0.6, 0.9, 0.6],
+            "rho_p_holm": [0.03, 0.9, 0.03],
         }
     )
     for order in (table, table.iloc[::-1]):
         sentence = best_population(order)
-        assert "no single population: the raw pool and trained batches tie at the lowest Holm-adjusted p (0.600" in (
+        assert "no single population: the raw pool and trained batches tie at the lowest Holm-adjusted p (0.030" in (
             sentence
         )
-        assert "not significant" in sentence and "built set: 0.900" in sentence
+        assert "significant at the 5% level" in sentence and "built set: 0.900" in sentence
     nothing = best_population(table.assign(rho_p_holm=np.nan))
     assert nothing.startswith("Which population predicts best: not known yet")
     only_raw = best_population(table.iloc[2:])
     assert "the raw pool, whose strongest" in only_raw and "trained batches: not measured" in only_raw
+    # no significant adjusted p: no population is named best, the lowest p is still shown with its holders
+    weak = best_population(table.assign(rho_p_holm=[0.6, 0.9, 0.6]))
+    assert weak.startswith("Which population predicts best: none at this size: no criterion of any population is")
+    assert "0.600, belongs to the raw pool and trained batches" in weak and "built set: 0.900" in weak
 
 
 # ------------------------------------------------------------------------------------------------ the browser
