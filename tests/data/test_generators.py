@@ -1,4 +1,4 @@
-"""Image generators: the block-independence contract, output format, noise statistics, errors, shaders."""
+"""Image generators: the block-independence contract, output format, noise statistics, strokes, errors, shaders."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def cheap_params(user_folder: Path) -> dict[str, dict]:
         "uniform_noise": {},
         "spectral_noise": {},
         "dead_leaves": {"n_shapes": 16},
+        "random_strokes": {},
         "shaders": {"programs": ["plasma", "truchet", "voronoi_cells"]},
         "glsl_folder": {"path": str(user_folder)},
         "composed_shaders": {"programs": 3, "images_per_program": 2},
@@ -82,6 +83,11 @@ class TestContract:
         assert images.dtype == np.uint8
         assert images.reshape(4, -1).std(axis=1).min() > 5.0
         assert create_generator(name, cheap_params[name]).generate(0, 9, 0, 24).shape == (0, 24, 24, 3)
+
+    @pytest.mark.parametrize("name", list_generators())
+    def test_declares_a_version_for_the_manifests(self, name: str, cheap_params: dict) -> None:
+        version = create_generator(name, cheap_params[name]).version
+        assert isinstance(version, str) and version
 
     def test_negative_start_is_rejected(self) -> None:
         with pytest.raises(GeneratorError, match="uniform_noise"):
@@ -196,6 +202,73 @@ class TestDeadLeaves:
     def test_inverted_radius_range_is_rejected(self) -> None:
         with pytest.raises(GeneratorError, match="radius_max"):
             create_generator("dead_leaves", {"radius_min": 0.3, "radius_max": 0.1})
+
+
+ONE_STRAIGHT_WHITE_STROKE = {
+    "strokes_min": 1,
+    "strokes_max": 1,
+    "arc_share": 0.0,
+    "curvature": 0.0,
+    "background_max": 0.0,
+    "ink_min": 1.0,
+}
+
+
+def _minor_axis_sd(images: np.ndarray) -> np.ndarray:
+    """Per grey image: the intensity-weighted spread of its pixels across their principal axis (pixels)."""
+    side = images.shape[1]
+    ys, xs = np.mgrid[:side, :side]
+    spreads = []
+    for image in images.astype(np.float64):
+        weight = image / image.sum()
+        points = np.stack([xs.ravel(), ys.ravel()])
+        centred = points - (points * weight.ravel()).sum(axis=1, keepdims=True)
+        covariance = (centred * weight.ravel()) @ centred.T
+        spreads.append(np.sqrt(np.linalg.eigvalsh(covariance)[0]))
+    return np.array(spreads)
+
+
+class TestRandomStrokes:
+    def test_images_are_grey_light_strokes_on_a_dark_background(self) -> None:
+        images = create_generator("random_strokes", {}).generate(0, 0, 32, 16)
+        assert (images[..., 0] == images[..., 1]).all() and (images[..., 0] == images[..., 2]).all()
+        grey = images[..., 0].reshape(32, -1)
+        background = np.array([np.bincount(row).argmax() for row in grey])
+        assert background.max() <= round(0.15 * 255)  # background_max
+        assert (grey.max(axis=1) >= background + 0.4 * 255).all()
+
+    def test_a_straight_stroke_covers_the_area_of_its_capsule(self) -> None:
+        """Distance-field coverage sums to width x length + a disc of the width (the round caps), to ~0.1 px.
+
+        The same seed draws the same end points at any width: length = area / w - pi w / 4 agrees for w, 2 w.
+        """
+        lengths = []
+        for width in (0.1, 0.2):
+            params = {**ONE_STRAIGHT_WHITE_STROKE, "width_min": width, "width_max": width, "margin": 0.3}
+            area = create_generator("random_strokes", params).generate(0, 0, 16, 64)[..., 0].sum(axis=(1, 2)) / 255.0
+            lengths.append(area / (width * 64) - np.pi * width * 64 / 4)
+        assert lengths[0].max() > 10.0  # not all dots
+        assert np.abs(lengths[0] - lengths[1]).max() < 0.25
+
+    def test_zero_curvature_draws_straight_strokes_and_curvature_bends_them(self) -> None:
+        """A straight stroke w px wide spreads w / sqrt(12) across its axis (a bar); bent ones spread further."""
+        thin = {**ONE_STRAIGHT_WHITE_STROKE, "width_min": 0.05, "width_max": 0.05, "margin": 0.15}
+        bar = 0.05 * 64 / np.sqrt(12)
+        straight = _minor_axis_sd(create_generator("random_strokes", thin).generate(0, 0, 32, 64)[..., 0])
+        bent = _minor_axis_sd(
+            create_generator("random_strokes", {**thin, "curvature": 1.0}).generate(0, 0, 32, 64)[..., 0]
+        )
+        arcs = _minor_axis_sd(
+            create_generator("random_strokes", {**thin, "arc_share": 1.0}).generate(0, 0, 32, 64)[..., 0]
+        )
+        assert straight.max() < 1.1 * bar
+        assert np.median(bent) > 2.0 * bar and arcs.min() > 1.5 * bar
+
+    def test_inverted_ranges_are_rejected_naming_the_param(self) -> None:
+        with pytest.raises(GeneratorError, match=r"'random_strokes'.*width_max"):
+            create_generator("random_strokes", {"width_min": 0.3, "width_max": 0.1})
+        with pytest.raises(GeneratorError, match=r"'random_strokes'.*strokes_max"):
+            create_generator("random_strokes", {"strokes_min": 4, "strokes_max": 2})
 
 
 def _program_features(images: np.ndarray) -> np.ndarray:
@@ -326,6 +399,7 @@ class TestGlslFolder:
         ("spectral_noise", "spectral_noise"),
         ("composed_shaders", "composed_shaders"),
         ("shaders_balanced", "composed_shaders"),
+        ("random_strokes_balanced", "random_strokes"),
     ],
 )
 def test_bundled_cards_render_their_generator(card_name: str, generator_name: str) -> None:
@@ -340,7 +414,7 @@ def test_bundled_cards_render_their_generator(card_name: str, generator_name: st
         assert list(generator.sources) == list(bundled_programs())  # every bundled program
     if generator_name == "composed_shaders":
         assert len(generator.sources) >= 1000  # the paper's diversity (Shaders-1k: 1,089 programs)
-    if card_name == "shaders_balanced":
+    if card_name in ("shaders_balanced", "random_strokes_balanced"):
         assert card.balance is not None and card.balance.per_class
     images = generator.generate(card.seed, 0, 4, card.image_size)
     assert images.shape == (4, card.image_size, card.image_size, 3) and images.std() > 0

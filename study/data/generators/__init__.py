@@ -1,4 +1,4 @@
 """Image generators for generated surrogates. Importing the package registers the built-in generators with
 `study.data.generators.registry` (shaders.py imports moderngl only when it renders)."""
 
-from study.data.generators import dead_leaves, noise, shaders  # noqa: F401 - registration side effects
+from study.data.generators import dead_leaves, noise, shaders, strokes  # noqa: F401 - registration side effects
