@@ -25,6 +25,7 @@ import torch
 from study.config import ArmSpec, CardSpec, StudySpec
 from study.criteria.measures import Criteria, FeatureMoments, measure_normalised
 from study.data.build_plan import BuildResult
+from study.data.shards import ShardError
 from study.distill.batches import TrainingBatches
 from study.teacher.checkpoint import Teacher
 
@@ -41,6 +42,7 @@ class TrainedSample:
     source_batches: int  # batches drawn from the stream
     wanted: int  # `criteria.trained_batches`
     limit: int  # `criteria.trained_source_batches`
+    error: str | None = None  # a shard the stream could not read: the sample is dropped, the arm's trials fail on it
 
     @property
     def short(self) -> bool:
@@ -48,6 +50,8 @@ class TrainedSample:
 
     def note(self) -> str:
         """One line for the arm run's tag and the warning: what the sample holds and, when short, why."""
+        if self.error is not None:
+            return f"not measured: {self.error}"
         text = (
             f"{self.batches} of {self.wanted} batches, {self.images} images, from {self.source_batches} source batches"
         )
@@ -97,12 +101,19 @@ def measure_trained(
                 yield x
 
     stream = made()
-    first = next(stream, None)  # None: no batch held an image, so there is nothing to measure
-    found = (
-        None
-        if first is None
-        else measure_normalised(batches.teacher, itertools.chain([first], stream), temperature, reference)
-    )
+    try:
+        first = next(stream, None)  # None: no batch held an image, so there is nothing to measure
+        found = (
+            None
+            if first is None
+            else measure_normalised(batches.teacher, itertools.chain([first], stream), temperature, reference)
+        )
+    except ShardError as err:
+        # A shard the arm's trials will also fail to read (and report, naming it): the criteria pass must not end
+        # the study before those trials run and the report is written, so the sample is dropped, loudly.
+        sample = TrainedSample(None, 0, 0, counts["drawn"], wanted, limit, error=str(err))
+        log.warning("arm '%s': trained criteria %s", batches.arm.name, sample.note())
+        return sample
     sample = TrainedSample(found, counts["batches"], counts["images"], counts["drawn"], wanted, limit)
     if sample.short:
         log.warning("arm '%s': trained criteria on %s", batches.arm.name, sample.note())

@@ -120,6 +120,29 @@ def test_an_attack_that_never_succeeds_stops_at_the_source_batch_cap(build, digi
         study(ONLINE, trained_source_batches=2)  # fewer source batches than the sample needs
 
 
+def test_a_shard_the_stream_cannot_read_drops_the_sample_loudly_instead_of_ending_the_study(
+    build, digits_teacher, tmp_path, caplog
+) -> None:
+    """The arm's trials fail on the bad shard and name it (tests/orchestrate/test_study_reliability.py); the
+    criteria pass runs first, in the driver, and must not end the study before they do."""
+    import shutil
+
+    from study.data import shards
+
+    broken = tmp_path / "digits_tiny"
+    shutil.copytree(build.root, broken)
+    for info in build.manifest.shards:  # every shard zeroed, same size: the first batch already fails to read
+        (broken / info.name).write_bytes(bytes((broken / info.name).stat().st_size))
+    damaged = type(build)(str(broken), shards.read_manifest(str(broken)), 0, len(build.manifest.shards), reused=True)
+    spec = study({"mode": "none"})
+    arm, teacher = spec.arms[0], load_teacher(str(digits_teacher))
+    with caplog.at_level(logging.WARNING, logger="study.criteria.trained"):
+        sample = measure_trained(arm_batches(spec, arm, CARD, damaged, teacher), 3, 8)
+    assert sample.criteria is None and sample.error is not None and "shard-00000" in sample.error
+    assert sample.params()["kd_study.criteria.trained.sample"].startswith("not measured: ")
+    assert "trained criteria not measured" in caplog.text and "truncated or corrupt" in caplog.text
+
+
 @pytest.mark.slow
 def test_the_presweep_ray_task_logs_the_same_trained_criteria_as_the_local_pass(
     build, digits_teacher, ray_session, tmp_path: Path
