@@ -65,6 +65,7 @@ def finished_runs(db: Path) -> int:
         return 0
 
 
+@pytest.mark.timeout(1800)  # its own deadlines (600 s to the kill, 900 s for the rerun), not the suite's 600 s
 def test_state_uploads_are_bounded_and_a_killed_sweep_loses_and_duplicates_nothing(
     moto_server: S3Server, tmp_path: Path
 ) -> None:
