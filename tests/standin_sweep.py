@@ -131,7 +131,9 @@ def main() -> None:
     start = time.perf_counter()
     result = run_sweep(spec, TrialPaths("unused", "unused"), args.tune_dir, tracker, trainable_fn=standin_trial)
     wall = time.perf_counter() - start
-    summary = {"wall_s": wall, "trials": len(result.grid), "errors": result.grid.num_errors}
+    # trials adopted from the store (finished in a killed driver after its last Tune snapshot) are not in the grid
+    summary = {"wall_s": wall, "trials": len(result.grid) + result.adopted, "errors": result.grid.num_errors}
+    summary["adopted"] = result.adopted
     if os.environ.get("STANDIN_RESTORE"):  # the time to restore the finished experiment and read its results
         from ray import tune
 

@@ -23,7 +23,7 @@ class TestStudySpec:
             "digits_train",
             "photo_crops",
             "dead_leaves",
-            "spectral_noise",
+            "random_strokes",
             "gaussian_noise",
         ]
 

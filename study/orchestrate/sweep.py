@@ -51,7 +51,7 @@ from study.distill.trial import TrialPaths, tune_trainable
 from study.orchestrate.failures import FailureBudget, guarded, ledger_location, prepare_restore
 from study.orchestrate.trial_runs import MlflowTrialCallback, reached_budget
 from study.orchestrate.validation import total_trials
-from study.tracking import StudyTracker
+from study.tracking import ARM, OUTCOME, PHASE, TRIAL_ID, StudyTracker
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +74,54 @@ def rungs_location(tune_dir: str, experiment: str) -> str:
     return storage.join(tune_dir, experiment + RUNGS_SUFFIX)
 
 
+@dataclass(frozen=True)
+class FinishedRun:
+    """A trial run the MLflow store holds with an outcome, as a restored searcher needs it to adopt the trial."""
+
+    trial_id: str
+    arm: str
+    phase: str
+    seed: int
+    params: dict[str, str]
+    value: float | None  # the objective Optuna would have been told; None: the trial failed
+    full: bool  # reached its budget (eligible for the final phase)
+
+
+def finished_runs(tracker: StudyTracker, metric: str) -> list[FinishedRun]:
+    """Every trial run with an outcome in the study's store (one paged read, done once per restore)."""
+    found = []
+    for run in tracker.trial_runs():
+        tags, params = run.data.tags, run.data.params
+        outcome = tags.get(OUTCOME)
+        if not outcome or TRIAL_ID not in tags or ARM not in tags or not params.get("seed", "").isdigit():
+            continue
+        value = None if outcome == "failed" else 0.0 if outcome == "diverged" else run.data.metrics.get(metric)
+        if value is None and outcome != "failed":
+            continue  # its objective was not recorded: the slot runs again rather than count as a failure
+        phase = tags.get(PHASE, "search")
+        found.append(
+            FinishedRun(
+                tags[TRIAL_ID], tags[ARM], phase, int(params["seed"]), dict(params), value, outcome == "completed"
+            )
+        )
+    return found
+
+
 @dataclass
 class LiveContext:
-    """What a restored Tuner's unpickled callbacks and scheduler need from the process that runs it."""
+    """What a restored Tuner's unpickled callbacks, searcher and scheduler need from the process that runs it."""
 
     on_update: Callable[[int, int], None] | None = None
     rungs_uri: str | None = None
     rungs_writer: RungsWriter | None = None
+    finished_runs: list[FinishedRun] | None = None  # set on restore, taken by the searcher (`PerArmSearch.adopt`)
+    adopted: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 LIVE: dict[str, LiveContext] = {}
+ADOPTED_SLOT: Any = object()
+"""What `PerArmSearch._deal_search` returns when it filled the slot with an adopted trial instead of dealing it."""
 
 
 def optuna_space(space: dict[str, ParamSpace]) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -107,6 +144,22 @@ def objective_value(result: dict | None, metric: str) -> float | None:
         return 0.0
     value = result.get(metric)
     return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def param_value(dist: optuna.distributions.BaseDistribution, text: str) -> Any:
+    """A searched value as MLflow stored it (a string) back in its distribution's type; ValueError if it is not
+    one of the distribution's values."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        for choice in dist.choices:
+            if str(choice) == text:
+                return choice
+        raise ValueError(f"{text!r} is not among {list(dist.choices)}")
+    if not isinstance(dist, optuna.distributions.FloatDistribution | optuna.distributions.IntDistribution):
+        raise ValueError(f"no reading for {type(dist).__name__}")
+    value: Any = int(float(text)) if isinstance(dist, optuna.distributions.IntDistribution) else float(text)
+    if not dist.low <= value <= dist.high:
+        raise ValueError(f"{text!r} is outside [{dist.low}, {dist.high}]")
+    return value
 
 
 # ------------------------------------------------------------------------------------------------ search
@@ -135,6 +188,13 @@ class PerArmSearch(Searcher):
     `in_arm_order_matters`); the slots go to other arms meanwhile. A restored searcher forgets which trials were
     running (a trial that ended while the driver was dead would otherwise hold its arm forever), so only a resumed
     study may overlap an arm's trials.
+
+    Adoption. Tune snapshots the experiment every few seconds, so a driver killed between snapshots loses the
+    trials it dealt since the last one; the restored search deals their slots again. A lost trial that had already
+    finished has its run, with an outcome, in the MLflow store: `adopt` takes those runs, and when the search comes
+    to a slot one of them filled (same arm, phase and seed: a slot's seed is fixed by `trial_seed`) it records that
+    trial's params and result (Optuna, the final phase) instead of dealing the slot again. Nothing runs twice and
+    no finished result is dropped; the adopted trial is in the store but not in Tune's result grid.
     """
 
     def __init__(
@@ -147,8 +207,11 @@ class PerArmSearch(Searcher):
         final: FinalSpec | None = None,
         budget_images: int | None = None,
         sequential: bool = False,
+        experiment: str | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=MODE)
+        self.experiment = experiment  # its `LIVE` entry: where a restored searcher finds runs to adopt
+        self.adoptable: dict[tuple[str, str, int], FinishedRun] = {}
         self.final, self.budget_images, self.sequential = final, budget_images, sequential
         self.searching: dict[str, list[str]] = {arm: [] for arm in arms}  # search trials running, per arm
         self.search_results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
@@ -171,11 +234,71 @@ class PerArmSearch(Searcher):
             raise ValueError(f"a queued trial config needs {missing}")
         self.queued.append(dict(config))
 
+    def adopt(self, finished: list[FinishedRun]) -> None:
+        """Runs that finished in the store; those of trials this searcher does not know fill their slots when
+        the search reaches them (see the class docstring)."""
+        self.adoptable = {
+            (r.arm, r.phase, r.seed): r for r in finished if r.trial_id not in self.trials and r.arm in self.studies
+        }
+        if self.adoptable:
+            log.info("%d finished trial(s) lost with the killed driver can be adopted", len(self.adoptable))
+
+    def _take_live_runs(self) -> None:
+        live = LIVE.get(self.__dict__.get("experiment") or "")
+        if live is not None and live.finished_runs is not None:
+            self.adopt(live.finished_runs)
+            live.finished_runs = None
+
+    def _adopted(self, run: FinishedRun) -> None:
+        log.info(
+            "arm %s: adopted %s trial %s (finished before the driver was killed)", run.arm, run.phase, run.trial_id
+        )
+        live = LIVE.get(self.__dict__.get("experiment") or "")
+        if live is not None:
+            live.adopted.append(run.trial_id)
+
+    def _adopt_search(self, arm: str, run: FinishedRun) -> bool:
+        """Record a lost, finished search trial in its slot; False (the slot is dealt again) when its params do
+        not fit the search space."""
+        try:
+            params = {name: param_value(dist, run.params[name]) for name, dist in self.space.items()}
+        except (KeyError, ValueError) as err:
+            log.warning("trial %s cannot be adopted (param %s); its slot runs again", run.trial_id, err)
+            return False
+        number = None
+        if self.space:
+            study = self.studies[arm]
+            number = len(study.trials)
+            state = optuna.trial.TrialState.FAIL if run.value is None else optuna.trial.TrialState.COMPLETE
+            study.add_trial(
+                optuna.trial.create_trial(params=params, distributions=self.space, state=state, value=run.value)
+            )
+        info = {"arm": arm, "phase": "search", "number": number, "params": params, "index": self.started[arm]}
+        self.started[arm] += 1
+        self.trials[run.trial_id] = info
+        if self.final is not None:
+            self._record_search_value(run.trial_id, info, run.value, run.full)
+        self._adopted(run)
+        return True
+
     def suggest(self, trial_id: str) -> dict | None:
-        if self.queued:
-            config = self.queued.pop(0)
-            self.trials[trial_id] = {"arm": config["arm"], "phase": config["phase"], "number": None}
-            return config
+        self._take_live_runs()
+        while True:
+            adoptable = self.__dict__.setdefault("adoptable", {})  # a searcher pickled before adoption existed
+            if self.queued:
+                config = self.queued.pop(0)
+                run = adoptable.pop((config["arm"], config["phase"], int(config["seed"])), None)
+                if run is not None:
+                    self.trials[run.trial_id] = {"arm": run.arm, "phase": run.phase, "number": None}
+                    self._adopted(run)
+                    continue
+                self.trials[trial_id] = {"arm": config["arm"], "phase": config["phase"], "number": None}
+                return config
+            config = self._deal_search(trial_id, adoptable)
+            if config is not ADOPTED_SLOT:
+                return config
+
+    def _deal_search(self, trial_id: str, adoptable: dict[tuple[str, str, int], FinishedRun]) -> Any:
         open_arms = [a for a in self.arms if self.started[a] < self.trials_per_arm]
         if not open_arms:
             if self.final is not None and len(self.final_queued) < len(self.arms):
@@ -187,6 +310,9 @@ class PerArmSearch(Searcher):
                 return None  # every open arm has a search trial running: asked again when one ends
         arm = min(open_arms, key=lambda a: (self.started[a], self.arms.index(a)))
         seed = trial_seed(self.seed, arm, "search", self.started[arm])
+        run = adoptable.pop((arm, "search", seed), None)
+        if run is not None and self._adopt_search(arm, run):
+            return ADOPTED_SLOT
         config: dict[str, Any] = {}
         number = None
         if self.space:
@@ -227,7 +353,10 @@ class PerArmSearch(Searcher):
             return
         value = None if error else objective_value(result, self.objective)
         full = bool(result) and not error and not (result or {}).get("diverged")
-        full = full and reached_budget(result, self.budget_images)
+        self._record_search_value(trial_id, info, value, full and reached_budget(result, self.budget_images))
+
+    def _record_search_value(self, trial_id: str, info: dict[str, Any], value: float | None, full: bool) -> None:
+        arm = info["arm"]
         index = info.get("index", len(self.search_results[arm]))
         self.search_results[arm].append(
             {"trial_id": trial_id, "params": info.get("params", {}), "value": value, "full": full, "index": index}
@@ -497,7 +626,7 @@ class TrialProgress(tune.Callback):
         self.done += 1
         live = LIVE.get(self.experiment)
         if live and live.on_update:
-            live.on_update(self.done, self.total)
+            live.on_update(self.done + len(live.adopted), self.total)  # adopted trials ended in a killed driver
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._tick()
@@ -581,6 +710,7 @@ class SweepResult:
     grid: tune.ResultGrid
     experiment_dir: str
     restored: bool
+    adopted: int = 0  # finished trials of a killed driver that the resumed search adopted (in MLflow, not the grid)
 
 
 def run_sweep(
@@ -623,6 +753,7 @@ def run_sweep(
     try:
         if restored:
             log.info("resuming Tune experiment %s", experiment_dir)
+            LIVE[name].finished_runs = finished_runs(tracker, spec.search.metric)
             # Trials that errored because their node died resume (failures.py); those whose own exceptions spent
             # search.max_failures stay failed outcomes: the guard ends their resumption before it trains.
             tuner = tune.Tuner.restore(
@@ -636,6 +767,7 @@ def run_sweep(
         grid = tuner.fit()
         tracker.flush()
         rungs_writer.flush()
+        adopted = len(LIVE[name].adopted)
     finally:
         LIVE.pop(name, None)
         analysis_log.setLevel(saved_level)
@@ -644,7 +776,7 @@ def run_sweep(
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    return SweepResult(grid, experiment_dir, restored)
+    return SweepResult(grid, experiment_dir, restored, adopted)
 
 
 def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTracker) -> tune.Tuner:
@@ -675,6 +807,7 @@ def new_tuner(spec: StudySpec, trainable: Any, tune_dir: str, tracker: StudyTrac
                 budget_images=fixed_budget_images(spec),
                 metric=spec.search.metric,
                 sequential=spec.resources.order == "deterministic" and in_arm_order_matters(spec),
+                experiment=name,
             ),
             scheduler=scheduler,
             num_samples=total_trials(spec),

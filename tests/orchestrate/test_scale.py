@@ -127,6 +127,50 @@ def test_final_phase_reruns_the_best_full_budget_config_with_distinct_seeds() ->
     assert total_trials(spec) == 4 + 6
 
 
+def test_a_resumed_search_adopts_trials_that_finished_after_the_last_snapshot_instead_of_rerunning_them() -> None:
+    from study.config import FinalSpec, ParamSpace
+    from study.orchestrate.sweep import FinishedRun
+
+    space = {"lr": ParamSpace(type="loguniform", low=0.01, high=0.3)}
+
+    def searcher() -> PerArmSearch:
+        return PerArmSearch(["a", "b"], space, 3, seed=0, final=FinalSpec(top_k=1, seeds=2), budget_images=100)
+
+    first = searcher()
+    dealt = {f"t{i}": first.suggest(f"t{i}") for i in range(2)}  # a0, b0
+    snapshot = json.loads(json.dumps(first.state()))  # Tune's last snapshot before the kill
+    lost = {f"t{i}": first.suggest(f"t{i}") for i in range(2, 4)}  # a1, b1: dealt after it, lost with the driver
+    assert [c["arm"] for c in lost.values()] == ["a", "b"]
+    # in the store: t2 (arm a) finished best of its arm; t3 (arm b) was still running, so it has no outcome
+    finished = [
+        FinishedRun("t2", "a", "search", lost["t2"]["seed"], {"lr": str(lost["t2"]["lr"]), "seed": "1"}, 0.9, True)
+    ]
+
+    resumed = searcher()
+    resumed.load_state(snapshot)
+    resumed.adopt(finished)
+    again = [resumed.suggest(f"r{i}") for i in range(3)]  # b1 (dealt again), a2, b2: a1 is t2's, not re-run
+    assert [(c["arm"], c["seed"]) for c in again] == [
+        ("b", lost["t3"]["seed"]),
+        ("a", trial_seed(0, "a", "search", 2)),
+        ("b", trial_seed(0, "b", "search", 2)),
+    ]
+    assert lost["t2"]["lr"] in resumed.studies["a"].trials[1].params.values() and resumed.finished_values("a") == [0.9]
+    for trial_id, value in (("t0", 0.5), ("r1", 0.6)):  # arm a's other search trials end: its final phase queues
+        complete(resumed, trial_id, value, 100)
+    finals = [resumed.suggest(f"f{i}") for i in range(2)]
+    assert {(f["arm"], f["phase"], f["lr"]) for f in finals} == {("a", "final", lost["t2"]["lr"])}  # the adopted one
+    assert dealt["t0"]["arm"] == "a"
+
+    # a finished final-phase trial is adopted too: its queued config is not dealt again
+    state = json.loads(json.dumps(resumed.state()))
+    state["queued"] = [dict(f) for f in finals]
+    later = searcher()
+    later.load_state(state)
+    later.adopt([FinishedRun("f0x", "a", "final", finals[0]["seed"], {"seed": str(finals[0]["seed"])}, 0.9, True)])
+    assert later.suggest("g0") == finals[1] and later.suggest("g1") is None  # arm b's search is still running
+
+
 # ---------------------------------------------------------------------------------------------- a study on S3
 def study_yaml(path: Path) -> Path:
     data = spec_data(
