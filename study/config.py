@@ -74,10 +74,20 @@ class BalanceSpec(Strict):
     # (K = 10 classes): the bundled noise and dead-leaves cards' rarest class under the quickstart's digits teacher
     DEFAULT_CANDIDATES_PER_IMAGE: ClassVar[int] = 200
 
-    per_class: int = Field(gt=0)
+    per_class: int | None = Field(default=None, gt=0)
+    total: int | None = Field(default=None, gt=0)
+    """Instead of `per_class`: the images to keep in all, `total // K` per class for a K-class teacher (at least 1).
+    The paper keeps 50K images whatever the teacher (5,000 per class for CIFAR-10, 500 for CIFAR-100), so a card
+    with `total: 50000` serves every teacher of its grid. In `long_tail` mode it sets the head class's quota."""
     candidates: int | None = Field(default=None, gt=0)
     mode: Literal["balanced", "long_tail"] = "balanced"
     imbalance: float = Field(default=1.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _one_size(self) -> BalanceSpec:
+        if (self.per_class is None) == (self.total is None):
+            raise ValueError("set exactly one of 'per_class' (images per class) and 'total' (images in all)")
+        return self
 
     @model_validator(mode="after")
     def _imbalance_matches_mode(self) -> BalanceSpec:
@@ -91,13 +101,16 @@ class BalanceSpec(Strict):
         """Candidates a scan of a generated source may visit before it gives up on the quotas it has not met."""
         return self.candidates or self.DEFAULT_CANDIDATES_PER_IMAGE * sum(self.quotas(num_classes))
 
+    def head(self, num_classes: int) -> int:
+        """The largest quota (every class's in `balanced` mode) for a teacher of `num_classes` classes."""
+        return self.per_class if self.per_class is not None else max(1, (self.total or 0) // num_classes)
+
     def quotas(self, num_classes: int) -> list[int]:
         """Images to keep per teacher class, class index order."""
+        head = self.head(num_classes)
         if self.mode == "balanced" or num_classes == 1:
-            return [self.per_class] * num_classes
-        return [
-            max(1, int(self.per_class * self.imbalance ** (-c / (num_classes - 1)) + 1e-9)) for c in range(num_classes)
-        ]
+            return [head] * num_classes
+        return [max(1, int(head * self.imbalance ** (-c / (num_classes - 1)) + 1e-9)) for c in range(num_classes)]
 
 
 class ComponentSpec(Strict):

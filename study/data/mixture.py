@@ -140,7 +140,7 @@ def _balanced_pick(
 
     assert card.balance is not None
     num_classes = teacher.meta.num_classes
-    per_component = allocate(card.balance.per_class, weights)
+    per_component = allocate(card.balance.head(num_classes), weights)
     by_class: list[list[list[tuple[int, int]]]] = [[[] for _ in pools] for _ in range(num_classes)]
     records = []
     for i, pool in enumerate(pools):

@@ -135,6 +135,19 @@ class TestSelection:
         with pytest.raises(shards.ShardError, match=r"card 'digits_bal'.*--teacher"):
             build_surrogate(digits_card({"per_class": 5}), str(tmp_path))
 
+    def test_a_total_is_split_evenly_over_any_teachers_classes(self) -> None:
+        paper = BalanceSpec(total=50_000)  # the paper's 50K images, whatever the teacher
+        assert paper.quotas(10) == [5000] * 10 and paper.quotas(100) == [500] * 100 and paper.quotas(37)[0] == 1351
+        assert BalanceSpec(total=5).quotas(200) == [1] * 200  # never an empty quota
+        assert BalanceSpec(total=1000, mode="long_tail", imbalance=10).quotas(10)[0] == 100  # the head's quota
+        for both_or_neither in ({"per_class": 5, "total": 50}, {}):
+            with pytest.raises(ValueError, match="exactly one of 'per_class'"):
+                BalanceSpec(**both_or_neither)
+
+    def test_total_build_meets_its_quotas(self, teacher, tmp_path: Path) -> None:
+        result = build_surrogate(digits_card({"total": 40}), str(tmp_path), teacher=teacher)
+        assert result.manifest.selection.achieved == [4] * 10 == result.manifest.class_histogram
+
     def test_imbalance_belongs_to_long_tail_only(self) -> None:
         with pytest.raises(ValueError, match="long_tail"):
             BalanceSpec(per_class=5, imbalance=3)

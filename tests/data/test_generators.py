@@ -400,6 +400,10 @@ class TestGlslFolder:
         ("composed_shaders", "composed_shaders"),
         ("shaders_balanced", "composed_shaders"),
         ("random_strokes_balanced", "random_strokes"),
+        ("shaders_paper", "composed_shaders"),
+        ("shaders_paper_long_tail", "composed_shaders"),
+        ("dead_leaves_paper", "dead_leaves"),
+        ("gaussian_noise_paper", "gaussian_noise"),
     ],
 )
 def test_bundled_cards_render_their_generator(card_name: str, generator_name: str) -> None:
@@ -416,5 +420,13 @@ def test_bundled_cards_render_their_generator(card_name: str, generator_name: st
         assert len(generator.sources) >= 1000  # the paper's diversity (Shaders-1k: 1,089 programs)
     if card_name in ("shaders_balanced", "random_strokes_balanced"):
         assert card.balance is not None and card.balance.per_class
+    if card_name.endswith("_paper"):  # the paper's 50K teacher-filtered images for a teacher of any class count
+        assert card.balance is not None and sum(card.balance.quotas(10)) == sum(card.balance.quotas(100)) == 50_000
+    if card_name == "shaders_paper_long_tail":  # the twin of shaders_paper but for the class balance
+        twin = load_card(resolve_card_path("shaders_paper"))
+        assert card.balance is not None and card.balance.mode == "long_tail"
+        assert card.model_dump(exclude={"name", "description", "balance"}) == twin.model_dump(
+            exclude={"name", "description", "balance"}
+        )
     images = generator.generate(card.seed, 0, 4, card.image_size)
     assert images.shape == (4, card.image_size, card.image_size, 3) and images.std() > 0
