@@ -119,7 +119,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     import ray
 
-    from study.distill.trial import TrialPaths
+    from study.distill.trial_paths import TrialPaths
     from study.orchestrate.sweep import run_sweep
     from study.tracking import StudyTracker
 

@@ -40,25 +40,23 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from study import storage
-from study.config import ArmSpec, CardSpec, StudySpec, load_card
+from study.config import ArmSpec, CardSpec, StudySpec
 from study.data import shards
 from study.data.eval_splits import eval_split, read_eval_split
 from study.data.perturb import derived_name
-from study.data.shards.cache import ShardCacheSpec
 from study.data.shards.reader import ShardStream, to_teacher_input
 from study.device import autocast_dtype, pick_device, require_cuda
 from study.distill.batches import TrainingBatches
 from study.distill.loss import kd_loss, onehot_kd_loss
 from study.distill.temperature import kd_temperature
+from study.distill.trial_paths import TrialPaths
 from study.models import create_model
-from study.resources import resolve_card_path
 from study.teacher.checkpoint import load_teacher
 
 log = logging.getLogger(__name__)
@@ -72,34 +70,6 @@ Reporter = Callable[[dict[str, float], dict[str, Any]], None]
 class TrialDivergedError(FloatingPointError):
     """The KD loss became NaN or infinite, or no attack succeeded for `MAX_EMPTY_BATCHES` batches of a
     `boundary_only` arm: the trial stops rather than train on garbage or spin without training."""
-
-
-@dataclass(frozen=True)
-class TrialPaths:
-    """What a trial reads, resolved by the driver; plain data so the object pickles to Ray workers.
-
-    `cards` maps arm names to the cards the driver resolved: Tune runs each trial in its own directory, so a trial
-    must never resolve a card path itself. `cards_dir` serves direct use outside Tune (one trial from the CLI,
-    benchmarks): arms missing from `cards` are resolved against it, relative paths of a spec's folder.
-    """
-
-    teacher: str
-    shards_root: str
-    cards_dir: str | None = None
-    cards: dict[str, CardSpec] = field(default_factory=dict)
-    eval_root: str | None = None  # <root>/eval: the teacher's val/test splits as shards (None: from meta.dataset)
-    cache: ShardCacheSpec | None = None  # node-local copies of S3 shards
-
-    def card(self, arm: ArmSpec) -> CardSpec:
-        return self.cards[arm.name] if arm.name in self.cards else card_for_arm(arm, self.cards_dir)
-
-
-def card_for_arm(arm: ArmSpec, cards_dir: str | None) -> CardSpec:
-    """The arm's card; a mixture's components are read too (relative to the mixture card's folder)."""
-    from study.data.mixture import resolve_mixture
-
-    path = resolve_card_path(arm.card, Path(cards_dir) if cards_dir else None)
-    return resolve_mixture(load_card(path), path.parent)
 
 
 def check_manifest_card(root: str, manifest: shards.Manifest, card: CardSpec) -> None:
