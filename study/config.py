@@ -32,6 +32,10 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...], what: str) -> 
     return f"unknown {what} '{name}'{hint}; choices: {', '.join(sorted(choices))}"
 
 
+CROSSED_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9][A-Za-z0-9_.-]*)?$"
+"""A name, or a name crossed with a teacher id (a multi-teacher study's arms and teacher-dependent cards)."""
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -133,7 +137,7 @@ class CardSpec(Strict):
     generated (see `study.data.mixture` for why one recipe per card, not per image).
     """
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    name: Annotated[str, Field(pattern=CROSSED_NAME)]  # `<card>@<teacher id>`: built per teacher (load_cards)
     kind: Literal["real", "generated", "mixture", "derived"]
     description: str = ""
     source: RealSource | None = None
@@ -238,6 +242,23 @@ class TeacherSpec(Strict):
         return self.fine_grained if self.fine_grained is not None else self.dataset in FINE_GRAINED_SOURCES
 
 
+class TeacherEntry(TeacherSpec):
+    """One teacher of a multi-teacher study (`teachers:`): a teacher and the id its arms and runs go by. Its
+    checkpoint lives at `teachers/<id>` unless `uri` says otherwise."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _uri_from_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "uri" not in data and isinstance(data.get("id"), str):
+            return {**data, "uri": f"teachers/{data['id']}"}
+        return data
+
+    def as_teacher(self) -> TeacherSpec:
+        return TeacherSpec.model_validate(self.model_dump(exclude={"id"}, exclude_unset=True))  # what was set, as set
+
+
 class StudentSpec(Strict):
     arch: str = "resnet8"
 
@@ -337,10 +358,12 @@ class ArmSpec(Strict):
     (`StudySpec._expand_counts`); the report groups amounts by it.
     """
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    name: Annotated[str, Field(pattern=CROSSED_NAME)]  # `<arm>@<teacher id>` when crossed with `teachers:`
     card: str
     count: int | None = Field(default=None, gt=0)
     amount_of: str | None = None
+    teachers: list[str] | None = None  # multi-teacher studies: the teachers it applies to (default: all)
+    teacher: str | None = None  # the teacher of an arm crossed with `teachers:` (set by `StudySpec`), `<arm>@<id>`
     labels: Literal["soft", "onehot"] = "soft"
     train: dict[str, Any] = Field(default_factory=dict)
     perturbation: PerturbationSpec = PerturbationSpec()
@@ -576,7 +599,11 @@ class FinalSpec(Strict):
 class StudySpec(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     seed: int = 0
-    teacher: TeacherSpec = TeacherSpec()
+    teacher: TeacherSpec | None = None  # None only in a multi-teacher study (see `teachers`)
+    teachers: list[TeacherEntry] | None = None
+    """Several teachers in one study: every arm is crossed with the teachers it applies to (`arms[].teachers`,
+    default all) into `<arm>@<teacher id>` arms, each with its own search, early stopping, final phase and runs.
+    A single `teacher:` is a study of one teacher (its arms keep their names)."""
     student: StudentSpec = StudentSpec()
     arms: list[ArmSpec] = Field(min_length=1)
     train: TrainSpec = TrainSpec()
@@ -587,6 +614,45 @@ class StudySpec(Strict):
     tracking: TrackingSpec = TrackingSpec()
     criteria: CriteriaSpec = CriteriaSpec()
     final: FinalSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cross_arms_with_teachers(cls, data: Any) -> Any:
+        """One teacher by default; with `teachers:`, each unbound arm becomes one arm per teacher it applies to.
+        Bound arms (`teacher` set) stay: a spec dumped after crossing validates to itself."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("teachers") is None:
+            if "teacher" not in data or data["teacher"] is None:
+                data = {**data, "teacher": TeacherSpec()}
+            return data
+        if data.get("teacher") is not None:
+            raise ValueError("set 'teacher' (one teacher) or 'teachers' (a list), not both")
+        entries = data["teachers"]
+        if not isinstance(entries, list) or not entries:
+            raise ValueError("teachers: expected a non-empty list of teachers, each with an 'id'")
+        ids = [e.get("id") if isinstance(e, dict) else getattr(e, "id", None) for e in entries]
+        dupes = sorted({str(i) for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"teachers: ids must be unique, repeated: {dupes}")
+        arms = data.get("arms")
+        if not isinstance(arms, list):
+            return data
+        crossed = []
+        for i, arm in enumerate(arms):
+            if not isinstance(arm, dict) or arm.get("teacher") is not None:
+                crossed.append(arm)
+                continue
+            wanted = arm.get("teachers") or ids
+            unknown = [t for t in wanted if t not in ids]
+            if unknown:
+                raise ValueError(
+                    f"arms.{i}.teachers: {did_you_mean(str(unknown[0]), [str(t) for t in ids], 'teacher id')}"
+                )
+            base = {k: v for k, v in arm.items() if k != "teachers"}
+            for tid in wanted:
+                crossed.append({**base, "name": f"{arm.get('name')}@{tid}", "teacher": tid})
+        return {**data, "arms": crossed}
 
     @field_validator("arms", mode="before")
     @classmethod
@@ -658,9 +724,35 @@ class StudySpec(Strict):
         `study_content`), so retraining the teacher or editing a card starts a new experiment.
         """
         science = self.model_dump(mode="json", exclude={"storage", "tracking", "resources"})
+        if science.get("teachers") is None:  # a one-teacher study hashes as it did before `teachers:` existed
+            science.pop("teachers", None)
+            for arm in science["arms"]:
+                for key in ("teachers", "teacher"):
+                    if arm.get(key) is None:
+                        arm.pop(key, None)
         if content:
             science["content"] = content
         return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def teacher_ids(self) -> list[str]:
+        """The study's teachers by id; a one-teacher study's only teacher is `teacher`."""
+        return [t.id for t in self.teachers] if self.teachers else ["teacher"]
+
+    def for_teacher(self, teacher_id: str) -> StudySpec:
+        """The study as one teacher sees it: that teacher as `teacher`, its arms only (crossed names kept, so runs
+        and shards match the whole study's). A one-teacher study is its own view."""
+        if not self.teachers:
+            return self
+        for entry in self.teachers:
+            if entry.id == teacher_id:
+                arms = [a for a in self.arms if a.teacher == teacher_id]
+                return self.model_copy(update={"teacher": entry.as_teacher(), "teachers": None, "arms": arms})
+        raise SpecError(f"study '{self.name}': " + did_you_mean(teacher_id, self.teacher_ids, "teacher id"))
+
+    def view_for(self, arm: ArmSpec) -> StudySpec:
+        """The one-teacher view an arm trains in (`for_teacher` of its teacher)."""
+        return self.for_teacher(arm.teacher) if self.teachers and arm.teacher else self
 
     def arm(self, name: str) -> ArmSpec:
         for arm in self.arms:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 ROLE, ARM, TRIAL_ID, PHASE = "kd_study.role", "kd_study.arm", "trial_id", "phase"
 OUTCOME, ERROR = "kd_study.outcome", "kd_study.error"
+TEACHER = "kd_study.teacher"
+"""The teacher id of an arm's parent run and its trial runs (`teacher` in a one-teacher study)."""
 OUTCOMES = ("completed", "early_stopped", "diverged", "failed")
 ENVIRONMENT = "kd_study.environment"
 """Experiment tags `kd_study.environment.<id>` hold each environment the study ran in (JSON, `study.environment`);
@@ -167,6 +169,7 @@ class StudyTracker:
         self.name = experiment_name(spec, content)
         self._spec_json = spec.model_dump_json()
         self._science_hash = spec.science_hash(content)
+        self.arm_teachers = {a.name: a.teacher or "teacher" for a in spec.arms}
         self._experiment_id: str | None = None
         self._environment_id: str | None = None
         self._client: MlflowClient | None = None
@@ -244,13 +247,17 @@ class StudyTracker:
         runs = self._find(f"tags.`{ROLE}` = 'arm' and tags.`{ARM}` = '{arm}'")
         if runs:
             return runs[0].info.run_id
-        run = self.client.create_run(self.experiment_id, run_name=arm, tags={ROLE: "arm", ARM: arm})
+        tags = {ROLE: "arm", ARM: arm, TEACHER: self.teacher_of(arm)}
+        run = self.client.create_run(self.experiment_id, run_name=arm, tags=tags)
         flat: dict[str, str] = {}
         _flatten("", params, flat)
         self.client.log_batch(
             run.info.run_id, params=[Param(k[:250], v[:MAX_PARAM_LEN]) for k, v in sorted(flat.items())]
         )
         return run.info.run_id
+
+    def teacher_of(self, arm: str) -> str:
+        return getattr(self, "arm_teachers", {}).get(arm, "teacher")  # a tracker pickled before it existed
 
     def arm_runs(self) -> dict[str, str]:
         return {r.data.tags[ARM]: r.info.run_id for r in self._find(f"tags.`{ROLE}` = 'arm'")}
@@ -309,7 +316,7 @@ class StudyTracker:
                 client.update_run(found.info.run_id, status="RUNNING")
             return found.info.run_id
         parents = search_all(client, [experiment_id], f"tags.`{ROLE}` = 'arm' and tags.`{ARM}` = '{arm}'")
-        tags = {ROLE: "trial", ARM: arm, TRIAL_ID: trial_id, PHASE: phase}
+        tags = {ROLE: "trial", ARM: arm, TRIAL_ID: trial_id, PHASE: phase, TEACHER: self.teacher_of(arm)}
         if self._environment_id is not None:
             tags[ENVIRONMENT] = self._environment_id
         if parents:

@@ -27,7 +27,7 @@ def report(
     with user_errors():
         spec_path, study_spec, _ = load_spec(spec, storage, root, tracking_uri)
         paths = study_paths(study_spec)
-        meta = load_meta(paths.teacher)
+        meta = load_meta(paths.teacher) if not study_spec.teachers else None  # the report's line for one teacher
         tracker = open_tracker(study_spec, paths, str(spec_path.resolve().parent))
         result, uri = publish_report(
             tracker, paths, meta, study_spec.name, out, total_trials(study_spec), metric=study_spec.search.metric

@@ -40,8 +40,10 @@ def _print_ranking(outcome) -> None:
         cells += [f"{row[ranked]:.1%}", ci, *([basis] * show_basis)]
         table.add_row(*cells)
     console.print(table)
-    if outcome.teacher.test_accuracy is not None:
-        console.print(f"teacher test accuracy: {outcome.teacher.test_accuracy:.2%}")
+    for tid, meta in outcome.teachers.items():
+        if meta.test_accuracy is not None:
+            label = "teacher" if len(outcome.teachers) == 1 else f"teacher {tid} ({meta.arch} on {meta.dataset})"
+            console.print(f"{label} test accuracy: {meta.test_accuracy:.2%}")
     console.print(f"finding: {outcome.report.finding}", soft_wrap=True)
     report_at = outcome.report_uri or str(outcome.report.html.parent)
     console.print(f"report: [bold]{report_at}[/] (report.html, report.md, results.parquet)", soft_wrap=True)
@@ -161,7 +163,7 @@ def trial(
 
         paths = study_paths(study_spec)
         cards_dir = str(spec_path.resolve().parent)  # card paths in a spec are relative to its folder
-        kd = KDTrial(study_spec, chosen, TrialPaths(paths.teacher, paths.shards, cards_dir))
+        kd = KDTrial(study_spec, chosen, TrialPaths(paths.teacher, paths.shards, cards_dir, teachers=paths.teachers))
 
         def show(metrics: dict[str, float], _: dict) -> None:
             console.print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

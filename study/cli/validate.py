@@ -28,12 +28,13 @@ def _count(n: int | None) -> str:
 def print_plan(plan) -> None:
     spec, paths = plan.spec, plan.paths
     console.print(f"[bold]study {spec.name}[/] ({plan.where}): ok", soft_wrap=True)
-    t = plan.teacher
-    state = {"present": "present", "train": "will be trained", "import": "will be imported"}[t.action]
-    accuracy = ""
-    if t.meta is not None and t.meta.test_accuracy is not None:
-        accuracy = f", test acc {t.meta.test_accuracy:.1%}"
-    console.print(f"teacher: {t.arch} on {t.dataset}, {state}{accuracy} ({t.uri})", soft_wrap=True)
+    for tid, t in plan.teachers.items():
+        state = {"present": "present", "train": "will be trained", "import": "will be imported"}[t.action]
+        accuracy = ""
+        if t.meta is not None and t.meta.test_accuracy is not None:
+            accuracy = f", test acc {t.meta.test_accuracy:.1%}"
+        label = "teacher" if len(plan.teachers) == 1 else f"teacher {tid}"
+        console.print(f"{label}: {t.arch} on {t.dataset}, {state}{accuracy} ({t.uri})", soft_wrap=True)
     console.print(f"student: {spec.student.arch}", soft_wrap=True)
     console.print(f"arms ({len(spec.arms)}):", soft_wrap=True)
     for a in plan.arms:
@@ -114,8 +115,10 @@ def specs() -> None:
     with user_errors():
         for name in bundled_names("tune_spaces"):
             s = load_study(bundled_dir("tune_spaces") / f"{name}.yaml")
+            views = [s.for_teacher(tid).teacher for tid in s.teacher_ids]
+            teachers = ", ".join(f"{t.arch} on {t.dataset}" for t in views if t is not None)
             console.print(
-                f"{name:22} {len(s.arms)} arms, teacher {s.teacher.arch} on {s.teacher.dataset}, "
+                f"{name:22} {len(s.arms)} arms, teacher{'s' if len(views) > 1 else ''} {teachers}, "
                 f"student {s.student.arch}",
                 soft_wrap=True,
                 highlight=False,

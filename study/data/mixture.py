@@ -91,6 +91,17 @@ def uses_teacher(card: CardSpec) -> bool:
     return card.balance is not None
 
 
+def depends_on_teacher(card: CardSpec) -> bool:
+    """Whether two teachers get different builds of `card`: it is filtered through the teacher (`uses_teacher`),
+    or a generator of it matches the teacher data's mean/std. A multi-teacher study builds such a card per
+    teacher and shares every other build."""
+    from study.data.generators.registry import create_generator
+
+    parts = component_cards(card) if card.kind == "mixture" else [card]
+    generated = [p for p in parts if p.kind == "generated" and p.generator]
+    return uses_teacher(card) or any(create_generator(p.generator, p.params).follows_teacher_stats for p in generated)
+
+
 def allocate(total: int, weights: list[float]) -> list[int]:
     """Largest-remainder split of `total` by `weights` (summing to 1): exact shares rounded, ties to the first."""
     raw = [total * w for w in weights]

@@ -103,6 +103,7 @@ class KDTrial(TrainingBatches):
         seed: int | None = None,
         device: torch.device | None = None,
     ) -> None:
+        spec, paths = spec.view_for(arm), paths.for_arm(arm)  # a multi-teacher study: the arm's own teacher
         self.paths = paths
         train = spec.train_for(arm, overrides)
         seed = spec.seed if seed is None else seed

@@ -4,7 +4,7 @@ memory (~0.9 GB and ~12 s of CPU per trial process on 2 cores)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from study.config import ArmSpec, CardSpec, load_card
@@ -27,6 +27,13 @@ class TrialPaths:
     cards: dict[str, CardSpec] = field(default_factory=dict)
     eval_root: str | None = None  # <root>/eval: the teacher's val/test splits as shards (None: from meta.dataset)
     cache: ShardCacheSpec | None = None  # node-local copies of S3 shards
+    teachers: dict[str, str] = field(default_factory=dict)  # a multi-teacher study: teacher id -> checkpoint
+
+    def for_arm(self, arm: ArmSpec) -> TrialPaths:
+        """The paths of an arm's trial: its own teacher's checkpoint in a multi-teacher study."""
+        if arm.teacher is None or not self.teachers:
+            return self
+        return replace(self, teacher=self.teachers[arm.teacher])
 
     def card(self, arm: ArmSpec) -> CardSpec:
         return self.cards[arm.name] if arm.name in self.cards else card_for_arm(arm, self.cards_dir)

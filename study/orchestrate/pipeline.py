@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class StudyOutcome:
     paths: StudyPaths
-    teacher: TeacherMeta
+    teachers: dict[str, TeacherMeta]  # by teacher id (`teacher` in a one-teacher study)
     builds: dict[str, BuildResult] = field(default_factory=dict)
     sweep_ran: bool = False
     report: Report | None = None
@@ -70,32 +70,55 @@ class StudyOutcome:
         return self.trial_outcomes.get("failed", 0)
 
 
-def study_content(cards: dict[str, CardSpec], meta: TeacherMeta) -> dict[str, object]:
-    """What the spec names but does not contain, for the science hash: the teacher's weights, each card's
-    normalised content (defaults filled in, so formatting and comments do not count) and generator version."""
+def study_content(
+    cards: dict[str, CardSpec],
+    metas: TeacherMeta | dict[str, TeacherMeta],
+    arm_teachers: dict[str, str] | None = None,
+) -> dict[str, object]:
+    """What the spec names but does not contain, for the science hash: the teachers' weights, each card's
+    normalised content (defaults filled in, so formatting and comments do not count) and generator version.
+
+    `metas` by teacher id; `arm_teachers` maps each arm to its teacher's id (a multi-teacher study). A one-teacher
+    study's content is what it was before multi-teacher studies existed, so its experiment name is unchanged."""
     from study.data.generators.registry import create_generator
     from study.data.mixture import component_cards
 
-    def version(card: CardSpec) -> str | None:
+    metas = {"teacher": metas} if isinstance(metas, TeacherMeta) else metas
+    arm_teachers = arm_teachers or {}
+    first = next(iter(metas.values()))
+
+    def version(card: CardSpec, meta: TeacherMeta) -> str | None:
         if card.kind == "generated" and card.generator:
             return create_generator(card.generator, card.params, reference_stats=(meta.mean, meta.std)).version
         return None
 
-    content: dict[str, object] = {"teacher_weights_sha256": meta.weights_sha256}
+    content: dict[str, object] = (
+        {"teacher_weights_sha256": first.weights_sha256}
+        if len(metas) == 1 and not arm_teachers
+        else {"teachers_weights_sha256": {tid: m.weights_sha256 for tid, m in sorted(metas.items())}}
+    )
     for arm, card in sorted(cards.items()):
+        meta = metas.get(arm_teachers.get(arm, ""), first)
         # a mixture's snapshot holds its resolved components' cards; their generator versions count too
-        entry: dict[str, object] = {"card": card.model_dump(mode="json"), "generator_version": version(card)}
+        entry: dict[str, object] = {"card": card.model_dump(mode="json"), "generator_version": version(card, meta)}
         if card.kind == "mixture":
-            entry["component_generator_versions"] = [version(c) for c in component_cards(card)]
+            entry["component_generator_versions"] = [version(c, meta) for c in component_cards(card)]
         content[f"card.{arm}"] = entry
     return content
 
 
 def build_surrogates(
-    cards: dict[str, CardSpec], paths: StudyPaths, meta: TeacherMeta, progress: ProgressSink, workers: int = 1
+    cards: dict[str, CardSpec],
+    paths: StudyPaths,
+    meta: TeacherMeta,
+    progress: ProgressSink,
+    workers: int = 1,
+    built: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, BuildResult]:
+    """Build every card not in `built` (cards another teacher of the study already built: they do not depend on
+    the teacher, `load_cards` renamed those that do)."""
     results: dict[str, BuildResult] = {}
-    for card in {c.name: c for c in cards.values()}.values():
+    for card in {c.name: c for c in cards.values() if c.name not in built}.values():
         key = f"build:{card.name}"
         progress.task(key, f"surrogate {card.name}", None)
         results[card.name] = build_surrogate(
@@ -162,6 +185,7 @@ def record_arms(
     progress: ProgressSink,
     eval_root: str | None = None,
     teacher_uri: str | None = None,
+    progress_span: tuple[int, int] | None = None,
 ) -> None:
     """Parent run per arm with card params, raw-pool, built-set and trained-batch criteria and artifacts, measured once
     per arm (the trained sample's size in the run's `kd_study.criteria.trained.*` tags).
@@ -169,10 +193,13 @@ def record_arms(
     `eval_root` holds the teacher's val split for the Fréchet reference (else it is loaded from its dataset).
     With `teacher_uri` (a study on a cluster) the arms are measured as Ray tasks (`presweep.measure_on_cluster`),
     else one after another in this process."""
-    progress.task("criteria", "criteria (teacher forward passes)", len(spec.arms))
+    # (arms measured before these, arms in all): one bar across the teachers of a multi-teacher study
+    before, total = progress_span or (0, len(spec.arms))
+    if before == 0:
+        progress.task("criteria", "criteria (teacher forward passes)", total)
     points = surrogate_points(spec, cards)
     reference: list[FeatureMoments | None] = []
-    measured = 0
+    measured = before
     todo: list[tuple[ArmSpec, CardSpec, BuildResult]] = []
     runs: dict[str, str] = {}
 
@@ -214,7 +241,7 @@ def record_arms(
             "selection": selection.label() if selection is not None else "",
             "selection_achieved": selection.achieved if selection is not None else [],
         }
-        run_id = tracker.arm_run(arm.name, params)
+        run_id = tracker.arm_run(arm.name, params)  # tagged with its teacher's id (`kd_study.teacher`)
         logged, _ = tracker.run_data(run_id)
         if arm.perturbation.mode == "offline" and "perturbation.success_rate" not in logged:
             derived = build.manifest.card
@@ -448,30 +475,48 @@ def run_study(
         cards_dir = str(Path(spec_path).resolve().parent)
     plan = plan_study(spec, where, cards_dir, root)  # what `kd-study validate` checks, before any work
     paths, cards = plan.paths, plan.cards
-    meta = ensure_teacher(spec, paths, progress)
-    try:
-        teacher = load_teacher(paths.teacher, pick_device())
-    except TeacherError as err:
-        raise SpecError(f"{err}\n  ({where}: teacher.uri is '{spec.teacher.uri}')") from None
-    outcome = StudyOutcome(paths, meta)
+    # one view per teacher (a one-teacher study is its own): its teacher, its arms, its cards
+    views = [(tid, spec.for_teacher(tid), paths.for_teacher(tid)) for tid in spec.teacher_ids]
+    metas: dict[str, TeacherMeta] = {}
+    teachers: dict[str, Teacher] = {}
+    for tid, view, view_paths in views:
+        metas[tid] = ensure_teacher(view, view_paths, progress)
+        try:
+            teachers[tid] = load_teacher(view_paths.teacher, pick_device())
+        except TeacherError as err:
+            assert view.teacher is not None
+            raise SpecError(f"{err}\n  ({where}: teacher.uri is '{view.teacher.uri}')") from None
+    outcome = StudyOutcome(paths, metas)
     on_cluster = cluster_address(spec) is not None
-    if on_cluster:  # Ray tasks across the cluster (study.orchestrate.presweep)
-        outcome.builds = build_on_cluster(spec, cards, paths.shards, paths.teacher, meta, progress)
-    else:
-        outcome.builds = build_surrogates(cards, paths, meta, progress, build_workers)
-        outcome.builds.update(build_perturbed_surrogates(spec, cards, paths, meta, progress))
-    names = {a.name: surrogate_name(spec, a, cards[a.name], meta.teacher_id) for a in spec.arms}
+    for tid, view, view_paths in views:
+        meta, view_cards = metas[tid], {a.name: cards[a.name] for a in view.arms}
+        if on_cluster:  # Ray tasks across the cluster (study.orchestrate.presweep)
+            found = build_on_cluster(view, view_cards, paths.shards, view_paths.teacher, meta, progress, outcome.builds)
+            outcome.builds.update(found)
+        else:
+            built = set(outcome.builds)
+            outcome.builds.update(build_surrogates(view_cards, view_paths, meta, progress, build_workers, built))
+            outcome.builds.update(build_perturbed_surrogates(view, view_cards, view_paths, meta, progress))
+    names = {
+        a.name: surrogate_name(spec, a, cards[a.name], metas[a.teacher or "teacher"].teacher_id) for a in spec.arms
+    }
     check_arm_sizes(spec, outcome.builds, names, where)
     check_held_out(spec, outcome.builds, names, where)
-    if meta.has_eval_data:
-        build_eval_shards(meta, paths.eval_root)
+    for meta in metas.values():
+        if meta.has_eval_data:
+            build_eval_shards(meta, paths.eval_root)
     short_http_retries()
-    tracker = StudyTracker(paths.tracking_uri, spec, content=study_content(cards, meta))
+    tracker = StudyTracker(paths.tracking_uri, spec, content=study_content(cards, metas, arm_teachers(spec)))
     here = environment.probe()
     tracker.record_environment(environment.fingerprint(here), here)
-    record_arms(
-        spec, cards, outcome.builds, teacher, tracker, progress, paths.eval_root, paths.teacher if on_cluster else None
-    )
+    measured = 0
+    for tid, view, view_paths in views:
+        view_cards = {a.name: cards[a.name] for a in view.arms}
+        cluster_teacher = view_paths.teacher if on_cluster else None
+        span, measured = (measured, len(spec.arms)), measured + len(view.arms)
+        record_arms(
+            view, view_cards, outcome.builds, teachers[tid], tracker, progress, paths.eval_root, cluster_teacher, span
+        )
     total = total_trials(spec)
     progress.task("sweep", f"KD trials ({len(spec.arms)} arms x {spec.search.trials_per_arm})", total)
     if not sweep_complete(spec, tracker):
@@ -481,24 +526,36 @@ def run_study(
             teacher=paths.teacher,
             shards_root=paths.shards,
             cards=cards,
-            eval_root=paths.eval_root if meta.has_eval_data else None,
+            eval_root=paths.eval_root if all(m.has_eval_data for m in metas.values()) else None,
             cache=ShardCacheSpec.from_settings(spec.storage.cache, spec.storage.cache_max_gb),
+            teachers=paths.teachers if spec.teachers else {},
         )
         run_sweep(spec, trial_paths, paths.tune_dir, tracker, lambda done, t: progress.update("sweep", done, t))
         outcome.sweep_ran = True
     tracker.set_arm_terminated()
     progress.update("sweep", total, total)
     outcome.trial_outcomes = trial_outcomes(tracker)
+    only = next(iter(metas.values())) if len(metas) == 1 else None  # the report's teacher line: one teacher only
     outcome.report, outcome.report_uri = publish_report(
-        tracker, paths, meta, spec.name, report_out, total, metric=spec.search.metric
+        tracker, paths, only, spec.name, report_out, total, metric=spec.search.metric
     )
     return outcome
 
 
+def arm_teachers(spec: StudySpec) -> dict[str, str]:
+    """Each arm's teacher id in a multi-teacher study; empty for a one-teacher study (its content is unchanged)."""
+    return {a.name: a.teacher for a in spec.arms if a.teacher is not None}
+
+
 def open_tracker(spec: StudySpec, paths: StudyPaths, cards_dir: str | None = None) -> StudyTracker:
-    """The tracker of an existing study (its experiment name needs the teacher's and the cards' contents)."""
-    try:
-        meta = load_meta(paths.teacher)
-    except TeacherError as err:
-        raise SpecError(f"{err}\n  (the spec's teacher.uri is '{spec.teacher.uri}')") from None
-    return StudyTracker(paths.tracking_uri, spec, content=study_content(load_cards(spec, cards_dir), meta))
+    """The tracker of an existing study (its experiment name needs the teachers' and the cards' contents)."""
+    metas = {}
+    for tid in spec.teacher_ids:
+        view = spec.for_teacher(tid)
+        assert view.teacher is not None
+        try:
+            metas[tid] = load_meta(paths.for_teacher(tid).teacher)
+        except TeacherError as err:
+            raise SpecError(f"{err}\n  (the spec's teacher.uri is '{view.teacher.uri}')") from None
+    content = study_content(load_cards(spec, cards_dir), metas, arm_teachers(spec))
+    return StudyTracker(paths.tracking_uri, spec, content=content)

@@ -205,10 +205,12 @@ def build_on_cluster(
     teacher_uri: str,
     meta: TeacherMeta,
     progress: ProgressSink,
+    built: dict[str, BuildResult] | None = None,
 ) -> dict[str, BuildResult]:
     """Every surrogate the arms read, keyed by name (`surrogate_name`): what is reusable as it is, the rest built as
     Ray tasks submitted at once (plain cards side by side, each mixture after its components and the mixture
-    before it, each perturbation after its source)."""
+    before it, each perturbation after its source). `built`: cards another teacher of the study already built
+    (shared ones: `load_cards` renamed those that depend on the teacher), taken as they are."""
     import ray
 
     connect_ray(spec)
@@ -219,6 +221,9 @@ def build_on_cluster(
     unique = {c.name: c for c in cards.values()}
     last_mixture: list[Any] = []
     for card in sorted(unique.values(), key=lambda c: c.kind == "mixture"):  # stable: spec order within each kind
+        if built and card.name in built:
+            results[card.name] = built[card.name]
+            continue
         progress.task(f"build:{card.name}", f"surrogate {card.name}", None)
         reused = reusable_build(card, shards_root, reference_stats=(meta.mean, meta.std), teacher_id=meta.teacher_id)
         if reused is not None:

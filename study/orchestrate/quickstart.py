@@ -32,7 +32,11 @@ def quickstart(
     root = str(Path(out).expanduser().resolve())
     Path(root).mkdir(parents=True, exist_ok=True)
     paths = study_paths(spec, root)
-    if not storage.exists(storage.join(paths.teacher, META)):
-        progress.task("teacher", f"teacher {spec.teacher.arch} on {spec.teacher.dataset}", spec.teacher.epochs)
-        train_teacher(spec.teacher, paths.teacher, on_epoch=lambda e, n, _loss: progress.update("teacher", e, n))
+    for tid in spec.teacher_ids:  # every teacher of the study, trained where missing
+        teacher, uri = spec.for_teacher(tid).teacher, paths.for_teacher(tid).teacher
+        assert teacher is not None
+        if not storage.exists(storage.join(uri, META)):
+            key = "teacher" if len(spec.teacher_ids) == 1 else f"teacher:{tid}"
+            progress.task(key, f"teacher {teacher.arch} on {teacher.dataset}", teacher.epochs)
+            train_teacher(teacher, uri, on_epoch=lambda e, n, _loss, k=key: progress.update(k, e, n))
     return run_study(spec, root, progress)

@@ -44,6 +44,11 @@ def rank_study_candidates(
     """`kd-study rank`: the finished study's surrogates fit the model, candidate cards get teacher passes only."""
     resolved = resolve_spec_path(spec_path)
     spec = apply_overrides(load_study(resolved), tracking_uri=tracking_uri)
+    if spec.teachers:
+        raise RankError(
+            f"{resolved}: teachers: `kd-study rank` fits one teacher's study; a multi-teacher study needs "
+            "leave-one-teacher-out validation, which it does not do yet"
+        )
     paths = study_paths(spec, root)
     # the study's experiment is named from the teacher's and the cards' contents too: a tracker made from the spec
     # alone opens another (empty) experiment

@@ -9,7 +9,7 @@ need them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from study import storage
@@ -28,10 +28,15 @@ class StudyPaths:
     root: str
     shards: str
     tune_dir: str
-    teacher: str
+    teacher: str  # a one-teacher study's (or view's) teacher; "" for a multi-teacher study: see `teachers`
     tracking_uri: str
     report_dir: str
     eval_root: str = ""
+    teachers: dict[str, str] = field(default_factory=dict)  # teacher id -> checkpoint folder
+
+    def for_teacher(self, teacher_id: str) -> StudyPaths:
+        """The paths as one teacher's view of the study sees them (`StudySpec.for_teacher`)."""
+        return replace(self, teacher=self.teachers[teacher_id]) if not self.teacher else self
 
 
 def study_paths(spec: StudySpec, root: str | None = None) -> StudyPaths:
@@ -51,14 +56,25 @@ def study_paths(spec: StudySpec, root: str | None = None) -> StudyPaths:
                 "machine, or the http:// address of an MLflow server that every node reaches)"
             )
         uri = "sqlite:///" + storage.resolve(relative, base)
+    if spec.teachers:
+        teachers = {t.id: storage.resolve(t.uri, base) for t in spec.teachers}
+        teacher = ""
+    else:
+        assert spec.teacher is not None
+        teacher = storage.resolve(spec.teacher.uri, base)
+        teachers = {"teacher": teacher}
+    same = sorted({u for u in teachers.values() if list(teachers.values()).count(u) > 1})
+    if same:
+        raise SpecError(f"study '{spec.name}': teachers: two teachers share the checkpoint folder {same[0]} (set uri)")
     return StudyPaths(
         root=base,
         shards=storage.resolve(spec.storage.shards, base),
         tune_dir=storage.resolve(spec.storage.tune, base),
-        teacher=storage.resolve(spec.teacher.uri, base),
+        teacher=teacher,
         tracking_uri=uri,
         report_dir=storage.resolve(f"report/{spec.name}", base),  # one folder per study sharing a root
-        eval_root=storage.resolve("eval", base),
+        eval_root=storage.resolve("eval", base),  # eval splits are keyed by teacher id inside
+        teachers=teachers,
     )
 
 
@@ -81,8 +97,14 @@ def check_models(spec: StudySpec, where: str) -> None:
     """The student's and the teacher's archs are models the registry builds (zoo or torchvision)."""
     from study.models.names import IMPORTED_FORMATS, ZOO_MODELS, is_known_arch
 
-    for field_name, arch in (("student.arch", spec.student.arch), ("teacher.arch", spec.teacher.arch)):
-        if field_name == "teacher.arch" and arch in IMPORTED_FORMATS:
+    archs = [("student.arch", spec.student.arch)]
+    if spec.teachers:
+        archs += [(f"teachers.{i}.arch", t.arch) for i, t in enumerate(spec.teachers)]
+    else:
+        assert spec.teacher is not None
+        archs.append(("teacher.arch", spec.teacher.arch))
+    for field_name, arch in archs:
+        if field_name != "student.arch" and arch in IMPORTED_FORMATS:
             continue  # an imported program needs no registry entry
         if not is_known_arch(arch):
             message = did_you_mean(arch, ZOO_MODELS, "model")
@@ -105,7 +127,7 @@ def load_cards(spec: StudySpec, cards_dir: str | None = None, where: str | None 
     """Every arm's card, resolved once here (relative paths against `cards_dir`, the spec file's folder) and
     validated, its generator's params checked, before anything runs; trials receive these, never paths."""
     from study.data.generators.registry import create_generator
-    from study.data.mixture import component_cards
+    from study.data.mixture import component_cards, depends_on_teacher
 
     where = where or f"study '{spec.name}'"
     cards = {}
@@ -118,6 +140,14 @@ def load_cards(spec: StudySpec, cards_dir: str | None = None, where: str | None 
                     create_generator(part.generator, part.params, reference_stats=([0.5], [0.25]))
                 except ValueError as err:
                     raise SpecError(f"card '{part.name}' (arm '{arm.name}'): {err}") from None
+        if arm.teacher is not None and depends_on_teacher(card):
+            if card.kind == "mixture":
+                raise SpecError(
+                    f"{where}: arms.{i}.card: mixture '{card.name}' filters through the teacher or matches its "
+                    "statistics; a multi-teacher study cannot build it per teacher yet (use it in a one-teacher study)"
+                )
+            # built per teacher (its selection or matched statistics differ), under a name of its own
+            card = card.model_copy(update={"name": f"{card.name}@{arm.teacher}"})
         if arm.count and card.count and arm.count > card.count:
             field_name = f"counts of arm '{arm.amount_of}'" if arm.amount_of else "count"
             raise SpecError(
@@ -227,7 +257,7 @@ class StudyPlan:
     spec: StudySpec
     where: str
     paths: StudyPaths
-    teacher: TeacherPlan
+    teachers: dict[str, TeacherPlan]  # by teacher id (`teacher` in a one-teacher study)
     cards: dict[str, CardSpec]
     surrogates: dict[str, SurrogatePlan]
     arms: list[ArmPlan] = field(default_factory=list)
@@ -258,7 +288,7 @@ def plan_study(
     check_tracking_uri(spec.tracking.uri, where, tracking_field)
     paths = study_paths(spec, root)
     cards = load_cards(spec, cards_dir, where)
-    teacher = check_teacher(spec, paths, where)
+    teachers = {tid: check_teacher(spec.for_teacher(tid), paths.for_teacher(tid), where) for tid in spec.teacher_ids}
     surrogates = check_surrogates(spec, cards, paths, where)
     arms = []
     for arm in spec.arms:
@@ -269,4 +299,4 @@ def plan_study(
         else:
             per_trial = spec.budget.images_for(images)[0] if images else None
         arms.append(ArmPlan(arm, cards[arm.name], images, per_trial))
-    return StudyPlan(spec, where, paths, teacher, cards, surrogates, arms)
+    return StudyPlan(spec, where, paths, teachers, cards, surrogates, arms)

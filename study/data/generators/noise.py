@@ -45,6 +45,10 @@ class GaussianNoise(Generator):
         super().__init__(params, reference_stats)
         self.mean, self.std = channel_stats(self.name, params.mean, params.std, reference_stats)
 
+    @property
+    def follows_teacher_stats(self) -> bool:
+        return self.params.mean is None or self.params.std is None
+
     def generate(self, seed: int, start: int, count: int, image_size: int) -> np.ndarray:
         self._check_request(seed, start, count, image_size)
         shape = (image_size, image_size, 3)
@@ -97,6 +101,10 @@ class SpectralNoise(Generator):
     def __init__(self, params: Params, reference_stats: ReferenceStats | None = None) -> None:
         super().__init__(params, reference_stats)
         self.mean, self.std = channel_stats(self.name, params.mean, params.std, reference_stats)
+
+    @property
+    def follows_teacher_stats(self) -> bool:
+        return self.params.mean is None or self.params.std is None
 
     def _amplitude(self, image_size: int) -> np.ndarray:
         fy = np.fft.fftfreq(image_size)[:, None]

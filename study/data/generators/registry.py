@@ -38,6 +38,12 @@ class Generator(abc.ABC):
         self.params = params
         self.reference_stats = reference_stats
 
+    @property
+    def follows_teacher_stats(self) -> bool:
+        """Whether its images depend on the teacher data's mean/std (matched noise whose params leave them unset):
+        two teachers then need two builds of the same card."""
+        return False
+
     @abc.abstractmethod
     def generate(self, seed: int, start: int, count: int, image_size: int) -> np.ndarray:
         """Images ``start .. start+count-1`` as uint8 ``(count, image_size, image_size, 3)``."""
