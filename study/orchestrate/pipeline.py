@@ -235,6 +235,7 @@ def record_arms(
             "components": {r.name: r.weight for r in build.manifest.components or []},
             "labels": arm.labels,
             "teacher": teacher.meta.teacher_id,
+            "teacher_dataset": teacher.meta.dataset,  # the report's in-domain rule, per teacher
             "arm_train": arm.train,
             "perturbation": arm.perturbation.model_dump(),
             # "not balanced (k of K classes filled)" when the teacher scan hit its ceiling; the report marks it

@@ -26,6 +26,7 @@ import pandas as pd
 from study.report import document as report_html
 from study.report import plots as report_plots
 from study.report.amounts import ARM_COLUMNS, AmountSection, amount_section, arm_fields
+from study.report.cross_teacher import IN_DOMAIN, cross_teacher_section, in_domain_flags
 from study.report.stats import (
     ADJUSTMENT,
     ALPHA,
@@ -46,7 +47,7 @@ POPULATION_METRICS = {f"criteria.{p}.": f"crit_{p}_" for p in POPULATIONS}
 """MLflow metric prefix -> results column prefix, one per criteria population (raw, built, trained)."""
 RESULT_METRICS = ("val_acc", "test_acc", "teacher_agreement", "agreement", "train_loss", "images_per_s")
 PAPER_CRITERION = "crit_raw_class_entropy"
-ARM_RUN_COLUMNS = ["arm_run_id", "surrogate_point", "selection", "selection_achieved"]
+ARM_RUN_COLUMNS = ["teacher", "teacher_dataset", "arm_run_id", "surrogate_point", "selection", "selection_achieved"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ def collect_arms(tracker: StudyTracker) -> pd.DataFrame:
         metrics, params = tracker.run_data(run_id)
         row = {
             **arm_fields(arm, params),  # surrogate, kind, count, amount family, mixture components
+            "teacher": tracker.teacher_of(arm),  # its teacher's id (`teacher` in a one-teacher study)
+            "teacher_dataset": params.get("teacher_dataset", ""),
             "arm_run_id": run_id,
             "surrogate_point": params.get("surrogate_point", ""),
             "selection": params.get("selection", ""),  # "not balanced (k of K classes filled)" marks a short scan
@@ -192,6 +195,16 @@ def collect(
 
 def finding(results: StudyResults) -> str:
     """The report's answer in one or two plain sentences."""
+    text = single_finding(results)
+    if "teacher" in results.arms and results.arms["teacher"].nunique() >= 2:
+        text += (
+            " Here each (teacher, surrogate) pair is one point, so teachers of different difficulty are pooled "
+            "in one cloud: the Across teachers section gives the within-teacher answer."
+        )
+    return text
+
+
+def single_finding(results: StudyResults) -> str:
     n = len(results.points)
     if not len(results.ranking):
         return "No trial has finished its budget yet, so there is nothing to rank."
@@ -296,8 +309,29 @@ def report_sections(
     from study.report import sections as rs
 
     made = rs.sections(results, out_dir, teacher_accuracy, text)
-    extra = [s for s in (problem_trials_section(results.trials), amounts_sections(amounts)) if s is not None]
-    return made[:2] + extra + made[2:]  # after the finding and the ranking
+    extra = [problem_trials_section(results.trials), amounts_sections(amounts), across_teachers_section(results)]
+    return made[:2] + [s for s in extra if s is not None] + made[2:]  # after the finding and the ranking
+
+
+def teacher_points(results: StudyResults) -> pd.DataFrame:
+    """One row per (teacher, arm) for the cross-teacher analysis: the arm's ranked score, its criteria, and its
+    surrogate by card (a card built per teacher, `<card>@<teacher id>`, is one surrogate for every teacher)."""
+    ranked = results.ranked_by
+    arms = results.arms.drop(columns=[c for c in ("surrogate_point",) if c in results.arms])
+    table = results.ranking[["arm", ranked]].merge(arms, on="arm", how="left")
+    table["surrogate"] = table["surrogate"].astype(str).str.replace(r"@[^@]*$", "", regex=True)
+    point = results.arms.set_index("arm")["surrogate_point"].astype(str).str.lower() == "true"
+    table["surrogate_point"] = table["arm"].map(point).fillna(False).astype(bool)
+    datasets = {t: d for t, d in zip(table["teacher"], table["teacher_dataset"], strict=True) if d}
+    table[IN_DOMAIN] = in_domain_flags(table, datasets)
+    return table
+
+
+def across_teachers_section(results: StudyResults) -> report_html.Section | None:
+    """Per-teacher rankings and the pooled answer, for a study of two or more teachers (`cross_teacher`)."""
+    if not len(results.ranking) or "teacher" not in results.arms or results.arms["teacher"].nunique() < 2:
+        return None
+    return cross_teacher_section(teacher_points(results), results.ranked_by)
 
 
 def problem_trials_section(trials: pd.DataFrame) -> report_html.Section | None:

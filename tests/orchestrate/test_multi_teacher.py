@@ -82,6 +82,13 @@ def test_arms_are_crossed_with_teachers_and_only_teacher_dependent_builds_are_ma
     assert all(r.data.tags["kd_study.arm"].endswith("@" + r.data.tags["kd_study.teacher"]) for r in trials)
     assert all(r.data.tags["kd_study.outcome"] == "completed" for r in trials)
 
+    # the report ranks each teacher's surrogates side by side and pools the criteria across teachers, with the
+    # teachers' own data (digits) as the in-domain reference of each
+    text = (root / "report" / "two_teachers" / "report.md").read_text()
+    across = text.split("## Across teachers")[1].split("\n## ")[0]
+    assert "a: " in across and "b: " in across and "Kendall's W" in across and "No in-domain arm" not in across
+    assert "strokes_bal@" not in across  # one surrogate, built per teacher
+
     # a rerun finds everything: no build, no trial, no run added
     shard_times = {p: p.stat().st_mtime for p in (root / "shards").rglob("*.tar")}
     again = run_study(spec, str(root), spec_path=str(path))
