@@ -602,7 +602,8 @@ class StudySpec(Strict):
     teacher: TeacherSpec | None = None  # None only in a multi-teacher study (see `teachers`)
     teachers: list[TeacherEntry] | None = None
     """Several teachers in one study: every arm is crossed with the teachers it applies to (`arms[].teachers`,
-    default all) into `<arm>@<teacher id>` arms, each with its own search, early stopping, final phase and runs.
+    default all) into `<arm>@<teacher id>` arms, each with its own search, early stopping, final phase and runs;
+    `{dataset}` in an arm's card becomes each teacher's dataset (`card: "{dataset}"`: its own training data).
     A single `teacher:` is a study of one teacher (its arms keep their names)."""
     student: StudentSpec = StudentSpec()
     arms: list[ArmSpec] = Field(min_length=1)
@@ -651,7 +652,11 @@ class StudySpec(Strict):
                 )
             base = {k: v for k, v in arm.items() if k != "teachers"}
             for tid in wanted:
-                crossed.append({**base, "name": f"{arm.get('name')}@{tid}", "teacher": tid})
+                entry = entries[ids.index(tid)]
+                dataset = entry.get("dataset", "digits") if isinstance(entry, dict) else entry.dataset
+                card = base.get("card")  # `{dataset}`: a card per teacher, e.g. its own data or its ImageNet lists
+                card = card.replace("{dataset}", str(dataset)) if isinstance(card, str) else card
+                crossed.append({**base, "name": f"{arm.get('name')}@{tid}", "teacher": tid, "card": card})
         return {**data, "arms": crossed}
 
     @field_validator("arms", mode="before")

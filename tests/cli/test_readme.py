@@ -61,7 +61,7 @@ def parse(argv: list[str]) -> None:
         ctx = command.make_context(name, rest, parent=ctx)
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/cluster.md", "docs/scale.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/cluster.md", "docs/scale.md", "docs/reproduce.md"])
 def test_every_documented_command_parses(doc: str) -> None:
     commands = readme_commands((REPO / doc).read_text())
     if doc == "README.md":

@@ -82,9 +82,13 @@ def test_a_count_written_1e6_is_a_number(tmp_path: Path, root: Path) -> None:
 
 def test_validate_prints_the_plan_of_each_bundled_spec(root: Path) -> None:
     for name in bundled_names("tune_spaces"):
-        result = runner.invoke(app, ["validate", name, "--storage", str(root), "--set", "teacher.train=true"])
-        assert result.exit_code == 0, result.output
         spec = load_study(REPO / "tune_spaces" / f"{name}.yaml")
+        train = (
+            [f"teachers.{i}.train=true" for i in range(len(spec.teachers))] if spec.teachers else ["teacher.train=true"]
+        )
+        sets = [arg for item in train for arg in ("--set", item)]
+        result = runner.invoke(app, ["validate", name, "--storage", str(root), *sets])
+        assert result.exit_code == 0, result.output
         for arm in spec.arms:
             assert f"  {arm.name}: card " in result.output
         assert "will be trained" in result.output and f"MLflow sqlite:///{root}/mlflow.db" in result.output
@@ -216,6 +220,8 @@ def test_specs_are_taken_by_bundled_name_everywhere_with_a_suggestion_for_a_typo
     for args in (["quickstart", "--spec", "amount_and_mixtur", "--out", str(tmp_path)], ["validate", "quickstar"]):
         result = runner.invoke(app, args)
         one_line_error(
-            result, "no bundled spec of that name (did you mean", "amount_and_mixture, paper_cifar10, quickstart"
+            result,
+            "no bundled spec of that name (did you mean",
+            "amount_and_mixture, paper_cifar10, paper_grid, quickstart",
         )
     assert list(tmp_path.iterdir()) == []

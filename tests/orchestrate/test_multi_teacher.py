@@ -118,6 +118,14 @@ def test_teacher_lists_are_checked_when_the_spec_loads() -> None:
     assert [a.name for a in one.arms] == ["d@a", "d@b"] and one.teachers[0].uri == "teachers/a"
     # a crossed spec, dumped and read again (as a trial reads it), is itself: arms are not crossed twice
     assert StudySpec.model_validate_json(one.model_dump_json()) == one
+    per_teacher = StudySpec.model_validate(
+        {**base, "teachers": [{"id": "c10", "dataset": "cifar10"}, {"id": "c100", "dataset": "cifar100"}],
+         "arms": [{"name": "own", "card": "{dataset}"}, {"name": "id", "card": "imagenet_{dataset}_in_domain"}]}
+    )  # fmt: skip
+    assert [(a.name, a.card) for a in per_teacher.arms] == [
+        ("own@c10", "cifar10"), ("own@c100", "cifar100"),
+        ("id@c10", "imagenet_cifar10_in_domain"), ("id@c100", "imagenet_cifar100_in_domain"),
+    ]  # fmt: skip
     view = one.for_teacher("b")
     assert view.teacher is not None and view.teacher.uri == "teachers/b" and [a.name for a in view.arms] == ["d@b"]
     with pytest.raises(SpecError, match="unknown teacher id 'z'"):

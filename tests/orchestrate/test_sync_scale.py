@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 TRIALS = int(os.environ.get("KD_TEST_SYNC_TRIALS", "300"))  # lower it on a crowded machine; the bound scales
-REPORTS, CHECKPOINT_S, SLEEP_S, GPUS = 5, 2.0, 0.5, 8
+REPORTS, CHECKPOINT_S, SLEEP_S, GPUS = 5, 1.0, 0.3, 8  # a checkpoint at report 4, the last report after it
 EXCESSIVE_SYNC = "Experiment state snapshotting has been triggered multiple times"
 
 
