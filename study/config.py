@@ -32,8 +32,19 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...], what: str) -> 
     return f"unknown {what} '{name}'{hint}; choices: {', '.join(sorted(choices))}"
 
 
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 CROSSED_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9][A-Za-z0-9_.-]*)?$"
 """A name, or a name crossed with a teacher id (a multi-teacher study's arms and teacher-dependent cards)."""
+
+
+def crossed_name(name: str, teacher_id: str) -> str:
+    """`<name>@<teacher id>`: an arm or a teacher-dependent card of one teacher of a multi-teacher study."""
+    return f"{name}@{teacher_id}"
+
+
+def uncrossed_name(name: str) -> str:
+    """The name a crossed name was made from (`crossed_name`); other names unchanged."""
+    return name.rsplit("@", 1)[0]
 
 
 class Strict(BaseModel):
@@ -246,7 +257,7 @@ class TeacherEntry(TeacherSpec):
     """One teacher of a multi-teacher study (`teachers:`): a teacher and the id its arms and runs go by. Its
     checkpoint lives at `teachers/<id>` unless `uri` says otherwise."""
 
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    id: Annotated[str, Field(pattern=NAME)]
 
     @model_validator(mode="before")
     @classmethod
@@ -597,7 +608,7 @@ class FinalSpec(Strict):
 
 
 class StudySpec(Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    name: Annotated[str, Field(pattern=NAME)]
     seed: int = 0
     teacher: TeacherSpec | None = None  # None only in a multi-teacher study (see `teachers`)
     teachers: list[TeacherEntry] | None = None
@@ -653,10 +664,11 @@ class StudySpec(Strict):
             base = {k: v for k, v in arm.items() if k != "teachers"}
             for tid in wanted:
                 entry = entries[ids.index(tid)]
-                dataset = entry.get("dataset", "digits") if isinstance(entry, dict) else entry.dataset
+                default = TeacherSpec.model_fields["dataset"].default
+                dataset = entry.get("dataset", default) if isinstance(entry, dict) else entry.dataset
                 card = base.get("card")  # `{dataset}`: a card per teacher, e.g. its own data or its ImageNet lists
                 card = card.replace("{dataset}", str(dataset)) if isinstance(card, str) else card
-                crossed.append({**base, "name": f"{arm.get('name')}@{tid}", "teacher": tid, "card": card})
+                crossed.append({**base, "name": crossed_name(str(arm.get("name")), tid), "teacher": tid, "card": card})
         return {**data, "arms": crossed}
 
     @field_validator("arms", mode="before")

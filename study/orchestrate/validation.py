@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from study import storage
-from study.config import ArmSpec, CardSpec, SpecError, StudySpec, did_you_mean, load_card
+from study.config import ArmSpec, CardSpec, SpecError, StudySpec, crossed_name, did_you_mean, load_card
 from study.resources import bundled_dir, bundled_names, resolve_card_path
 from study.teacher.meta import META, TeacherError, TeacherMeta, load_meta
 
@@ -147,7 +147,7 @@ def load_cards(spec: StudySpec, cards_dir: str | None = None, where: str | None 
                     "statistics; a multi-teacher study cannot build it per teacher yet (use it in a one-teacher study)"
                 )
             # built per teacher (its selection or matched statistics differ), under a name of its own
-            card = card.model_copy(update={"name": f"{card.name}@{arm.teacher}"})
+            card = card.model_copy(update={"name": crossed_name(card.name, arm.teacher)})
         if arm.count and card.count and arm.count > card.count:
             field_name = f"counts of arm '{arm.amount_of}'" if arm.amount_of else "count"
             raise SpecError(

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from study.config import uncrossed_name
 from study.report import document as report_html
 from study.report import plots as report_plots
 from study.report.amounts import ARM_COLUMNS, AmountSection, amount_section, arm_fields
@@ -196,12 +197,16 @@ def collect(
 def finding(results: StudyResults) -> str:
     """The report's answer in one or two plain sentences."""
     text = single_finding(results)
-    if "teacher" in results.arms and results.arms["teacher"].nunique() >= 2:
+    if several_teachers(results):
         text += (
             " Here each (teacher, surrogate) pair is one point, so teachers of different difficulty are pooled "
             "in one cloud: the Across teachers section gives the within-teacher answer."
         )
     return text
+
+
+def several_teachers(results: StudyResults) -> bool:
+    return "teacher" in results.arms and results.arms["teacher"].nunique() >= 2
 
 
 def single_finding(results: StudyResults) -> str:
@@ -319,7 +324,7 @@ def teacher_points(results: StudyResults) -> pd.DataFrame:
     ranked = results.ranked_by
     arms = results.arms.drop(columns=[c for c in ("surrogate_point",) if c in results.arms])
     table = results.ranking[["arm", ranked]].merge(arms, on="arm", how="left")
-    table["surrogate"] = table["surrogate"].astype(str).str.replace(r"@[^@]*$", "", regex=True)
+    table["surrogate"] = table["surrogate"].astype(str).map(uncrossed_name)
     point = results.arms.set_index("arm")["surrogate_point"].astype(str).str.lower() == "true"
     table["surrogate_point"] = table["arm"].map(point).fillna(False).astype(bool)
     datasets = {t: d for t, d in zip(table["teacher"], table["teacher_dataset"], strict=True) if d}
@@ -329,7 +334,7 @@ def teacher_points(results: StudyResults) -> pd.DataFrame:
 
 def across_teachers_section(results: StudyResults) -> report_html.Section | None:
     """Per-teacher rankings and the pooled answer, for a study of two or more teachers (`cross_teacher`)."""
-    if not len(results.ranking) or "teacher" not in results.arms or results.arms["teacher"].nunique() < 2:
+    if not len(results.ranking) or not several_teachers(results):
         return None
     return cross_teacher_section(teacher_points(results), results.ranked_by)
 

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from study import __version__, storage
+from study.config import CROSSED_NAME
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -35,7 +36,7 @@ class ShardError(ValueError):
 
 # A manifest is read from storage, which anyone with write access to the study's bucket prefix controls: its
 # names become storage keys and cache file names, so they are checked before they touch a path (no `/`, no `..`).
-SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z0-9][A-Za-z0-9_.-]*)?$"  # `card@teacher`: built per teacher
+SAFE_NAME = CROSSED_NAME  # a card's name, or `<card>@<teacher id>` for a card built per teacher
 SHA256_HEX = r"^[0-9a-f]{64}$"
 SafeName = Annotated[str, Field(pattern=SAFE_NAME)]
 Sha256Hex = Annotated[str, Field(pattern=SHA256_HEX)]
