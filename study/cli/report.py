@@ -60,13 +60,27 @@ def rank(
             raise SpecError("give --storage or its alias --root, not both")
         uri, _ = tracking_override(tracking_uri)
         scored, validation = rank_study_candidates(spec, storage or root, candidates, count=count, tracking_uri=uri)
-    table = Table(title="Candidate surrogates, predicted student test accuracy")
-    for col in ("#", "card", "predicted acc", "class entropy (raw pool)"):
-        table.add_column(col, justify="left" if col == "card" else "right", no_wrap=True)
+    several = "teacher" in scored
+    table = Table(title="Candidate surrogates, predicted student test accuracy" + (" per teacher" if several else ""))
+    columns = ["teacher", "#", "card", "predicted acc", "relative"] if several else ["#", "card", "predicted acc"]
+    for col in [*columns, "class entropy (raw pool)"]:
+        table.add_column(col, justify="left" if col in ("card", "teacher") else "right", no_wrap=True)
     for i, row in scored.iterrows():
-        shown = f"{row['predicted_test_acc']:.1%}" + (" *" if row["outside_range"] else "")
-        table.add_row(str(i), row["card"], shown, f"{row['crit_raw_class_entropy']:.3f}")
+        star = " *" if row["outside_range"] else ""
+        acc = row["predicted_test_acc"]
+        shown = [str(i), row["card"], "-" if acc != acc else f"{acc:.1%}" + star]  # NaN: the teacher's scale is ranks
+        if several:
+            shown = [row["teacher"], *shown, f"{row['predicted_relative']:.2f}" + (star if acc != acc else "")]
+        entropy = row["crit_raw_class_entropy"]
+        table.add_row(*shown, f"{0.0 if abs(entropy) < 5e-4 else entropy:.3f}")  # no "-0.000" for float noise
     console.print(table)
+    if several:
+        console.print(
+            "relative: the predicted accuracy as a share of the teacher's in-domain arm's (predicted acc = relative x "
+            "that accuracy), or, for a teacher without an in-domain arm, the place among the study's surrogates for "
+            "it (0 worst, 1 best; no accuracy shown)",
+            soft_wrap=True,
+        )
     if scored["outside_range"].any():
         console.print(
             "* the model's prediction lies outside 0-100% (the candidate is unlike the study's surrogates, so the "

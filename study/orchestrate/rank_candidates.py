@@ -20,6 +20,7 @@ from study.orchestrate.validation import study_paths
 from study.report.rank import (
     AMOUNT,
     TARGET,
+    TEACHER,
     RankError,
     Validation,
     model_points,
@@ -41,14 +42,10 @@ def rank_study_candidates(
     count: int | None = None,
     tracking_uri: str | None = None,
 ) -> tuple[pd.DataFrame, Validation]:
-    """`kd-study rank`: the finished study's surrogates fit the model, candidate cards get teacher passes only."""
+    """`kd-study rank`: the finished study's surrogates fit the model, candidate cards get teacher passes only (in a
+    study of several teachers, through each teacher: one row per candidate and teacher)."""
     resolved = resolve_spec_path(spec_path)
     spec = apply_overrides(load_study(resolved), tracking_uri=tracking_uri)
-    if spec.teachers:
-        raise RankError(
-            f"{resolved}: teachers: `kd-study rank` fits one teacher's study; a multi-teacher study needs "
-            "leave-one-teacher-out validation, which it does not do yet"
-        )
     paths = study_paths(spec, root)
     # the study's experiment is named from the teacher's and the cards' contents too: a tracker made from the spec
     # alone opens another (empty) experiment
@@ -68,18 +65,16 @@ def rank_study_candidates(
         )
     validation = validate(points)
     cards = [load_card(resolve_card_path(name, cards_dir)) for name in candidates]  # all validated before any pass
-    teacher = load_teacher(paths.teacher, pick_device())
     rows = []
-    for card in cards:
-        arm = spec.arms[0].model_copy(update={"name": card.name, "card": card.name, "train": {}})
-        pool = raw_pool(card, spec.criteria.images, (teacher.meta.mean, teacher.meta.std), teacher.meta.num_classes)
-        found = measure(teacher, batched(pool), arm_temperature(spec, arm, card, teacher.meta))
-        amount = count or card.count
-        rows.append(
-            {
-                "card": card.name,
-                AMOUNT: math.log10(amount) if amount else math.nan,
-                **{f"crit_raw_{k}": v for k, v in found.values.items()},
-            }
-        )
+    for teacher_id in spec.teacher_ids:
+        view = spec.for_teacher(teacher_id)
+        teacher = load_teacher(paths.for_teacher(teacher_id).teacher, pick_device())
+        for card in cards:
+            arm = view.arms[0].model_copy(update={"name": card.name, "card": card.name, "train": {}})
+            pool = raw_pool(card, spec.criteria.images, (teacher.meta.mean, teacher.meta.std), teacher.meta.num_classes)
+            found = measure(teacher, batched(pool), arm_temperature(view, arm, card, teacher.meta))
+            amount = count or card.count
+            row = {"card": card.name, AMOUNT: math.log10(amount) if amount else math.nan}
+            row |= {f"crit_raw_{k}": v for k, v in found.values.items()}
+            rows.append(row | ({TEACHER: teacher_id} if spec.teachers else {}))
     return score_candidates(points, pd.DataFrame(rows)), validation

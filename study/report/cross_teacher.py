@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from study.config import uncrossed_name
 from study.report.document import Note, Para, Section, Table
 from study.report.stats import ADJUSTMENT, ALPHA, LEVEL, MIN_POINTS, TOO_FEW, correlate, holm, rank_correlation_rows
 from study.report.tables import criterion_label
@@ -69,6 +70,21 @@ def in_domain_flags(table: pd.DataFrame, datasets: Mapping[str, str]) -> pd.Seri
     return (table["kind"] == "real") & table["source"].notna() & (table["source"] == own)
 
 
+def teacher_table(ranking: pd.DataFrame, arms: pd.DataFrame, accuracy: str) -> pd.DataFrame:
+    """One row per (teacher, arm): the arm's score (`accuracy`, a `stats.arm_accuracy` column), its criteria and
+    teacher, its surrogate by card (a card built per teacher, `<card>@<teacher id>`, is one surrogate for every
+    teacher), its point flag and whether it is its teacher's in-domain arm."""
+    table = ranking[["arm", accuracy]].merge(
+        arms.drop(columns=["surrogate_point"], errors="ignore"), on="arm", how="left"
+    )
+    table["surrogate"] = table["surrogate"].astype(str).map(uncrossed_name)
+    point = arms.set_index("arm")["surrogate_point"].astype(str).str.lower() == "true"
+    table["surrogate_point"] = table["arm"].map(point).fillna(False).astype(bool)
+    datasets = {t: d for t, d in zip(table["teacher"], table["teacher_dataset"], strict=True) if d}
+    table[IN_DOMAIN] = in_domain_flags(table, datasets)
+    return table
+
+
 def criteria_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c.startswith("crit_")]
 
@@ -80,16 +96,20 @@ def label(column: str) -> str:
     return column.removeprefix("crit_").replace("_", " ")
 
 
-def normalise_accuracy(table: pd.DataFrame, accuracy: str = "test_acc") -> pd.DataFrame:
-    """One row per (teacher, surrogate): its point arm (the `surrogate_point` arm, else the best) with `relative`
-    (accuracy / the teacher's best in-domain accuracy, or the within-teacher rank scaled to [0, 1]), `scale`
-    ('in-domain' or 'rank', per teacher) and `rank` (1 = best, ties averaged). Rows without an accuracy drop out."""
+def normalise_accuracy(
+    table: pd.DataFrame, accuracy: str = "test_acc", per: tuple[str, ...] = ("surrogate",)
+) -> pd.DataFrame:
+    """One row per (teacher, surrogate) (per `per` within a teacher: `kd-study rank` keeps one per surrogate and
+    amount): its point arm (the `surrogate_point` arm, else the best) with `relative` (accuracy / the teacher's best
+    in-domain accuracy, or the within-teacher rank scaled to [0, 1]), `scale` ('in-domain' or 'rank', per teacher),
+    `reference` (that in-domain accuracy, NaN on the rank scale) and `rank` (1 = best, ties averaged). Rows without
+    an accuracy drop out."""
     rows = table[table[accuracy].notna()].copy()
     flag = rows["surrogate_point"] if "surrogate_point" in rows else pd.Series(False, index=rows.index)
     rows["_flag"] = flag.astype(str).str.lower() == "true"
     in_domain = rows[IN_DOMAIN].fillna(False).astype(bool) if IN_DOMAIN in rows else pd.Series(False, rows.index)
     reference = rows[in_domain].groupby("teacher")[accuracy].max()
-    points = rows.sort_values(["_flag", accuracy], ascending=False).drop_duplicates(["teacher", "surrogate"])
+    points = rows.sort_values(["_flag", accuracy], ascending=False).drop_duplicates(["teacher", *per])
     points = points.drop(columns="_flag").reset_index(drop=True)
     groups = points.groupby("teacher")[accuracy]
     points["rank"] = groups.rank(ascending=False, method="average")
@@ -99,6 +119,7 @@ def normalise_accuracy(table: pd.DataFrame, accuracy: str = "test_acc") -> pd.Da
     scaled = ((n - points["rank"]) / (n - 1).where(n > 1)).fillna(1.0)
     points["relative"] = np.where(by_domain, points[accuracy] / ref.where(by_domain, 1.0), scaled)
     points["scale"] = np.where(by_domain, "in-domain", "rank")
+    points["reference"] = ref.where(by_domain)
     return points
 
 

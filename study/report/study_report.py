@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.config import uncrossed_name
 from study.report import document as report_html
 from study.report import plots as report_plots
 from study.report.amounts import ARM_COLUMNS, AmountSection, amount_section, arm_fields
-from study.report.cross_teacher import IN_DOMAIN, cross_teacher_section, in_domain_flags
+from study.report.cross_teacher import cross_teacher_section, teacher_table
 from study.report.stats import (
     ADJUSTMENT,
     ALPHA,
@@ -319,17 +318,8 @@ def report_sections(
 
 
 def teacher_points(results: StudyResults) -> pd.DataFrame:
-    """One row per (teacher, arm) for the cross-teacher analysis: the arm's ranked score, its criteria, and its
-    surrogate by card (a card built per teacher, `<card>@<teacher id>`, is one surrogate for every teacher)."""
-    ranked = results.ranked_by
-    arms = results.arms.drop(columns=[c for c in ("surrogate_point",) if c in results.arms])
-    table = results.ranking[["arm", ranked]].merge(arms, on="arm", how="left")
-    table["surrogate"] = table["surrogate"].astype(str).map(uncrossed_name)
-    point = results.arms.set_index("arm")["surrogate_point"].astype(str).str.lower() == "true"
-    table["surrogate_point"] = table["arm"].map(point).fillna(False).astype(bool)
-    datasets = {t: d for t, d in zip(table["teacher"], table["teacher_dataset"], strict=True) if d}
-    table[IN_DOMAIN] = in_domain_flags(table, datasets)
-    return table
+    """One row per (teacher, arm) for the cross-teacher analysis (`cross_teacher.teacher_table`)."""
+    return teacher_table(results.ranking, results.arms, results.ranked_by)
 
 
 def across_teachers_section(results: StudyResults) -> report_html.Section | None:

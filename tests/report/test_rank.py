@@ -6,7 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study.report.rank import AMOUNT, RankError, model_features, model_points, score_candidates, validate
+from study.report.rank import (
+    AMOUNT,
+    RankError,
+    RidgeRanker,
+    model_features,
+    model_points,
+    score_candidates,
+    validate,
+    within_teacher,
+)
 
 
 def synthetic(n: int, seed: int) -> pd.DataFrame:
@@ -112,3 +121,82 @@ def test_model_points_keep_one_point_per_surrogate_and_amount() -> None:
     points = model_points(ranking, arms)
     assert sorted(points["arm"]) == ["a_n10", "a_n20_adv", "b"]
     assert points.set_index("arm").loc["a_n10", AMOUNT] == pytest.approx(1.0)
+
+
+def teacher_study(scales: dict[str, tuple[float, float, float]], n: int = 6, seed: int = 0) -> pd.DataFrame:
+    """`model_points` of a several-teacher study: the same n surrogates for every teacher plus each teacher's own
+    in-domain arm. Teacher t = (entropy scale, entropy shift, direction): its class entropy is `scale * e + shift`
+    (teachers differ in K, so criteria differ in scale) and its relative accuracy rises with e (direction +1) or
+    falls with it (-1); its in-domain arm reaches 0.9 (first teacher) or 0.5 (a harder task), at the criterion's
+    best end."""
+    rng = np.random.default_rng(seed)
+    e = rng.uniform(0, 1, n)
+    arms, ranking = [], []
+    for i, (teacher, (scale, shift, direction)) in enumerate(scales.items()):
+        own = 0.9 if i == 0 else 0.5
+        relative = 0.2 + 0.6 * (e if direction > 0 else 1 - e)
+        for j in range(n):
+            arm = f"s{j}@{teacher}"
+            arms.append({"arm": arm, "surrogate": f"s{j}", "teacher": teacher, "teacher_dataset": f"task_{teacher}",
+                         "kind": "generated", "source": "", "count": 1000.0, "surrogate_point": "",
+                         "crit_raw_class_entropy": scale * e[j] + shift})  # fmt: skip
+            ranking.append({"arm": arm, "test_acc": own * relative[j], "ranked_by": "test_acc"})
+        arms.append({"arm": f"own@{teacher}", "surrogate": f"own_{teacher}", "teacher": teacher,
+                     "teacher_dataset": f"task_{teacher}", "kind": "real", "source": f"task_{teacher}",
+                     "count": 1000.0, "surrogate_point": "",
+                     "crit_raw_class_entropy": shift + (scale if direction > 0 else 0.0)})  # fmt: skip
+        ranking.append({"arm": f"own@{teacher}", "test_acc": own, "ranked_by": "test_acc"})
+    return model_points(pd.DataFrame(ranking), pd.DataFrame(arms))
+
+
+def test_several_teachers_fit_one_model_on_within_teacher_scales_and_validate_leaving_a_teacher_out() -> None:
+    # two teachers with criteria and accuracies on different scales but the same ordering: the pooled model on
+    # within-teacher z-scores ranks every teacher's surrogates, and carries to the teacher it was not fitted on
+    points = teacher_study({"a": (1.0, 0.0, 1), "b": (3.0, 2.0, 1)})
+    assert len(points) == 14 and points["relative"].between(0, 1.01).all()
+    v = validate(points, alpha=0.01)
+    assert v.teachers is not None and v.teachers["teacher"].tolist() == ["a", "b"]
+    assert v.model_rho > 0.95 and (v.teachers["model_rho"] > 0.95).all()
+    assert "over 8 surrogates x 2 teachers:" in v.verdict()  # each teacher's in-domain arm is a surrogate of its own
+    assert "Leave-one-teacher-out (fitted on the other teachers" in v.verdict() and "a +1.00, b +1.00" in v.verdict()
+    # raw accuracies would have ranked teacher b's in-domain arm (0.5) below a's surrogates: relative puts it at 1
+    assert points.set_index("arm").loc["own@b", "relative"] == pytest.approx(1.0)
+
+
+def test_a_teacher_whose_surrogates_rank_the_other_way_fails_leave_one_teacher_out() -> None:
+    # teacher c's accuracy falls where a's and b's rises: a model fitted on a and b ranks c's surrogates backwards
+    points = teacher_study({"a": (1.0, 0.0, 1), "b": (2.0, 1.0, 1), "c": (1.0, 0.0, -1)})
+    held = validate(points, alpha=0.01).teachers.set_index("teacher")["model_rho"]
+    assert held["a"] > 0.5 and held["b"] > 0.5 and held["c"] == pytest.approx(-1.0)
+
+
+def test_leave_one_teacher_out_fits_on_the_other_teachers_alone() -> None:
+    # a second, noisy criterion makes every fit different: each held-out teacher's ρ is that of a model fitted on
+    # the other teachers' points only (within-teacher z-scores), not on everything but one surrogate
+    points = teacher_study({"a": (1.0, 0.0, 1), "b": (2.0, 1.0, 1), "c": (1.0, 0.0, -1)})
+    points["crit_raw_feature_vendi"] = np.random.default_rng(3).normal(size=len(points))
+    features = ["crit_raw_class_entropy", "crit_raw_feature_vendi"]
+    v = validate(points, alpha=0.5)
+    scaled = within_teacher(points, features)
+    for teacher, rho in v.teachers.set_index("teacher")["model_rho"].items():
+        held = scaled["teacher"] == teacher
+        predicted = RidgeRanker.fit(scaled[~held], features, 0.5, "relative").predict(scaled[held])
+        expected = pd.Series(predicted).corr(scaled.loc[held, "relative"].reset_index(drop=True), method="spearman")
+        assert rho == pytest.approx(expected)
+
+
+def test_candidates_of_a_several_teacher_study_are_scored_per_teacher_on_its_own_scale() -> None:
+    points = teacher_study({"a": (1.0, 0.0, 1), "b": (3.0, 2.0, 1)})
+    # the same two candidates measured through each teacher: criteria on that teacher's scale
+    candidates = pd.DataFrame({"card": ["low", "high", "low", "high"], "teacher": ["a", "a", "b", "b"],
+                               "crit_raw_class_entropy": [0.2, 0.8, 3 * 0.2 + 2, 3 * 0.8 + 2]})  # fmt: skip
+    scored = score_candidates(points, candidates, alpha=0.01)
+    assert scored[["teacher", "card"]].values.tolist() == [["a", "high"], ["a", "low"], ["b", "high"], ["b", "low"]]
+    assert scored.index.tolist() == [1, 2, 1, 2]
+    by = scored.set_index(["teacher", "card"])
+    # one relative prediction for both teachers (same place among their surrogates), each teacher's own accuracy
+    assert by.loc[("a", "high"), "predicted_relative"] == pytest.approx(by.loc[("b", "high"), "predicted_relative"])
+    ratio = by.loc[("a", "high"), "predicted_test_acc"] / by.loc[("b", "high"), "predicted_test_acc"]
+    assert ratio == pytest.approx(0.9 / 0.5)
+    with pytest.raises(RankError, match=r"\['z'\]"):
+        score_candidates(points, candidates.assign(teacher="z"))
