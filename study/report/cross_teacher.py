@@ -57,6 +57,8 @@ from study.report.stats import ADJUSTMENT, ALPHA, LEVEL, MIN_POINTS, TOO_FEW, co
 from study.report.tables import criterion_label
 
 IN_DOMAIN = "in_domain"
+OWN_DATA = "own data"
+"""The surrogate name of every teacher's in-domain arms in the cross-teacher tables."""
 RESAMPLES = 2000
 PERMUTATIONS = 5000
 
@@ -73,7 +75,8 @@ def in_domain_flags(table: pd.DataFrame, datasets: Mapping[str, str]) -> pd.Seri
 def teacher_table(ranking: pd.DataFrame, arms: pd.DataFrame, accuracy: str) -> pd.DataFrame:
     """One row per (teacher, arm): the arm's score (`accuracy`, a `stats.arm_accuracy` column), its criteria and
     teacher, its surrogate by card (a card built per teacher, `<card>@<teacher id>`, is one surrogate for every
-    teacher), its point flag and whether it is its teacher's in-domain arm."""
+    teacher; every teacher's in-domain arm is the surrogate `own data`), its point flag and whether it is its
+    teacher's in-domain arm."""
     table = ranking[["arm", accuracy]].merge(
         arms.drop(columns=["surrogate_point"], errors="ignore"), on="arm", how="left"
     )
@@ -82,6 +85,9 @@ def teacher_table(ranking: pd.DataFrame, arms: pd.DataFrame, accuracy: str) -> p
     table["surrogate_point"] = table["arm"].map(point).fillna(False).astype(bool)
     datasets = {t: d for t, d in zip(table["teacher"], table["teacher_dataset"], strict=True) if d}
     table[IN_DOMAIN] = in_domain_flags(table, datasets)
+    # each teacher's own data is one surrogate across teachers (`{dataset}_train` is digits_train for one teacher
+    # and shapes_train for another): compared as such, it enters the pooled correlations and Kendall's W
+    table.loc[table[IN_DOMAIN], "surrogate"] = OWN_DATA
     return table
 
 

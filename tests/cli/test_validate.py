@@ -222,6 +222,6 @@ def test_specs_are_taken_by_bundled_name_everywhere_with_a_suggestion_for_a_typo
         one_line_error(
             result,
             "no bundled spec of that name (did you mean",
-            "amount_and_mixture, paper_cifar10, paper_grid, quickstart",
+            "amount_and_mixture, multi_teacher, paper_cifar10, paper_grid, quickstart",
         )
     assert list(tmp_path.iterdir()) == []

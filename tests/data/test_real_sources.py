@@ -1,7 +1,9 @@
-"""Real sources: the bundled digits and photos, and folders of images through torchvision's ImageFolder."""
+"""Real sources: the bundled digits and photos, the generated shapes task, and folders of images through
+torchvision's ImageFolder."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ from PIL import Image
 
 from study.data.images import class_interleaved_order
 from study.data.sources.registry import SourceError, load_source
+from study.data.sources.shapes import CLASSES, shape_mask
 
 
 class TestDigits:
@@ -34,6 +37,26 @@ class TestPhotoCrops:
         c = load_source("photo_crops", "train", 32, count=20, seed=4).images
         assert np.array_equal(a, b) and not np.array_equal(a, c)
         assert a.shape == (20, 32, 32, 3) and a.std() > 10
+
+
+class TestShapes:
+    def test_balanced_deterministic_splits_of_distinct_images(self) -> None:
+        a = load_source("shapes", "test", 16, count=40)
+        assert a.images.shape == (40, 16, 16, 3) and a.images.dtype == np.uint8 and len(a.classes) == 10
+        assert np.bincount(a.labels).tolist() == [4] * 10
+        assert np.array_equal(a.images, load_source("shapes", "test", 16, count=40).images)  # fixed per split
+        assert not np.array_equal(a.images, load_source("shapes", "val", 16, count=40).images)
+        assert len({img.tobytes() for img in a.images}) == 40
+
+    def test_every_class_is_its_own_shape(self) -> None:
+        # in one frame the ten masks differ pairwise (intersection over union below 0.8), and each covers some area
+        axis = np.linspace(-1.2, 1.2, 96)
+        u, v = np.meshgrid(axis, axis)
+        masks = [shape_mask(k, u, v) for k in range(len(CLASSES))]
+        assert all(m.mean() > 0.05 for m in masks)
+        for i, j in itertools.combinations(range(len(masks)), 2):
+            iou = (masks[i] & masks[j]).sum() / (masks[i] | masks[j]).sum()
+            assert iou < 0.8, (CLASSES[i], CLASSES[j], iou)
 
 
 class TestFolder:

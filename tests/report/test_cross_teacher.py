@@ -12,12 +12,14 @@ import pytest
 from scipy import stats as sps
 
 from study.report.cross_teacher import (
+    OWN_DATA,
     cross_teacher,
     cross_teacher_section,
     in_domain_flags,
     kendall_w,
     normalise_accuracy,
     pooled_permutation_p,
+    teacher_table,
 )
 from study.report.document import markdown
 
@@ -155,3 +157,28 @@ def test_the_section_shows_the_sentence_both_tables_and_w_and_is_none_for_one_te
     assert "Kendall's W = " in text and "| perfect | 8 |" in text and "| 1 | s6 |" in text
     assert cross_teacher_section(table[table["teacher"] == "A"]) is None
     assert math.isnan(kendall_w(np.array([[1.0, 2.0]])).w)  # one rater: no agreement to measure
+
+
+def test_each_teachers_own_data_is_one_surrogate_across_teachers() -> None:
+    # `{dataset}_train` crossed with a digits and a shapes teacher: two cards, one surrogate ("own data"), so the
+    # in-domain point is shared by the teachers and enters the pooled statistics; a card built per teacher is one too
+    arms = pd.DataFrame(
+        {
+            "arm": ["own@d", "own@s", "noise@d", "noise@s"],
+            "surrogate": ["digits_train", "shapes_train", "noise@d", "noise@s"],
+            "teacher": ["d", "s", "d", "s"],
+            "teacher_dataset": ["digits", "shapes", "digits", "shapes"],
+            "kind": ["real", "real", "generated", "generated"],
+            "source": ["digits", "shapes", "", ""],
+            "surrogate_point": ["", "", "", ""],
+        }
+    )
+    ranking = pd.DataFrame({"arm": arms["arm"], "test_acc": [0.9, 0.8, 0.1, 0.2]})
+    table = teacher_table(ranking, arms, "test_acc").set_index("arm")
+    assert table["surrogate"].to_dict() == {
+        "own@d": OWN_DATA,
+        "own@s": OWN_DATA,
+        "noise@d": "noise",
+        "noise@s": "noise",
+    }
+    assert table["in_domain"].tolist() == [True, True, False, False]
