@@ -97,7 +97,7 @@ def criteria_columns(table: pd.DataFrame) -> list[str]:
 
 def label(column: str) -> str:
     """`criterion_label` for raw/built criteria; other `crit_*` columns by their name."""
-    if column.startswith(("crit_raw_", "crit_built_")):
+    if column.startswith(("crit_raw_", "crit_built_", "crit_trained_")):
         return criterion_label(column)
     return column.removeprefix("crit_").replace("_", " ")
 

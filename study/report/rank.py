@@ -102,7 +102,8 @@ def varies_amount(points: pd.DataFrame) -> bool:
     is confounded with what the images are, so only then is it a feature."""
     if AMOUNT not in points or not len(points):
         return False
-    return bool((points.groupby("surrogate")[AMOUNT].nunique() > 1).any())
+    within = [TEACHER, "surrogate"] if several_teachers(points) else ["surrogate"]  # own data differs by teacher
+    return bool((points.groupby(within)[AMOUNT].nunique() > 1).any())
 
 
 def model_features(points: pd.DataFrame) -> list[str]:

@@ -227,8 +227,11 @@ def best_population(correlations: pd.DataFrame) -> str:
 
 
 def _prediction(r: StudyResults, ctx: dict) -> Section:
-    s = Section("Predicting before distilling (leave-one-surrogate-out)")
     v = r.validation
+    several = v is not None and v.teachers is not None  # type: ignore[attr-defined]
+    s = Section(
+        "Predicting before distilling (leave-one-surrogate-out" + (", leave-one-teacher-out)" if several else ")")
+    )
     if r.ranked_by != "test_acc":
         s.blocks.append(Note("No labelled test split: the ranking model predicts test accuracy, so it is not fitted."))
         return s
@@ -237,9 +240,26 @@ def _prediction(r: StudyResults, ctx: dict) -> Section:
         return s
     s.blocks.append(Para(v.verdict()))  # type: ignore[attr-defined]
     table = v.predictions.copy()  # type: ignore[attr-defined]
-    for col in table.columns[1:]:
-        table[col] = table[col].map(pct)
+    # several teachers: the model predicts accuracy relative to each teacher's in-domain arm (or its rank scale),
+    # a share, not a percentage
+    shown = (lambda x: "" if not math.isfinite(x) else f"{x:.3f}") if several else pct
+    for col in table.columns:
+        if col not in ("teacher", "surrogate"):
+            table[col] = table[col].map(shown)
     s.blocks.append(Table(table))
+    if several:
+        s.blocks.append(
+            Note(
+                "Several teachers: achieved and predicted values are accuracy relative to the teacher's own in-domain "
+                "arm (1 = as good as its own data), or its within-teacher rank scaled to 0-1 where it has none; "
+                "criteria are z-scored within each teacher."
+            )
+        )
+        held = v.teachers.copy()  # type: ignore[attr-defined]
+        held.columns = ["held-out teacher", "model ρ", "class entropy alone ρ"]
+        for col in held.columns[1:]:
+            held[col] = held[col].map(lambda x: "" if not math.isfinite(x) else f"{x:+.2f}")
+        s.blocks.append(Table(held))
     return s
 
 

@@ -200,3 +200,28 @@ def test_candidates_of_a_several_teacher_study_are_scored_per_teacher_on_its_own
     assert ratio == pytest.approx(0.9 / 0.5)
     with pytest.raises(RankError, match=r"\['z'\]"):
         score_candidates(points, candidates.assign(teacher="z"))
+
+
+def test_the_reports_prediction_section_shows_a_several_teacher_model_on_its_relative_scale() -> None:
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from study.report.document import markdown
+    from study.report.sections import _prediction
+
+    v = validate(teacher_study({"a": (1.0, 0.0, 1), "b": (3.0, 2.0, 1)}), alpha=0.01)
+    section = _prediction(SimpleNamespace(ranked_by="test_acc", validation=v), {})  # type: ignore[arg-type]
+    text = markdown("r", [section], Path("."))
+    assert "leave-one-teacher-out)" in text and "| held-out teacher | model ρ |" in text and "| a | +1.00 |" in text
+    assert "| a | own data | 1.000 |" in text and "%" not in text.split("| teacher |")[1].split("\n\n")[0]
+
+
+def test_own_data_of_different_sizes_per_teacher_makes_no_amount_feature() -> None:
+    # digits_train (1,257 images) and shapes_train (3,000) are one surrogate, "own data": its amount differs between
+    # teachers, not within one, so it is no amount study
+    points = teacher_study({"a": (1.0, 0.0, 1), "b": (3.0, 2.0, 1)})
+    own = points["surrogate"] == "own data"
+    points.loc[own, AMOUNT] = np.where(points.loc[own, "teacher"] == "a", np.log10(1257), np.log10(3000))
+    assert AMOUNT not in model_features(points)
+    points.loc[own & (points["teacher"] == "a"), "surrogate"] = "s0"  # a second amount of s0 for teacher a
+    assert AMOUNT in model_features(points)
