@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from study.cli.console import console, user_errors
-from study.cli.options import RootOption, StorageOption, TrackingOption, load_spec, tracking_override
+from study.cli.options import RootOption, SetOption, StorageOption, TrackingOption, load_spec, tracking_override
 
 
 def report(
@@ -18,6 +18,7 @@ def report(
     root: RootOption = None,
     tracking_uri: TrackingOption = None,
     out: Annotated[Path | None, typer.Option(help="Also copy the report to this local folder.")] = None,
+    sets: SetOption = None,
 ) -> None:
     """Rebuild the report (to <root>/report/<study name>) from the MLflow store alone."""
     from study.orchestrate.pipeline import open_tracker, publish_report
@@ -25,7 +26,7 @@ def report(
     from study.teacher.checkpoint import load_meta
 
     with user_errors():
-        spec_path, study_spec, _ = load_spec(spec, storage, root, tracking_uri)
+        spec_path, study_spec, _ = load_spec(spec, storage, root, tracking_uri, sets=sets)  # the run's --set
         paths = study_paths(study_spec)
         meta = load_meta(paths.teacher) if not study_spec.teachers else None  # the report's line for one teacher
         tracker = open_tracker(study_spec, paths, str(spec_path.resolve().parent))
@@ -49,6 +50,7 @@ def rank(
     count: Annotated[
         int | None, typer.Option(min=1, help="Images each candidate would supply (default: its card's count).")
     ] = None,
+    sets: SetOption = None,
 ) -> None:
     """Score candidate surrogates from raw-pool criteria (teacher passes only), with a model fitted on the study."""
     from study.config import SpecError
@@ -59,7 +61,9 @@ def rank(
         if storage is not None and root is not None:
             raise SpecError("give --storage or its alias --root, not both")
         uri, _ = tracking_override(tracking_uri)
-        scored, validation = rank_study_candidates(spec, storage or root, candidates, count=count, tracking_uri=uri)
+        scored, validation = rank_study_candidates(
+            spec, storage or root, candidates, count=count, tracking_uri=uri, sets=sets
+        )
     several = "teacher" in scored
     table = Table(title="Candidate surrogates, predicted student test accuracy" + (" per teacher" if several else ""))
     columns = ["teacher", "#", "card", "predicted acc", "relative"] if several else ["#", "card", "predicted acc"]

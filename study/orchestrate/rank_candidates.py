@@ -41,11 +41,12 @@ def rank_study_candidates(
     cards_dir: Path | None = None,
     count: int | None = None,
     tracking_uri: str | None = None,
+    sets: list[str] | None = None,
 ) -> tuple[pd.DataFrame, Validation]:
     """`kd-study rank`: the finished study's surrogates fit the model, candidate cards get teacher passes only (in a
     study of several teachers, through each teacher: one row per candidate and teacher)."""
     resolved = resolve_spec_path(spec_path)
-    spec = apply_overrides(load_study(resolved), tracking_uri=tracking_uri)
+    spec = apply_overrides(load_study(resolved, sets or ()), tracking_uri=tracking_uri)  # the run's --set
     paths = study_paths(spec, root)
     # the study's experiment is named from the teacher's and the cards' contents too: a tracker made from the spec
     # alone opens another (empty) experiment
