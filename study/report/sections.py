@@ -73,7 +73,7 @@ def _ranking(r: StudyResults, ctx: dict) -> Section:
     s.blocks.append(Table(pd.DataFrame(rows)))
     if short:
         s.blocks.append(_unbalanced_note(r.arms, short))
-    overlap = _overlap_note(r.ranking)
+    overlap = _overlap_note(r.ranking, r.arms)
     if overlap is not None:
         s.blocks.append(overlap)
     s.blocks.append(Image("ranking.png", "ranking"))
@@ -98,27 +98,33 @@ def _unbalanced_note(arms: pd.DataFrame, short: dict[str, str]) -> Note:
     )
 
 
-def inseparable_arms(ranking: pd.DataFrame) -> list[tuple[str, str]]:
+def inseparable_arms(ranking: pd.DataFrame, teacher_of: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """Pairs of arms (in ranking order) whose 95% intervals overlap: the ranking does not separate them. Arms
-    without an interval (no final phase, or one seed) are left out: they have no interval to compare."""
+    without an interval (no final phase, or one seed) are left out: they have no interval to compare. With
+    `teacher_of` (arm -> teacher, a study of several teachers) only arms of one teacher are paired: accuracies of
+    different teachers' students are on different tasks, and their order is no claim of the study."""
     has = ranking[ranking["ci_low"].map(math.isfinite) & ranking["ci_high"].map(math.isfinite)]
     rows = list(has[["arm", "ci_low", "ci_high"]].itertuples(index=False))
+    same = (lambda a, b: teacher_of.get(a) == teacher_of.get(b)) if teacher_of else (lambda a, b: True)
     return [
         (a.arm, b.arm)
         for i, a in enumerate(rows)
         for b in rows[i + 1 :]
-        if a.ci_low <= b.ci_high and b.ci_low <= a.ci_high
+        if a.ci_low <= b.ci_high and b.ci_low <= a.ci_high and same(a.arm, b.arm)
     ]
 
 
-def _overlap_note(ranking: pd.DataFrame) -> Note | None:
-    pairs = inseparable_arms(ranking)
+def _overlap_note(ranking: pd.DataFrame, arms: pd.DataFrame) -> Note | None:
+    several = "teacher" in arms and arms["teacher"].nunique() > 1
+    teacher_of = dict(zip(arms["arm"], arms["teacher"], strict=True)) if several else None
+    pairs = inseparable_arms(ranking, teacher_of)
     if not pairs:
         return None
     listed = "; ".join(f"{a} and {b}" for a, b in pairs)
+    within = " (arms of the same teacher; different teachers' students are not compared)" if several else ""
     return Note(
-        f"Overlapping 95% intervals: {listed} cannot be told apart by this study, so their order above is not a "
-        "finding (more final-phase seeds narrow the intervals)."
+        f"Overlapping 95% intervals{within}: {listed} cannot be told apart by this study, so their order above is not "
+        "a finding (more final-phase seeds narrow the intervals)."
     )
 
 

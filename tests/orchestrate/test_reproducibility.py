@@ -168,6 +168,9 @@ def test_overlapping_intervals_are_named_as_arms_that_cannot_be_told_apart() -> 
     assert inseparable_arms(ranking([("a", 0.9, 0.8, 1.0), ("b", 0.5, 0.4, 0.6)])) == []
     no_interval = ranking([("a", 0.9, math.nan, math.nan), ("b", 0.5, 0.4, 0.6)])
     assert inseparable_arms(no_interval) == []
+    # several teachers: only one teacher's arms are paired (crops@a overlaps leaves@b, a pair across teachers)
+    teachers = {"crops": "a", "leaves": "b", "noise": "a"}
+    assert inseparable_arms(frame, teachers) == [("crops", "noise")]
 
     trials = pd.DataFrame({"test_acc": [0.5], "status": ["FINISHED"]})
     results = StudyResults("r", "", "{}", None, trials, pd.DataFrame(), frame, pd.DataFrame(), pd.DataFrame())
