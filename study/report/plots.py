@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 DPI = 110
 BLUE, ORANGE, GREEN, GREY = "#4C72B0", "#DD8452", "#55A868", "#8C8C8C"
+TEACHER_COLOURS = (BLUE, ORANGE, GREEN, "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#CCB974")
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -57,7 +58,14 @@ def ranking_plot(results: StudyResults, teacher_acc: float | None, path: Path) -
     final = r["ci_low"].notna().to_numpy()
     ranked = results.ranked_by
     acc = 100 * r[ranked].to_numpy()
-    ax.bar(x, acc, color=[BLUE if f else GREY for f in final])
+    # several teachers: a colour per teacher (their students learn different tasks); grey: no final phase
+    teacher_of = (
+        dict(zip(results.arms["arm"], results.arms["teacher"], strict=True)) if "teacher" in results.arms else {}
+    )
+    teachers = list(dict.fromkeys(teacher_of.get(a, "") for a in r["arm"]))
+    palette = dict(zip(teachers, TEACHER_COLOURS, strict=False)) if len(teachers) > 1 else {}
+    colour = [palette.get(teacher_of.get(a, ""), BLUE) for a in r["arm"]]
+    ax.bar(x, acc, color=[c if f else GREY for c, f in zip(colour, final, strict=True)])
     low = np.where(final, acc - 100 * r["ci_low"].to_numpy(), 0)
     high = np.where(final, 100 * r["ci_high"].to_numpy() - acc, 0)
     if final.any():
@@ -65,7 +73,9 @@ def ranking_plot(results: StudyResults, teacher_acc: float | None, path: Path) -
     for xi, a, top in zip(x, acc, acc + high, strict=True):
         ax.text(xi, top + 1.5, f"{a:.1f}", ha="center", fontsize=8)
     handles = []  # a legend entry only for the bar kinds the plot shows
-    if final.any():
+    if final.any() and palette:
+        handles += [Patch(color=c, label=f"teacher {t}: mean of final seeds ± 95% CI (t)") for t, c in palette.items()]
+    elif final.any():
         handles.append(Patch(color=BLUE, label="mean of final seeds ± 95% CI (t)"))
     if not final.all():
         handles.append(Patch(color=GREY, label=f"best search trial by {METRIC_NAMES[results.metric]} (no final phase)"))

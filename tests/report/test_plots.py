@@ -57,3 +57,16 @@ def test_an_interval_cut_at_the_axis_is_said_under_the_plot(tmp_path: Path, draw
     plots.ranking_plot(results(ci_high=1.0), 0.95, tmp_path / "ranking.png")
     notes = [t.get_text() for t in drawn[0].texts]
     assert notes == ["intervals clipped to 0-100%: digits"]
+
+
+def test_a_several_teacher_ranking_colours_each_teachers_arms(tmp_path: Path, drawn) -> None:
+    base = results(ci_high=0.95)
+    arms = pd.DataFrame({"arm": ["digits", "noise"], "teacher": ["a", "b"]})
+    several = StudyResults("s", "", "{}", None, base.trials, arms, base.ranking, base.points, base.correlations)
+    plots.ranking_plot(several, None, tmp_path / "ranking.png")
+    ax = drawn[0].axes[0]
+    assert len({tuple(bar.get_facecolor()) for bar in ax.patches}) == 2
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "teacher a: mean of final seeds ± 95% CI (t)",
+        "teacher b: mean of final seeds ± 95% CI (t)",
+    ]
