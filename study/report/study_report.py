@@ -187,9 +187,12 @@ def collect(
     results.environments = tracker.environments()
     # the ranking model predicts test accuracy; agreement is not comparable across surrogates (see `finding`)
     if len(points) >= MIN_POINTS and ranked == "test_acc":
-        from study.report.rank import model_points, validate
+        from study.report.rank import model_points, surrogate_count, validate
 
-        results.validation = validate(model_points(ranking, arms))
+        # several teachers: one surrogate per card across teachers (and own data one), so fewer than `points`
+        fitted = model_points(ranking, arms)
+        if surrogate_count(fitted) >= MIN_POINTS:
+            results.validation = validate(fitted)
     return results
 
 
