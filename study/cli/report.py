@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from study.cli.console import console, user_errors
-from study.cli.options import RootOption, SetOption, StorageOption, TrackingOption, load_spec, tracking_override
+from study.cli.options import RootOption, SetOption, StorageOption, TrackingOption, load_spec
 
 
 def report(
@@ -53,17 +53,12 @@ def rank(
     sets: SetOption = None,
 ) -> None:
     """Score candidate surrogates from raw-pool criteria (teacher passes only), with a model fitted on the study."""
-    from study.config import SpecError
     from study.orchestrate.rank_candidates import rank_study_candidates
 
     with user_errors():
         # RankError: a clear message, exit 2
-        if storage is not None and root is not None:
-            raise SpecError("give --storage or its alias --root, not both")
-        uri, _ = tracking_override(tracking_uri)
-        scored, validation = rank_study_candidates(
-            spec, storage or root, candidates, count=count, tracking_uri=uri, sets=sets
-        )
+        spec_path, study_spec, _ = load_spec(spec, storage, root, tracking_uri, sets=sets)  # the run's --set
+        scored, validation = rank_study_candidates(study_spec, spec_path, candidates, count=count)
     several = "teacher" in scored
     table = Table(title="Candidate surrogates, predicted student test accuracy" + (" per teacher" if several else ""))
     columns = ["teacher", "#", "card", "predicted acc", "relative"] if several else ["#", "card", "predicted acc"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.config import apply_overrides, load_card, load_study
+from study.config import StudySpec, load_card
 from study.criteria.measures import batched, measure
 from study.criteria.populations import arm_temperature, raw_pool
 from study.device import pick_device
@@ -30,27 +30,24 @@ from study.report.rank import (
 )
 from study.report.stats import MIN_POINTS, arm_accuracy, ranking_metric
 from study.report.study_report import collect_arms, collect_trials
-from study.resources import resolve_card_path, resolve_spec_path
+from study.resources import resolve_card_path
 from study.teacher.checkpoint import load_teacher
 
 
 def rank_study_candidates(
-    spec_path: str,
-    root: str | None,
+    spec: StudySpec,
+    spec_path: Path,
     candidates: list[str],
     cards_dir: Path | None = None,
     count: int | None = None,
-    tracking_uri: str | None = None,
-    sets: list[str] | None = None,
 ) -> tuple[pd.DataFrame, Validation]:
     """`kd-study rank`: the finished study's surrogates fit the model, candidate cards get teacher passes only (in a
-    study of several teachers, through each teacher: one row per candidate and teacher)."""
-    resolved = resolve_spec_path(spec_path)
-    spec = apply_overrides(load_study(resolved, sets or ()), tracking_uri=tracking_uri)  # the run's --set
-    paths = study_paths(spec, root)
+    study of several teachers, through each teacher: one row per candidate and teacher). `spec` comes as the run
+    loaded it (`--set`, storage and tracking overrides applied)."""
+    paths = study_paths(spec)
     # the study's experiment is named from the teacher's and the cards' contents too: a tracker made from the spec
     # alone opens another (empty) experiment
-    tracker = open_tracker(spec, paths, str(resolved.resolve().parent))
+    tracker = open_tracker(spec, paths, str(spec_path.resolve().parent))
     arms = collect_arms(tracker)
     trials = collect_trials(tracker, arms)
     if len(trials) and ranking_metric(trials) != TARGET:
