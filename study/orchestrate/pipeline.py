@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from study import environment, storage
-from study.config import ArmSpec, CardSpec, SpecError, StudySpec
+from study.config import ArmSpec, CardSpec, SpecError, StudySpec, uncrossed_name
 from study.criteria.measures import FeatureMoments
 from study.criteria.populations import ArmCriteria, measure_arm, val_moments
 from study.data import shards
@@ -232,7 +232,8 @@ def record_arms(
             "card_params": card.params,
             "count": arm.count or build.manifest.count,
             "amount_of": arm.amount_of or "",
-            "components": {r.name: r.weight for r in build.manifest.components or []},
+            # by the card names the user wrote: a per-teacher build's `@teacher` is not allowed in a param key
+            "components": {uncrossed_name(r.name): r.weight for r in build.manifest.components or []},
             "labels": arm.labels,
             "teacher": teacher.meta.teacher_id,
             "teacher_dataset": teacher.meta.dataset,  # the report's in-domain rule, per teacher

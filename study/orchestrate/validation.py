@@ -123,11 +123,33 @@ def resolve_card(ref: str, base: Path | None, where: str) -> CardSpec:
     return resolve_mixture(load_card(path), path.parent)
 
 
+def card_for_teacher(card: CardSpec, teacher_id: str) -> CardSpec:
+    """`card` as one teacher of a multi-teacher study builds it. A card whose build depends on the teacher (a
+    teacher-filtered selection, noise matched to the teacher data's statistics) is renamed `<card>@<teacher>`, so
+    that each teacher's build has a folder of its own; in a mixture, so is each component that depends on the
+    teacher, while the other components stay shared between teachers. Other cards are returned as they are."""
+    from study.data.mixture import depends_on_teacher
+
+    if not depends_on_teacher(card):
+        return card
+    update: dict[str, object] = {"name": crossed_name(card.name, teacher_id)}
+    if card.kind == "mixture":
+        components = []
+        for component in card.components or []:
+            part = component.resolved
+            if part is not None and depends_on_teacher(part):
+                part = part.model_copy(update={"name": crossed_name(part.name, teacher_id)})
+                component = component.model_copy(update={"resolved": part})
+            components.append(component)
+        update["components"] = components
+    return card.model_copy(update=update)
+
+
 def load_cards(spec: StudySpec, cards_dir: str | None = None, where: str | None = None) -> dict[str, CardSpec]:
     """Every arm's card, resolved once here (relative paths against `cards_dir`, the spec file's folder) and
     validated, its generator's params checked, before anything runs; trials receive these, never paths."""
     from study.data.generators.registry import create_generator
-    from study.data.mixture import component_cards, depends_on_teacher
+    from study.data.mixture import component_cards
 
     where = where or f"study '{spec.name}'"
     cards = {}
@@ -140,14 +162,8 @@ def load_cards(spec: StudySpec, cards_dir: str | None = None, where: str | None 
                     create_generator(part.generator, part.params, reference_stats=([0.5], [0.25]))
                 except ValueError as err:
                     raise SpecError(f"card '{part.name}' (arm '{arm.name}'): {err}") from None
-        if arm.teacher is not None and depends_on_teacher(card):
-            if card.kind == "mixture":
-                raise SpecError(
-                    f"{where}: arms.{i}.card: mixture '{card.name}' filters through the teacher or matches its "
-                    "statistics; a multi-teacher study cannot build it per teacher yet (use it in a one-teacher study)"
-                )
-            # built per teacher (its selection or matched statistics differ), under a name of its own
-            card = card.model_copy(update={"name": crossed_name(card.name, arm.teacher)})
+        if arm.teacher is not None:
+            card = card_for_teacher(card, arm.teacher)
         if arm.count and card.count and arm.count > card.count:
             field_name = f"counts of arm '{arm.amount_of}'" if arm.amount_of else "count"
             raise SpecError(

@@ -29,9 +29,13 @@ class Teacher:
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units of uint8 (N, H, W, C) images."""
+    """Per-channel mean and std in [0, 1] units of uint8 (N, H, W, C) images.
+
+    The std is floored at one grey level (1/255): a channel that is constant over a dataset (a grey scan stored as
+    RGB, a synthetic task drawn in one colour) would otherwise give std 0, which normalisation cannot divide by.
+    """
     x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    return x.mean(0).tolist(), x.std(0).tolist()
+    return x.mean(0).tolist(), np.maximum(x.std(0), 1.0 / 255.0).tolist()
 
 
 def load_teacher(uri: str, device: torch.device | None = None) -> Teacher:

@@ -1,21 +1,12 @@
 """Real sources through torchvision's own dataset classes, ImageNet folders and the shipped ImageNet class lists.
 
-Every torchvision source reads small files this test writes in that dataset's on-disk layout, through the real
-torchvision class; nothing downloads. Each image is constant per channel: red = its id, green = 20 * label + 5, so
-the test can follow ids through splits and subsets and check that pixels stay paired with their labels.
-
-CIFAR-10/100, SVHN and STL-10 verify the md5 of every file against the released archive, which a small test file
-cannot match. `_trust_written` puts the md5 of the files the test wrote into the class's own checksum table, so
-torchvision's integrity check still runs (and would still catch a truncated file); nothing else is replaced.
+Every torchvision source reads small files written in that dataset's on-disk layout (tests/fabricated_datasets.py)
+through the real torchvision class; nothing downloads.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import pickle
 import re
-import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import torchvision.datasets as tvd
 from PIL import Image
 
@@ -31,6 +21,24 @@ from study.data.sources import imagenet as imagenet_sources
 from study.data.sources.imagenet import imagenet_class_list
 from study.data.sources.registry import SourceError, list_sources, load_source
 from study.data.sources.torchvision_lists import dtd_files, fgvc_aircraft_files, food101_files, oxford_pets_files
+from tests.fabricated_datasets import (
+    AIRCRAFT_FAMILY,
+    DTD_PER_CLASS,
+    assert_paired,
+    image_ids,
+    write_aircraft,
+    write_cifar10,
+    write_cifar100,
+    write_dtd,
+    write_eurosat,
+    write_food101,
+    write_idx,
+    write_jpeg,
+    write_pets,
+    write_stl10,
+    write_svhn,
+    write_tiny_imagenet,
+)
 
 TORCHVISION_SOURCES = (
     "cifar10", "cifar100", "svhn", "stl10", "food101", "dtd", "fgvc_aircraft", "oxford_pets", "eurosat", "mnist",
@@ -38,228 +46,46 @@ TORCHVISION_SOURCES = (
 )  # fmt: skip
 
 
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def _trust_written(monkeypatch: pytest.MonkeyPatch, cls: type, attr: str, folder: Path) -> None:
-    """Replace the md5s in `cls.<attr>` (a list of [filename, md5]) by those of the files written under `folder`."""
-    table = [[name, _md5(folder / name)] for name, _ in getattr(cls, attr)]
-    monkeypatch.setattr(cls, attr, table)
-
-
-def _constant_images(ids: np.ndarray, labels: np.ndarray, size: int, channels_first: bool = False) -> np.ndarray:
-    """(N, size, size, 3) uint8 (or N, 3, size, size): red = id, green = 20 * label + 5, blue = 0."""
-    img = np.zeros((len(ids), size, size, 3), np.uint8)
-    img[..., 0] = ids[:, None, None]
-    img[..., 1] = (20 * labels + 5)[:, None, None]
-    return img.transpose(0, 3, 1, 2).copy() if channels_first else img
-
-
-def _ids(images: np.ndarray) -> list[int]:
-    return images[:, 0, 0, 0].astype(int).tolist()
-
-
-def _assert_paired(images: np.ndarray, labels: np.ndarray, tol: int = 0) -> None:
-    """Every pixel's green channel encodes its image's label (within `tol` for JPEG)."""
-    expected = (20 * labels + 5)[:, None, None]
-    assert np.abs(images[..., 1].astype(int) - expected).max() <= tol
-
-
-def _labels(n: int, classes: int) -> np.ndarray:
-    return np.arange(n) % classes
-
-
-def _write_jpeg(path: Path, label: int, size: tuple[int, int] = (24, 18)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((size[1], size[0], 3), (40, 20 * label + 5, 90), np.uint8)).save(path, quality=95)
-
-
-# ----------------------------------------------------------------------------------------- layouts on disk
-def _write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch, per_batch: int = 10, test: int = 40) -> None:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = [f"class{c}" for c in range(10)]
-    for b in range(5):
-        ids = np.arange(b * per_batch, (b + 1) * per_batch)
-        data = _constant_images(ids, _labels(len(ids), 10), 32, channels_first=True).reshape(len(ids), -1)
-        (folder / f"data_batch_{b + 1}").write_bytes(
-            pickle.dumps({"data": data, "labels": _labels(len(ids), 10).tolist()})
-        )
-    ids = np.arange(100, 100 + test)
-    data = _constant_images(ids, _labels(test, 10), 32, channels_first=True).reshape(test, -1)
-    (folder / "test_batch").write_bytes(pickle.dumps({"data": data, "labels": _labels(test, 10).tolist()}))
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
-    _trust_written(monkeypatch, tvd.CIFAR10, "train_list", folder)
-    _trust_written(monkeypatch, tvd.CIFAR10, "test_list", folder)
-    monkeypatch.setattr(tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": _md5(folder / "batches.meta")})
-
-
-def _write_cifar100(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    for name, ids in (("train", np.arange(0, 12)), ("test", np.arange(50, 58))):
-        labels = _labels(len(ids), 4)
-        data = _constant_images(ids, labels, 32, channels_first=True).reshape(len(ids), -1)
-        (folder / name).write_bytes(pickle.dumps({"data": data, "fine_labels": labels.tolist()}))
-    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": ["apple", "bear", "cloud", "dolphin"]}))
-    _trust_written(monkeypatch, tvd.CIFAR100, "train_list", folder)
-    _trust_written(monkeypatch, tvd.CIFAR100, "test_list", folder)
-    monkeypatch.setattr(tvd.CIFAR100, "meta", {**tvd.CIFAR100.meta, "md5": _md5(folder / "meta")})
-
-
-def _write_idx(root: Path, cls_folder: str) -> None:
-    raw = root / cls_folder / "raw"
-    raw.mkdir(parents=True)
-    for prefix, ids in (("train", np.arange(0, 20)), ("t10k", np.arange(100, 120))):
-        labels = _labels(len(ids), 10)
-        pixels = np.broadcast_to((20 * labels + 5).astype(np.uint8)[:, None, None], (len(ids), 28, 28))
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
-            struct.pack(">iiii", 2051, len(ids), 28, 28) + pixels.tobytes()
-        )
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
-            struct.pack(">ii", 2049, len(ids)) + labels.astype(np.uint8).tobytes()
-        )
-
-
-def _write_svhn(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    table = dict(tvd.SVHN.split_list)
-    for split, ids in (("train", np.arange(0, 20)), ("test", np.arange(50, 70)), ("extra", np.arange(90, 95))):
-        labels = _labels(len(ids), 10)
-        images = _constant_images(ids, labels, 32).transpose(1, 2, 3, 0)  # (H, W, C, N) as released
-        svhn_y = np.where(labels == 0, 10, labels).astype(np.uint8)[:, None]  # SVHN stores digit 0 as 10
-        path = root / f"{split}_32x32.mat"
-        scipy.io.savemat(path, {"X": images, "y": svhn_y})
-        table[split] = [table[split][0], path.name, _md5(path)]
-    monkeypatch.setattr(tvd.SVHN, "split_list", table)
-
-
-def _write_stl10(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = root / "stl10_binary"
-    folder.mkdir(parents=True)
-    for prefix, ids in (("train", np.arange(0, 10)), ("test", np.arange(20, 30)), ("unlabeled", np.arange(40, 46))):
-        labels = _labels(len(ids), 10)
-        (folder / f"{prefix}_X.bin").write_bytes(_constant_images(ids, labels, 96, channels_first=True).tobytes())
-        if prefix != "unlabeled":
-            (folder / f"{prefix}_y.bin").write_bytes((labels + 1).astype(np.uint8).tobytes())  # 1-based on disk
-    (folder / "class_names.txt").write_text("\n".join(f"stl{c}" for c in range(10)) + "\n")
-    _trust_written(monkeypatch, tvd.STL10, "train_list", folder)
-    _trust_written(monkeypatch, tvd.STL10, "test_list", folder)
-
-
-def _write_food101(root: Path) -> None:
-    """Classes are written out of sorted order (sushi first): their labels must still follow the sorted names."""
-    base = root / "food-101"
-    (base / "meta").mkdir(parents=True)
-    for split, n in (("train", 6), ("test", 4)):
-        meta: dict[str, list[str]] = {}
-        for label, cls in reversed(list(enumerate(("apple_pie", "sushi")))):
-            meta[cls] = [f"{cls}/{split}{i}" for i in range(n)]
-            for rel in meta[cls]:
-                _write_jpeg(base / "images" / f"{rel}.jpg", label, (40, 30))
-        (base / "meta" / f"{split}.json").write_text(json.dumps(meta))
-
-
-DTD_PER_CLASS = {"train": 3, "val": 1, "test": 2}  # partition 1; partition p lists p - 1 more of each class
-
-
-def _write_dtd(root: Path) -> None:
-    """Two partitions whose splits all differ in size; lines run from the last class to the first."""
-    data = root / "dtd" / "dtd"
-    (data / "labels").mkdir(parents=True)
-    for partition in (1, 2):
-        for split, per_class in DTD_PER_CLASS.items():
-            lines = []
-            for label, cls in reversed(list(enumerate(("banded", "dotted", "zigzagged")))):
-                for i in range(per_class + partition - 1):
-                    name = f"{cls}_{split}{partition}_{i}.jpg"
-                    _write_jpeg(data / "images" / cls / name, label)
-                    lines.append(f"{cls}/{name}")
-            (data / "labels" / f"{split}{partition}.txt").write_text("\n".join(lines) + "\n")
-
-
-AIRCRAFT_FAMILY = {"737-300": "Boeing 737", "737-400": "Boeing 737", "A380": "A380"}
-
-
-def _write_aircraft(root: Path) -> None:
-    """torchvision's FGVC-Aircraft layout: one image folder, class lists and per-level, per-split label files.
-    Images encode their variant's label; two variants share the family 'Boeing 737'."""
-    data = root / "fgvc-aircraft-2013b" / "data"
-    variants = list(AIRCRAFT_FAMILY)
-    families = list(dict.fromkeys(AIRCRAFT_FAMILY.values()))
-    data.mkdir(parents=True)
-    (data / "variants.txt").write_text("\n".join(variants) + "\n")
-    (data / "families.txt").write_text("\n".join(families) + "\n")
-    for split in ("train", "val", "test", "trainval"):
-        variant_lines, family_lines = [], []
-        for label, variant in enumerate(variants):
-            for i in range(3):
-                image = f"{split}{label}{i}"
-                _write_jpeg(data / "images" / f"{image}.jpg", label)
-                variant_lines.append(f"{image} {variant}")
-                family_lines.append(f"{image} {AIRCRAFT_FAMILY[variant]}")
-        (data / f"images_variant_{split}.txt").write_text("\n".join(variant_lines) + "\n")
-        (data / f"images_family_{split}.txt").write_text("\n".join(family_lines) + "\n")
-
-
-def _write_pets(root: Path) -> None:
-    base = root / "oxford-iiit-pet"
-    (base / "annotations").mkdir(parents=True)
-    for split, numbers in (("trainval", range(1, 5)), ("test", range(10, 14))):
-        lines = []
-        for label, (breed, species) in enumerate((("Abyssinian", 1), ("basset_hound", 2))):
-            for k in numbers:
-                _write_jpeg(base / "images" / f"{breed}_{k}.jpg", label)
-                lines.append(f"{breed}_{k} {label + 1} {species} 1")
-        (base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
-
-
-def _write_eurosat(root: Path) -> None:
-    for label, cls in enumerate(("AnnualCrop", "Forest")):
-        for i in range(10):
-            _write_jpeg(root / "eurosat" / "2750" / cls / f"{cls}_{i}.jpg", label, (64, 64))
-
-
 # ----------------------------------------------------------------------------------------- torchvision
 class TestArraySources:
     def test_cifar10_train_reads_every_pickled_batch_with_labels_paired(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        _write_cifar10(tmp_path, monkeypatch)
+        write_cifar10(tmp_path, monkeypatch)
         data = load_source("cifar10", "train", 32, root=str(tmp_path))
-        assert data.images.shape == (50, 32, 32, 3) and sorted(_ids(data.images)) == list(range(50))
+        assert data.images.shape == (50, 32, 32, 3) and sorted(image_ids(data.images)) == list(range(50))
         assert data.classes == [f"class{c}" for c in range(10)]
-        _assert_paired(data.images, data.labels)
+        assert_paired(data.images, data.labels)
 
     def test_cifar10_val_and_test_are_disjoint_stratified_halves_of_the_test_batch(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        _write_cifar10(tmp_path, monkeypatch)
+        write_cifar10(tmp_path, monkeypatch)
         val = load_source("cifar10", "val", 32, root=str(tmp_path))
         test = load_source("cifar10", "test", 32, root=str(tmp_path))
-        assert set(_ids(val.images)).isdisjoint(_ids(test.images))
-        assert sorted(_ids(val.images) + _ids(test.images)) == list(range(100, 140))
+        assert set(image_ids(val.images)).isdisjoint(image_ids(test.images))
+        assert sorted(image_ids(val.images) + image_ids(test.images)) == list(range(100, 140))
         assert np.bincount(val.labels).tolist() == [2] * 10 == np.bincount(test.labels).tolist()
 
     def test_count_draws_a_seeded_class_balanced_subset(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        _write_cifar10(tmp_path, monkeypatch)
+        write_cifar10(tmp_path, monkeypatch)
         a = load_source("cifar10", "train", 16, root=str(tmp_path), count=10, seed=1)
         b = load_source("cifar10", "train", 16, root=str(tmp_path), count=10, seed=1)
         c = load_source("cifar10", "train", 16, root=str(tmp_path), count=10, seed=2)
         assert a.images.shape == (10, 16, 16, 3) and sorted(a.labels.tolist()) == list(range(10))
-        assert _ids(a.images) == _ids(b.images) != _ids(c.images)
-        _assert_paired(a.images, a.labels)
+        assert image_ids(a.images) == image_ids(b.images) != image_ids(c.images)
+        assert_paired(a.images, a.labels)
 
     def test_cifar100_uses_fine_labels_and_names(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        _write_cifar100(tmp_path, monkeypatch)
+        write_cifar100(tmp_path, monkeypatch)
         data = load_source("cifar100", "train", 32, root=str(tmp_path))
         assert data.classes == ["apple", "bear", "cloud", "dolphin"] and len(data) == 12
-        _assert_paired(data.images, data.labels)
+        assert_paired(data.images, data.labels)
         assert len(load_source("cifar100", "val", 32, root=str(tmp_path))) == 4
 
     @pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
     def test_idx_files_load_as_one_channel_resized(self, tmp_path: Path, name: str, folder: str) -> None:
-        _write_idx(tmp_path, folder)
+        write_idx(tmp_path, folder)
         data = load_source(name, "train", 32, root=str(tmp_path))
         assert data.images.shape == (20, 32, 32, 1) and len(data.classes) == 10
         assert np.array_equal(
@@ -270,74 +96,74 @@ class TestArraySources:
     def test_svhn_mat_maps_label_ten_to_digit_zero_and_offers_extra(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        _write_svhn(tmp_path, monkeypatch)
+        write_svhn(tmp_path, monkeypatch)
         data = load_source("svhn", "train", 32, root=str(tmp_path))
-        assert sorted(_ids(data.images)) == list(range(20)) and 0 in data.labels
-        _assert_paired(data.images, data.labels)
-        assert sorted(_ids(load_source("svhn", "extra", 32, root=str(tmp_path)).images)) == list(range(90, 95))
+        assert sorted(image_ids(data.images)) == list(range(20)) and 0 in data.labels
+        assert_paired(data.images, data.labels)
+        assert sorted(image_ids(load_source("svhn", "extra", 32, root=str(tmp_path)).images)) == list(range(90, 95))
 
     def test_stl10_unlabeled_has_no_labels_and_train_is_shifted_to_zero_based(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        _write_stl10(tmp_path, monkeypatch)
+        write_stl10(tmp_path, monkeypatch)
         unlabeled = load_source("stl10", "unlabeled", 32, root=str(tmp_path))
         assert unlabeled.labels is None and unlabeled.images.shape == (6, 32, 32, 3)
-        assert sorted(_ids(unlabeled.images)) == list(range(40, 46))
+        assert sorted(image_ids(unlabeled.images)) == list(range(40, 46))
         train = load_source("stl10", "train", 32, root=str(tmp_path))
         assert train.labels.tolist() == list(range(10)) and train.classes[0] == "stl0"
-        _assert_paired(train.images, train.labels)
+        assert_paired(train.images, train.labels)
 
 
 class TestFileSources:
     def test_food101_reads_meta_json_and_decodes_jpegs_to_squares(self, tmp_path: Path) -> None:
-        _write_food101(tmp_path)
+        write_food101(tmp_path)
         data = load_source("food101", "train", 16, root=str(tmp_path))
         assert data.images.shape == (12, 16, 16, 3) and data.classes == ["apple_pie", "sushi"]
         assert np.bincount(data.labels).tolist() == [6, 6]
-        _assert_paired(data.images, data.labels, tol=3)
+        assert_paired(data.images, data.labels, tol=3)
         assert len(load_source("food101", "val", 16, root=str(tmp_path))) == 4
 
     @pytest.mark.parametrize("partition", [1, 2])
     def test_dtd_uses_its_own_train_val_test_and_partition(self, tmp_path: Path, partition: int) -> None:
-        _write_dtd(tmp_path)
+        write_dtd(tmp_path)
         for split, per_class in DTD_PER_CLASS.items():
             data = load_source("dtd", split, 8, root=str(tmp_path), params={"partition": partition})
             assert np.bincount(data.labels).tolist() == [per_class + partition - 1] * 3
             assert data.classes == ["banded", "dotted", "zigzagged"]
-            _assert_paired(data.images, data.labels, tol=3)
+            assert_paired(data.images, data.labels, tol=3)
 
     def test_fgvc_aircraft_reads_variant_annotations(self, tmp_path: Path) -> None:
-        _write_aircraft(tmp_path)
+        write_aircraft(tmp_path)
         data = load_source("fgvc_aircraft", "trainval", 8, root=str(tmp_path), params={"annotation_level": "variant"})
         assert data.classes == list(AIRCRAFT_FAMILY) and np.bincount(data.labels).tolist() == [3, 3, 3]
-        _assert_paired(data.images, data.labels, tol=3)
+        assert_paired(data.images, data.labels, tol=3)
 
     def test_an_argument_torchvision_rejects_is_a_source_error_naming_it(self, tmp_path: Path) -> None:
-        _write_aircraft(tmp_path)
+        write_aircraft(tmp_path)
         with pytest.raises(SourceError, match=r"fgvc_aircraft.*FGVCAircraft rejected.*annotation_level.*model"):
             load_source("fgvc_aircraft", "train", 8, root=str(tmp_path), params={"annotation_level": "model"})
 
     def test_fgvc_aircraft_defaults_to_the_papers_family_level(self, tmp_path: Path) -> None:
         # a teacher loads its dataset without params: it must classify the 70 families, as the paper's teachers do
-        _write_aircraft(tmp_path)
+        write_aircraft(tmp_path)
         data = load_source("fgvc_aircraft", "train", 8, root=str(tmp_path))
         assert data.classes == ["Boeing 737", "A380"] and np.bincount(data.labels).tolist() == [6, 3]
         variant_label = np.rint((data.images[:, 0, 0, 1].astype(float) - 5) / 20).astype(int)
         assert (data.labels == (variant_label == 2).astype(int)).all()  # both 737 variants are family 0
 
     def test_oxford_pets_train_is_trainval_and_count_balances_breeds(self, tmp_path: Path) -> None:
-        _write_pets(tmp_path)
+        write_pets(tmp_path)
         data = load_source("oxford_pets", "train", 8, root=str(tmp_path), count=4)
         assert data.classes == ["Abyssinian", "Basset Hound"] and np.bincount(data.labels).tolist() == [2, 2]
-        _assert_paired(data.images, data.labels, tol=3)
+        assert_paired(data.images, data.labels, tol=3)
 
     def test_eurosat_splits_are_a_fixed_disjoint_60_20_20_cut(self, tmp_path: Path) -> None:
-        _write_eurosat(tmp_path)
+        write_eurosat(tmp_path)
         sizes = {s: len(load_source("eurosat", s, 8, root=str(tmp_path))) for s in ("train", "val", "test")}
         assert sizes == {"train": 12, "val": 4, "test": 4}
         data = load_source("eurosat", "train", 8, root=str(tmp_path))
         assert data.classes == ["AnnualCrop", "Forest"]
-        _assert_paired(data.images, data.labels, tol=3)
+        assert_paired(data.images, data.labels, tol=3)
 
 
 def _write_aircraft_variants(root: Path) -> None:
@@ -352,14 +178,14 @@ def _case(write: Callable, cls: type, read: Callable, **kwargs: object) -> objec
 
 # each case: the layout writer, the torchvision class, our reader of its split files, and the kwargs both are given
 SPLIT_FILE_CASES = [
-    *[_case(_write_food101, tvd.Food101, food101_files, split=s) for s in ("train", "test")],
-    *[_case(_write_dtd, tvd.DTD, dtd_files, split=s, partition=p) for s in DTD_PER_CLASS for p in (1, 2)],
+    *[_case(write_food101, tvd.Food101, food101_files, split=s) for s in ("train", "test")],
+    *[_case(write_dtd, tvd.DTD, dtd_files, split=s, partition=p) for s in DTD_PER_CLASS for p in (1, 2)],
     *[
-        _case(_write_aircraft, tvd.FGVCAircraft, fgvc_aircraft_files, split=s, annotation_level=level)
+        _case(write_aircraft, tvd.FGVCAircraft, fgvc_aircraft_files, split=s, annotation_level=level)
         for s in ("train", "val", "test", "trainval")
         for level in ("variant", "family")
     ],
-    *[_case(_write_pets, tvd.OxfordIIITPet, oxford_pets_files, split=s) for s in ("trainval", "test")],
+    *[_case(write_pets, tvd.OxfordIIITPet, oxford_pets_files, split=s) for s in ("trainval", "test")],
 ]
 
 
@@ -437,7 +263,7 @@ class TestSplitFileReaders:
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         # stands for a torchvision release that reads its split files differently from torchvision_lists
-        _write_food101(tmp_path)
+        write_food101(tmp_path)
         monkeypatch.setattr(tvd.Food101, "__len__", lambda self: 1)
         with pytest.raises(SourceError, match=r"train\.json: read as 12 images .* no longer matches"):
             load_source("food101", "train", 8, root=str(tmp_path))
@@ -472,7 +298,7 @@ class TestImageNetFolder:
         in_domain = imagenet_class_list("cifar10_in_domain")
         outside = imagenet_class_list("cifar10_out_of_domain")[:3]
         for k, wnid in enumerate(in_domain + outside):
-            _write_jpeg(tmp_path / "train" / wnid / f"{wnid}_{k}.JPEG", 0, (50, 40))
+            write_jpeg(tmp_path / "train" / wnid / f"{wnid}_{k}.JPEG", 0, (50, 40))
         data = load_source("imagenet", "train", 16, root=str(tmp_path), count=30, seed=0,
                            params={"classes": "cifar10_in_domain"})  # fmt: skip
         assert data.classes == sorted(in_domain) and data.images.shape == (30, 16, 16, 3)
@@ -481,7 +307,7 @@ class TestImageNetFolder:
     def test_explicit_wnid_list_labels_by_sorted_wnid(self, tmp_path: Path) -> None:
         for label, wnid in enumerate(("n01440764", "n01443537", "n01484850")):
             for i in range(4):
-                _write_jpeg(tmp_path / "val" / wnid / f"{i}.JPEG", label)
+                write_jpeg(tmp_path / "val" / wnid / f"{i}.JPEG", label)
         data = load_source("imagenet", "val", 8, root=str(tmp_path), params={"classes": ["n01484850", "n01440764"]})
         assert data.classes == ["n01440764", "n01484850"] and np.bincount(data.labels).tolist() == [4, 4]
         assert np.abs(data.images[..., 1].astype(int) - np.where(data.labels == 0, 5, 45)[:, None, None]).max() <= 3
@@ -489,27 +315,16 @@ class TestImageNetFolder:
     def test_missing_folder_or_class_is_named(self, tmp_path: Path) -> None:
         with pytest.raises(SourceError, match=r"image-net\.org"):
             load_source("imagenet", "train", 16, root=str(tmp_path))
-        _write_jpeg(tmp_path / "train" / "n01440764" / "0.JPEG", 0)
+        write_jpeg(tmp_path / "train" / "n01440764" / "0.JPEG", 0)
         with pytest.raises(SourceError, match=re.escape("no folder, e.g. ['n09999999']")):
             load_source("imagenet", "train", 16, root=str(tmp_path), params={"classes": ["n09999999"]})
 
     def test_tiny_imagenet_train_and_val_test_halves(self, tmp_path: Path) -> None:
-        base = tmp_path / "tiny-imagenet-200"
         wnids = ["n01443537", "n01629819", "n01641577"]
-        base.mkdir()
-        (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
-        lines = []
-        for label, wnid in enumerate(wnids):
-            for i in range(3):
-                _write_jpeg(base / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", label, (64, 64))
-            for i in range(4):
-                name = f"val_{label * 4 + i}.JPEG"
-                _write_jpeg(base / "val" / "images" / name, label, (64, 64))
-                lines.append(f"{name}\t{wnid}\t0\t0\t63\t63")
-        (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+        write_tiny_imagenet(tmp_path, wnids, train_per_class=3, val_per_class=4)
         train = load_source("tiny_imagenet", "train", 32, root=str(tmp_path))
         assert len(train) == 9 and train.classes == wnids
-        _assert_paired(train.images, train.labels, tol=3)
+        assert_paired(train.images, train.labels, tol=3)
         val = load_source("tiny_imagenet", "val", 32, root=str(tmp_path))
         test = load_source("tiny_imagenet", "test", 32, root=str(tmp_path))
         assert np.bincount(val.labels).tolist() == [2, 2, 2] == np.bincount(test.labels).tolist()

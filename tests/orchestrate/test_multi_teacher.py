@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from study.config import SpecError, StudySpec, load_study
+from study.data.mixture import manifest_sha256
 from study.orchestrate.pipeline import arm_teachers, open_tracker, run_study, study_content
 from study.orchestrate.validation import load_cards, study_paths
 from study.teacher.checkpoint import load_meta
@@ -24,6 +25,10 @@ def write_study(folder: Path, teacher: Path) -> Path:
         "name: strokes_bal\nkind: generated\ngenerator: random_strokes\nimage_size: 32\nseed: 3\n"
         "balance: {per_class: 4, candidates: 2000}\n"
     )
+    (folder / "blend.yaml").write_text(  # a mixture with one teacher-dependent component: built per teacher
+        "name: blend\nkind: mixture\ncount: 32\nimage_size: 32\n"
+        "components: [{card: strokes_bal.yaml, weight: 1}, {card: digits_train, weight: 1}]\n"
+    )
     spec = {
         "name": "two_teachers",
         "teachers": [
@@ -35,6 +40,7 @@ def write_study(folder: Path, teacher: Path) -> Path:
             {"name": "digits", "card": "digits_train", "count": 256},  # the same images for both: built once
             {"name": "strokes", "card": "strokes_bal.yaml"},
             {"name": "noise", "card": "gaussian_noise", "count": 256},  # matched to each teacher's statistics
+            {"name": "blend", "card": "blend.yaml"},  # strokes_bal per teacher, digits_train shared
         ],
         "train": {"batch_size": 32, "randaugment_ops": 0, "mixup": False, "temperature": 4.0},
         "search": {"trials_per_arm": 1, "space": {}, "scheduler": {"kind": "none"}},
@@ -52,7 +58,7 @@ def test_arms_are_crossed_with_teachers_and_only_teacher_dependent_builds_are_ma
 ) -> None:
     path = write_study(tmp_path, digits_teacher)
     spec = load_study(path)
-    pairs = [f"{arm}@{t}" for arm in ("digits", "strokes", "noise") for t in ("a", "b")]
+    pairs = [f"{arm}@{t}" for arm in ("digits", "strokes", "noise", "blend") for t in ("a", "b")]
     assert [a.name for a in spec.arms] == pairs
     root = tmp_path / "run"
     outcome = run_study(spec, str(root), spec_path=str(path))
@@ -60,10 +66,19 @@ def test_arms_are_crossed_with_teachers_and_only_teacher_dependent_builds_are_ma
 
     # one build of the shared card, one per teacher of each card that depends on the teacher
     built = sorted(p.name for p in (root / "shards").iterdir())
-    assert built == ["digits_train", "gaussian_noise@a", "gaussian_noise@b", "strokes_bal@a", "strokes_bal@b"], built
+    assert built == [
+        "blend@a", "blend@b", "digits_train", "gaussian_noise@a", "gaussian_noise@b", "strokes_bal@a", "strokes_bal@b"
+    ], built  # fmt: skip
     for t in ("a", "b"):  # each filtered build holds its own teacher's selection
         manifest = json.loads((root / "shards" / f"strokes_bal@{t}" / "manifest.json").read_text())
         assert manifest["teacher"] == outcome.teachers[t].teacher_id
+        # each teacher's mixture draws on that teacher's selection and on the one shared digits build
+        blend = json.loads((root / "shards" / f"blend@{t}" / "manifest.json").read_text())
+        parts = [(c["name"], c["manifest_sha256"]) for c in blend["components"]]
+        assert parts == [
+            (f"strokes_bal@{t}", manifest_sha256(str(root / "shards" / f"strokes_bal@{t}"))),
+            ("digits_train", manifest_sha256(str(root / "shards" / "digits_train"))),
+        ]
     assert outcome.teachers["a"].teacher_id != outcome.teachers["b"].teacher_id
     assert (root / "teachers" / "b" / "meta.json").is_file()  # trained by the study where it was missing
 
