@@ -114,17 +114,56 @@ def inseparable_arms(ranking: pd.DataFrame, teacher_of: dict[str, str] | None = 
     ]
 
 
+def overlap_groups(ranking: pd.DataFrame, teacher_of: dict[str, str] | None = None) -> list[list[str]]:
+    """The maximal groups of arms whose 95% intervals all share a point (in ranking order, two arms or more), per
+    teacher as in `inseparable_arms`. Intervals on a line that overlap pairwise share a common point, so these
+    are the maximal sets of mutually overlapping arms, found by one sweep over the interval ends; a pair that
+    overlaps lies in at least one group. They say what a long pair list says in a few names."""
+    has = ranking[ranking["ci_low"].map(math.isfinite) & ranking["ci_high"].map(math.isfinite)]
+    order = {arm: i for i, arm in enumerate(has["arm"])}
+    by_teacher: dict[str | None, list[tuple[str, float, float]]] = {}
+    for row in has[["arm", "ci_low", "ci_high"]].itertuples(index=False):
+        key = teacher_of.get(row.arm) if teacher_of else None
+        by_teacher.setdefault(key, []).append((row.arm, row.ci_low, row.ci_high))
+    groups = []
+    for rows in by_teacher.values():
+        # closed intervals: at one point, every start comes before any end
+        events = sorted([(lo, 0, arm) for arm, lo, _ in rows] + [(hi, 1, arm) for arm, _, hi in rows])
+        active: set[str] = set()
+        grew = False
+        for _, is_end, arm in events:
+            if not is_end:
+                active.add(arm)
+                grew = True
+                continue
+            if grew and len(active) > 1:
+                groups.append(sorted(active, key=order.__getitem__))
+            grew = False
+            active.discard(arm)
+    return sorted(groups, key=lambda g: [order[a] for a in g])
+
+
+# a longer list of pairs is shown as the groups of arms that cannot be told apart
+MAX_LISTED_PAIRS = 6
+
+
 def _overlap_note(ranking: pd.DataFrame, arms: pd.DataFrame) -> Note | None:
     several = "teacher" in arms and arms["teacher"].nunique() > 1
     teacher_of = dict(zip(arms["arm"], arms["teacher"], strict=True)) if several else None
     pairs = inseparable_arms(ranking, teacher_of)
     if not pairs:
         return None
-    listed = "; ".join(f"{a} and {b}" for a, b in pairs)
     within = " (arms of the same teacher; different teachers' students are not compared)" if several else ""
+    advice = "so their order above is not a finding (more final-phase seeds narrow the intervals)."
+    if len(pairs) <= MAX_LISTED_PAIRS:
+        listed = "; ".join(f"{a} and {b}" for a, b in pairs)
+        return Note(f"Overlapping 95% intervals{within}: {listed} cannot be told apart by this study, {advice}")
+    groups = overlap_groups(ranking, teacher_of)
+    listed = "; ".join(f"{{{', '.join(g)}}} ({len(g)} arms)" for g in groups)
     return Note(
-        f"Overlapping 95% intervals{within}: {listed} cannot be told apart by this study, so their order above is not "
-        "a finding (more final-phase seeds narrow the intervals)."
+        f"Overlapping 95% intervals{within}: {len(pairs)} pairs of arms overlap. Within each group below every "
+        f"arm's interval overlaps every other's, so the arms of a group cannot be told apart by this study, "
+        f"{advice} Groups: {listed}."
     )
 
 

@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -17,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from study import environment
 from study.config import StudySpec, load_study
 from study.orchestrate.pipeline import run_study
-from study.report.sections import _environment, _ranking, inseparable_arms
+from study.report.sections import _environment, _overlap_note, _ranking, inseparable_arms, overlap_groups
 from study.report.tables import StudyResults
 from study.tracking import ENVIRONMENT, StudyTracker
 
@@ -176,3 +177,33 @@ def test_overlapping_intervals_are_named_as_arms_that_cannot_be_told_apart() -> 
     results = StudyResults("r", "", "{}", None, trials, pd.DataFrame(), frame, pd.DataFrame(), pd.DataFrame())
     text = " ".join(getattr(b, "text", "") for b in _ranking(results, {}).blocks)
     assert "cannot be told apart" in text and "crops and leaves" in text
+
+
+def test_a_long_overlap_list_is_shown_as_groups_of_arms_that_share_a_point() -> None:
+    # a chain: each arm overlaps only its neighbours, so the groups are the neighbouring pairs
+    chain = ranking([(a, 0.9 - 0.1 * i, 0.84 - 0.1 * i, 0.96 - 0.1 * i) for i, a in enumerate("abcd")])
+    assert overlap_groups(chain) == [["a", "b"], ["b", "c"], ["c", "d"]]
+    # sixteen arms at chance (a tiny study): 120 pairs, one group, no pair list
+    same = ranking([(f"arm{i:02d}", 0.1, 0.1, 0.1) for i in range(16)])
+    assert overlap_groups(same) == [[f"arm{i:02d}" for i in range(16)]]
+    text = _overlap_note(same, same).text
+    assert "120 pairs of arms overlap" in text and "(16 arms)" in text and " and arm01" not in text
+    # two teachers: groups never mix them
+    assert overlap_groups(same, {f"arm{i:02d}": "ab"[i % 2] for i in range(16)}) == [
+        [f"arm{i:02d}" for i in range(0, 16, 2)], [f"arm{i:02d}" for i in range(1, 16, 2)]
+    ]  # fmt: skip
+
+
+def test_overlap_groups_are_the_maximal_sets_of_mutually_overlapping_arms() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lo = rng.uniform(0, 1, 8).round(1)  # rounded: shared end points, the closed-interval edge case
+        hi = lo + rng.uniform(0, 0.4, 8).round(1)
+        frame = ranking([(f"r{i}", (lo[i] + hi[i]) / 2, lo[i], hi[i]) for i in range(8)])
+        pairs = set(inseparable_arms(frame))
+        subsets = [[f"r{i}" for i in range(8) if mask >> i & 1] for mask in range(1, 256)]
+        cliques = [
+            s for s in subsets if len(s) > 1 and all((a, b) in pairs for i, a in enumerate(s) for b in s[i + 1 :])
+        ]
+        maximal = [c for c in cliques if not any(set(c) < set(d) for d in cliques)]
+        assert sorted(overlap_groups(frame)) == sorted(maximal)
