@@ -240,6 +240,13 @@ def validate(points: pd.DataFrame, alpha: float = ALPHA) -> Validation:
         points, target = within_teacher(points, features), RELATIVE
         teachers = points[TEACHER].to_numpy()
     y = points[target].to_numpy(dtype=np.float64)
+    groups = [y] if teachers is None else [y[teachers == t] for t in pd.unique(teachers)]
+    if all(np.ptp(g) == 0 for g in groups):
+        same = f" ({100 * y[0]:.2f}%)" if teachers is None else " within each teacher"
+        raise RankError(
+            f"student test accuracy is the same on every surrogate{same}, so there is no order for the model to "
+            "learn or to be validated on (students at chance learned nothing: is the budget too small for the task?)"
+        )
     entropy_only = [ENTROPY] if ENTROPY in features else []
 
     def fitted(by: str) -> tuple[np.ndarray, np.ndarray]:

@@ -198,8 +198,8 @@ def _correlations(r: StudyResults, ctx: dict) -> Section:
     )
     if len(r.correlations):
         s.blocks.append(Para(best_population(r.correlations)))
-    if len(r.correlations):
-        m = family_size(r.correlations)
+    m = family_size(r.correlations) if len(r.correlations) else 0
+    if m:
         s.blocks.append(
             Para(
                 f"Each p-value is shown raw (`p`) and {ADJUSTMENT}-adjusted ({ADJUSTMENT} p) over one family: all {m} "
@@ -279,6 +279,9 @@ def _prediction(r: StudyResults, ctx: dict) -> Section:
     )
     if r.ranked_by != "test_acc":
         s.blocks.append(Note("No labelled test split: the ranking model predicts test accuracy, so it is not fitted."))
+        return s
+    if v is None and r.validation_problem:
+        s.blocks.append(Note(f"The ranking model is not fitted: {r.validation_problem}."))
         return s
     if v is None:
         s.blocks.append(Note(f"{TOO_FEW}: `kd-study rank` needs at least {MIN_POINTS} surrogates with results."))

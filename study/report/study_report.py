@@ -187,12 +187,15 @@ def collect(
     results.environments = tracker.environments()
     # the ranking model predicts test accuracy; agreement is not comparable across surrogates (see `finding`)
     if len(points) >= MIN_POINTS and ranked == "test_acc":
-        from study.report.rank import model_points, surrogate_count, validate
+        from study.report.rank import RankError, model_points, surrogate_count, validate
 
         # several teachers: one surrogate per card across teachers (and own data one), so fewer than `points`
         fitted = model_points(ranking, arms)
         if surrogate_count(fitted) >= MIN_POINTS:
-            results.validation = validate(fitted)
+            try:
+                results.validation = validate(fitted)
+            except RankError as err:  # the report still shows everything else, and says why
+                results.validation_problem = str(err)
     return results
 
 
@@ -230,6 +233,11 @@ def single_finding(results: StudyResults) -> str:
         )
     corr = results.correlations.dropna(subset=["rho"])
     if not len(corr):
+        if ranked in results.points and results.points[ranked].nunique() <= 1:
+            return (
+                f"{lead} Every surrogate gave the same student {METRIC_NAMES[ranked]}, so no criterion can be "
+                "related to it (students at chance learned nothing: is the budget too small for the task?)."
+            )
         return f"{lead} No criterion varies across the {n} surrogates."
     top = corr.iloc[0]
     direction = "higher" if top["rho"] > 0 else "lower"

@@ -40,6 +40,7 @@ class StudyResults:
     curves: dict[str, list[tuple[str, list[int], list[float]]]] = field(default_factory=dict)
     artifacts: dict[str, dict[str, Path]] = field(default_factory=dict)
     validation: object | None = None  # study.rank.Validation
+    validation_problem: str | None = None  # why the ranking model could not be validated (a RankError)
     metric: str = "val_acc"  # the search metric: what picks an arm's best search trial
     environments: dict[str, dict] = field(default_factory=dict)  # id -> study.environment.probe(), oldest first
 
