@@ -161,9 +161,9 @@ def _overlap_note(ranking: pd.DataFrame, arms: pd.DataFrame) -> Note | None:
     groups = overlap_groups(ranking, teacher_of)
     listed = "; ".join(f"{{{', '.join(g)}}} ({len(g)} arms)" for g in groups)
     return Note(
-        f"Overlapping 95% intervals{within}: {len(pairs)} pairs of arms overlap. Within each group below every "
-        f"arm's interval overlaps every other's, so the arms of a group cannot be told apart by this study, "
-        f"{advice} Groups: {listed}."
+        f"Overlapping 95% intervals{within}: {len(pairs)} pairs of arms overlap. In each group below, every arm's "
+        f"interval overlaps every other's: the arms of a group cannot be told apart by this study, {advice} "
+        f"Groups: {listed}."
     )
 
 

@@ -235,8 +235,9 @@ def single_finding(results: StudyResults) -> str:
     if not len(corr):
         if ranked in results.points and results.points[ranked].nunique() <= 1:
             return (
-                f"{lead} Every surrogate gave the same student {METRIC_NAMES[ranked]}, so no criterion can be "
-                "related to it (students at chance learned nothing: is the budget too small for the task?)."
+                f"Every surrogate gave the same student {METRIC_NAMES[ranked]} ({best[ranked]:.1%}), so no arm is "
+                "best and no criterion can be related to it (students at chance learned nothing: is the budget too "
+                "small for the task?)."
             )
         return f"{lead} No criterion varies across the {n} surrogates."
     top = corr.iloc[0]
