@@ -245,7 +245,8 @@ def validate(points: pd.DataFrame, alpha: float = ALPHA) -> Validation:
         same = f" ({100 * y[0]:.2f}%)" if teachers is None else " within each teacher"
         raise RankError(
             f"student test accuracy is the same on every surrogate{same}, so there is no order for the model to "
-            "learn or to be validated on (students at chance learned nothing: is the budget too small for the task?)"
+            "learn or to be validated on (at chance level the students learned nothing: is the budget too small "
+            "for the task?)"
         )
     entropy_only = [ENTROPY] if ENTROPY in features else []
 

@@ -236,8 +236,8 @@ def single_finding(results: StudyResults) -> str:
         if ranked in results.points and results.points[ranked].nunique() <= 1:
             return (
                 f"Every surrogate gave the same student {METRIC_NAMES[ranked]} ({best[ranked]:.1%}), so no arm is "
-                "best and no criterion can be related to it (students at chance learned nothing: is the budget too "
-                "small for the task?)."
+                "best and no criterion can be related to it (at chance level the students learned nothing: is the "
+                "budget too small for the task?)."
             )
         return f"{lead} No criterion varies across the {n} surrogates."
     top = corr.iloc[0]
