@@ -35,7 +35,7 @@ import pandas as pd
 
 from study.criteria.measures import NOT_DATA_FREE
 from study.report.cross_teacher import normalise_accuracy, teacher_table
-from study.report.stats import MIN_POINTS, rank_correlation
+from study.report.stats import EQUAL_ACCURACY_HINT, MIN_POINTS, rank_correlation
 
 ALPHA = 1.0
 TARGET = "test_acc"
@@ -245,8 +245,7 @@ def validate(points: pd.DataFrame, alpha: float = ALPHA) -> Validation:
         same = f" ({100 * y[0]:.2f}%)" if teachers is None else " within each teacher"
         raise RankError(
             f"student test accuracy is the same on every surrogate{same}, so there is no order for the model to "
-            "learn or to be validated on (at chance level the students learned nothing: is the budget too small "
-            "for the task?)"
+            f"learn or to be validated on ({EQUAL_ACCURACY_HINT})"
         )
     entropy_only = [ENTROPY] if ENTROPY in features else []
 

@@ -98,12 +98,17 @@ def _unbalanced_note(arms: pd.DataFrame, short: dict[str, str]) -> Note:
     )
 
 
+def with_interval(ranking: pd.DataFrame) -> pd.DataFrame:
+    """The ranked arms that have a 95% interval (a final phase of two seeds or more)."""
+    return ranking[ranking["ci_low"].map(math.isfinite) & ranking["ci_high"].map(math.isfinite)]
+
+
 def inseparable_arms(ranking: pd.DataFrame, teacher_of: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """Pairs of arms (in ranking order) whose 95% intervals overlap: the ranking does not separate them. Arms
     without an interval (no final phase, or one seed) are left out: they have no interval to compare. With
     `teacher_of` (arm -> teacher, a study of several teachers) only arms of one teacher are paired: accuracies of
     different teachers' students are on different tasks, and their order is no claim of the study."""
-    has = ranking[ranking["ci_low"].map(math.isfinite) & ranking["ci_high"].map(math.isfinite)]
+    has = with_interval(ranking)
     rows = list(has[["arm", "ci_low", "ci_high"]].itertuples(index=False))
     same = (lambda a, b: teacher_of.get(a) == teacher_of.get(b)) if teacher_of else (lambda a, b: True)
     return [
@@ -119,7 +124,7 @@ def overlap_groups(ranking: pd.DataFrame, teacher_of: dict[str, str] | None = No
     teacher as in `inseparable_arms`. Intervals on a line that overlap pairwise share a common point, so these
     are the maximal sets of mutually overlapping arms, found by one sweep over the interval ends; a pair that
     overlaps lies in at least one group. They say what a long pair list says in a few names."""
-    has = ranking[ranking["ci_low"].map(math.isfinite) & ranking["ci_high"].map(math.isfinite)]
+    has = with_interval(ranking)
     order = {arm: i for i, arm in enumerate(has["arm"])}
     by_teacher: dict[str | None, list[tuple[str, float, float]]] = {}
     for row in has[["arm", "ci_low", "ci_high"]].itertuples(index=False):

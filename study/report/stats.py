@@ -32,6 +32,8 @@ import pandas as pd
 from scipy import stats as sps
 
 MIN_POINTS = 5
+# why every surrogate can give the same accuracy: said by the finding and by the ranking model's refusal
+EQUAL_ACCURACY_HINT = "at chance level the students learned nothing: is the budget too small for the task?"
 TOO_FEW = "too few surrogates"
 EXACT_PERMUTATIONS_UP_TO = 7
 LEVEL = 0.95

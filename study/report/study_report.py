@@ -30,6 +30,7 @@ from study.report.cross_teacher import cross_teacher_section, teacher_table
 from study.report.stats import (
     ADJUSTMENT,
     ALPHA,
+    EQUAL_ACCURACY_HINT,
     METRIC_NAMES,
     MIN_POINTS,
     arm_accuracy,
@@ -236,8 +237,7 @@ def single_finding(results: StudyResults) -> str:
         if ranked in results.points and results.points[ranked].nunique() <= 1:
             return (
                 f"Every surrogate gave the same student {METRIC_NAMES[ranked]} ({best[ranked]:.1%}), so no arm is "
-                "best and no criterion can be related to it (at chance level the students learned nothing: is the "
-                "budget too small for the task?)."
+                f"best and no criterion can be related to it ({EQUAL_ACCURACY_HINT})."
             )
         return f"{lead} No criterion varies across the {n} surrogates."
     top = corr.iloc[0]

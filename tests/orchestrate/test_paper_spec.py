@@ -38,7 +38,7 @@ TINY = [
     "criteria.images=64", "criteria.trained_batches=1", "criteria.trained_source_batches=2", "final.seeds=2",
     "train.batch_size=32", "resources.cpu=1", "resources.gpu=0", "resources.max_concurrent=2",
 ]  # fmt: skip
-GENERATED_CUT = {"balance": {"total": 40, "candidates": 400}}  # 4 per class for the 10-class teacher
+BALANCE_CUT = {"total": 40, "candidates": 400}  # 4 per class for the 10-class teacher
 SHADERS_CUT = {"programs": 8, "images_per_program": 50}
 
 
@@ -63,7 +63,7 @@ def cut_spec(folder: Path) -> Path:
         card = yaml.safe_load(resolve_card_path(arm["card"]).read_text())
         card.pop("count", None)
         if card["kind"] == "generated":
-            card["balance"] = {**card["balance"], **GENERATED_CUT["balance"]}
+            card["balance"] = {**card["balance"], **BALANCE_CUT}
             if card["generator"] == "composed_shaders":
                 card["params"] = SHADERS_CUT
         (folder / f"{arm['card']}.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
